@@ -1,0 +1,178 @@
+//! `lostwrite history DEVICE BLOCK... [--json]`: every generation of some blocks, with time,
+//! durability and session, and which generation the device holds now.
+
+use super::Target;
+use lostwrite::block;
+use lostwrite::clock::rfc3339;
+use lostwrite::device::BlockDevice;
+use lostwrite::ledger::history::{self, SessionEnd, SessionInfo};
+use lostwrite::ledger::state::BlockState;
+use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use serde_json::json;
+use std::collections::HashSet;
+
+/// Flags of `history`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    /// Block numbers (in the ledger's block size).
+    #[arg(value_name = "BLOCK", required = true)]
+    blocks: Vec<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Accept a device whose identity differs from the ledger's.
+    #[arg(long)]
+    device_moved: bool,
+}
+
+fn session_end(s: &SessionInfo) -> String {
+    match s.end {
+        SessionEnd::Clean { time, .. } => format!("closed cleanly {}", rfc3339(time)),
+        SessionEnd::Crashed => format!("crashed (last record {})", rfc3339(s.last_time)),
+        SessionEnd::Running => "running".into(),
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let dir = a.target.ledger_dir()?;
+    let dev = lostwrite::device::open(&a.target.device, false).ok();
+    let mut opts = OpenOptions::new(Access::Live);
+    opts.device_moved = a.device_moved;
+    let ledger = Ledger::open(&dir, dev.as_ref().map(|d| (d.identity(), d.size())), opts)?;
+    let geo = ledger.geometry();
+    for &b in &a.blocks {
+        if b >= geo.block_count() {
+            anyhow::bail!(
+                "block {b}: beyond the device's {} blocks of {} bytes (blocks are numbered from 0)",
+                geo.block_count(),
+                geo.block_size
+            );
+        }
+    }
+    let wanted: HashSet<u64> = a.blocks.iter().copied().collect();
+    let hist = history::collect(&ledger, &wanted, &HashSet::new())?;
+    let zero = ledger.zero_crc();
+    let mut out_blocks = Vec::new();
+    let mut text = String::new();
+    if ledger.is_live_view() {
+        text.push_str("(the ledger is held by a running service: this is its journal so far)\n");
+    }
+    let mut buf = vec![0u8; geo.block_size as usize];
+    for &b in &a.blocks {
+        let events = hist.events.get(&b).cloned().unwrap_or_default();
+        let now = ledger.state(b);
+        let holds = dev.as_ref().and_then(|d| {
+            let n = geo.bytes_in(b);
+            d.read_at(&mut buf[..n], geo.offset(b)).ok()?;
+            Some(block::checksum_padded(&buf[..n], geo.block_size))
+        });
+        let held_gen = holds.and_then(|c| {
+            events
+                .iter()
+                .rev()
+                .find(|e| e.crc(zero) == Some(c))
+                .map(|e| e.generation)
+        });
+        let state = match now {
+            BlockState::Tracked { generation, crc } => {
+                format!("tracked at generation {generation} (crc {crc:08x})")
+            }
+            BlockState::Untracked { generation } => {
+                format!("untracked (last generation {generation})")
+            }
+            BlockState::Unknown { generation } => {
+                format!("unknown: the write of generation {generation} failed")
+            }
+        };
+        text.push_str(&format!("block {b} (offset {}): {state}\n", geo.offset(b)));
+        text.push_str(&format!(
+            "  {:>6} {:>10}  {:<27} {:>7}  {:<8} {:<8}  DURABLE\n",
+            "GEN", "LSN", "TIME", "SESSION", "CHANGE", "CRC"
+        ));
+        for e in &events {
+            text.push_str(&format!(
+                "  {:>6} {:>10}  {:<27} {:>7}  {:<8} {:<8}  {}\n",
+                e.generation,
+                e.lsn,
+                rfc3339(e.time),
+                e.session,
+                e.change.name(),
+                e.crc(zero).map_or("-".into(), |c| format!("{c:08x}")),
+                if e.durable { "yes" } else { "no" }
+            ));
+        }
+        if events.is_empty() {
+            text.push_str("  (no recorded generations)\n");
+        }
+        match (holds, held_gen) {
+            (None, _) => text.push_str("  device: not readable here\n"),
+            (Some(_), Some(g)) if Some(g) == events.last().map(|e| e.generation) => {
+                text.push_str(&format!("  device holds generation {g} (the latest)\n"))
+            }
+            (Some(_), Some(g)) => text.push_str(&format!(
+                "  device holds generation {g}, an OLDER generation (run `lostwrite verify`)\n"
+            )),
+            (Some(c), None) => text.push_str(&format!(
+                "  device holds contents (crc {c:08x}) matching no recorded generation of this block\n"
+            )),
+        }
+        out_blocks.push(json!({
+            "block": b,
+            "offset": geo.offset(b),
+            "state": state,
+            "generations": events.iter().map(|e| json!({
+                "generation": e.generation,
+                "lsn": e.lsn,
+                "time": rfc3339(e.time),
+                "session": e.session,
+                "change": e.change.name(),
+                "crc": e.crc(zero).map(|c| format!("{c:08x}")),
+                "durable": e.durable,
+            })).collect::<Vec<_>>(),
+            "device_crc": holds.map(|c| format!("{c:08x}")),
+            "device_holds_generation": held_gen,
+        }));
+    }
+    let used: HashSet<u64> = hist.events.values().flatten().map(|e| e.session).collect();
+    let mut sessions = Vec::new();
+    for s in hist
+        .sessions
+        .values()
+        .filter(|s| used.contains(&s.id) && s.id != 0)
+    {
+        text.push_str(&format!(
+            "session {}: opened {}, {}{}\n",
+            s.id,
+            rfc3339(s.open_time),
+            session_end(s),
+            if s.strict {
+                ", strict journal sync"
+            } else {
+                ""
+            }
+        ));
+        sessions.push(json!({
+            "session": s.id,
+            "opened": rfc3339(s.open_time),
+            "end": session_end(s),
+            "strict": s.strict,
+            "flushes": s.flushes.len(),
+        }));
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "ledger": dir.display().to_string(),
+                "block_size": geo.block_size,
+                "blocks": out_blocks,
+                "sessions": sessions,
+            }))?
+        );
+    } else {
+        print!("{text}");
+    }
+    Ok(0)
+}

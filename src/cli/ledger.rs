@@ -1,0 +1,182 @@
+//! `lostwrite ledger check|dump`: the ledger itself.
+
+use super::resolve_ledger;
+use lostwrite::clock::rfc3339;
+use lostwrite::ledger::check::check;
+use lostwrite::ledger::record::Record;
+use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Flags of `ledger`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    op: Op,
+}
+
+/// Where the ledger is.
+#[derive(clap::Args, Debug)]
+struct Where {
+    /// The device whose ledger it is (the ledger is DEVICE.ledger unless --ledger is given).
+    #[arg(value_name = "DEVICE")]
+    device: Option<String>,
+    /// The ledger directory.
+    #[arg(long, value_name = "DIR")]
+    ledger: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Op {
+    /// Validate every frame, the segment chain, the state table (against a full replay of the
+    /// journal) and the baseline; name the file and offset of any damage. Exit 1 when damaged.
+    Check {
+        #[command(flatten)]
+        at: Where,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Repair what can be repaired: truncate a torn journal tail and rewrite a damaged state
+        /// table from the journal.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Print the journal's records.
+    Dump {
+        #[command(flatten)]
+        at: Where,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only records with this LSN or later.
+        #[arg(long, value_name = "LSN", default_value_t = 1)]
+        from: u64,
+        /// Only records about this block (and session/flush markers).
+        #[arg(long, value_name = "BLOCK")]
+        block: Option<u64>,
+    },
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    match a.op {
+        Op::Check { at, json, repair } => {
+            let dir = resolve_ledger(at.device.as_deref(), at.ledger.as_ref())?;
+            if repair {
+                let mut l = Ledger::open(&dir, None, OpenOptions::new(Access::Write))?;
+                for w in &l.recovery().warnings {
+                    eprintln!("repair: {w}");
+                }
+                l.rebuild_state()?;
+                drop(l);
+                eprintln!("repair: state table rewritten from the journal");
+            }
+            let rep = check(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rep)?);
+            } else {
+                for w in &rep.warnings {
+                    println!("warning: {w}");
+                }
+                for p in &rep.problems {
+                    println!("DAMAGED {} at offset {}: {}", p.file, p.offset, p.what);
+                }
+                if rep.problems.is_empty() {
+                    println!(
+                        "ledger {} is sound: {} segments, {} records, {} state entries match a replay of the journal",
+                        dir.display(),
+                        rep.segments,
+                        rep.records,
+                        rep.blocks
+                    );
+                } else {
+                    println!(
+                        "ledger {} has {} problem{}; `lostwrite ledger check --repair` rebuilds a damaged state table from the journal; damage to the journal, baseline or metadata needs a copy of the ledger",
+                        dir.display(),
+                        rep.problems.len(),
+                        if rep.problems.len() == 1 { "" } else { "s" }
+                    );
+                }
+            }
+            Ok(if rep.problems.is_empty() { 0 } else { 1 })
+        }
+        Op::Dump {
+            at,
+            json,
+            from,
+            block,
+        } => {
+            let dir = resolve_ledger(at.device.as_deref(), at.ledger.as_ref())?;
+            let l = Ledger::open(&dir, None, OpenOptions::new(Access::Live))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut err: Option<std::io::Error> = None;
+            l.scan_journal(from, &mut |e| {
+                if block.is_some() && e.record.block().is_some() && e.record.block() != block {
+                    return Ok(());
+                }
+                let line = if json {
+                    serde_json::json!({
+                        "lsn": e.lsn,
+                        "time": rfc3339(e.time),
+                        "kind": e.record.kind(),
+                        "record": e.record,
+                    })
+                    .to_string()
+                } else {
+                    format!("{:>10}  {}  {}", e.lsn, rfc3339(e.time), describe(e.record))
+                };
+                if err.is_none() {
+                    if let Err(e) = writeln!(out, "{line}") {
+                        err = Some(e);
+                    }
+                }
+                Ok(())
+            })?;
+            if let Some(e) = err {
+                return Err(e.into());
+            }
+            out.flush()?;
+            Ok(0)
+        }
+    }
+}
+
+fn describe(r: &Record) -> String {
+    match r {
+        Record::SessionOpen(o) => format!(
+            "session-open {} (previous {}; {} journal sync; pid {}; {})",
+            o.session,
+            if o.previous_clean { "clean" } else { "CRASHED" },
+            if o.strict { "strict" } else { "flush" },
+            o.pid,
+            o.software
+        ),
+        Record::SessionClose { session } => format!("session-close {session}"),
+        Record::Baseline { blocks } => format!("baseline of {blocks} blocks"),
+        Record::Write {
+            block,
+            generation,
+            crc,
+        } => format!("write block {block} gen {generation} crc {crc:08x}"),
+        Record::Zero { block, generation } => format!("zero block {block} gen {generation}"),
+        Record::Trim { block, generation } => format!("trim block {block} gen {generation}"),
+        Record::Failed { block, generation } => {
+            format!("FAILED write of block {block} gen {generation}")
+        }
+        Record::Flush {
+            session,
+            covers,
+            extra,
+        } => {
+            if extra.is_empty() {
+                format!("flush (session {session}): durable through LSN {covers}")
+            } else {
+                format!(
+                    "flush (session {session}): durable through LSN {covers} and {} later ranges",
+                    extra.len()
+                )
+            }
+        }
+        Record::Durable { first, last } => format!("fua: LSN {first}..={last} durable"),
+    }
+}

@@ -1,0 +1,87 @@
+//! The command line: one file per subcommand, each turning flags into a validated call into the
+//! library and the result into output and an exit status. Only this side of the crate uses
+//! anyhow and prints.
+
+pub mod demo;
+pub mod history;
+pub mod init;
+pub mod ledger;
+pub mod status;
+pub mod verify;
+
+use clap::{Parser, Subcommand};
+use lostwrite::ledger::default_dir;
+use std::path::PathBuf;
+
+/// Catch lost writes: a write-journal sidecar for block devices, and its verifier.
+#[derive(Parser, Debug)]
+#[command(name = "lostwrite", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (repeat for more); LOSTWRITE_LOG=debug does the same.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a ledger for a device, optionally recording every block now as generation 0.
+    Init(init::Args),
+    /// Hold a device against its ledger and classify every block that lost its latest write.
+    Verify(verify::Args),
+    /// Show every recorded generation of some blocks.
+    History(history::Args),
+    /// Check or dump the ledger itself.
+    Ledger(ledger::Args),
+    /// Summarise a ledger: device, sessions, journal, tracked blocks.
+    Status(status::Args),
+    /// Run the whole story on a scratch image: baseline, damage, verify.
+    Demo(demo::Args),
+}
+
+/// Where to find the device and its ledger; shared by most subcommands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The device: a regular file or a block device.
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+    /// The ledger directory [default: DEVICE.ledger beside the device].
+    #[arg(long, value_name = "DIR")]
+    pub ledger: Option<PathBuf>,
+}
+
+impl Target {
+    /// The ledger directory to use.
+    pub fn ledger_dir(&self) -> anyhow::Result<PathBuf> {
+        resolve_ledger(Some(&self.device), self.ledger.as_ref())
+    }
+}
+
+/// The ledger directory from `--ledger`, or beside a device path.
+pub fn resolve_ledger(device: Option<&str>, ledger: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(l) = ledger {
+        return Ok(l.clone());
+    }
+    match device {
+        Some(d) if d.contains("://") => anyhow::bail!(
+            "{d}: an NBD URI has no directory to keep a ledger beside; give one with --ledger DIR"
+        ),
+        Some(d) => Ok(default_dir(d)),
+        None => anyhow::bail!("give the DEVICE or the ledger directory (--ledger DIR)"),
+    }
+}
+
+/// Runs a parsed command line and returns the exit status.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::History(a) => history::run(a),
+        Command::Ledger(a) => ledger::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Demo(a) => demo::run(a),
+    }
+}

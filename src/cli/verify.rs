@@ -1,0 +1,60 @@
+//! `lostwrite verify DEVICE [--json] [--jobs N] [--strict]`: exit 0 when no failing finding,
+//! 1 with failing findings, 2 on trouble (including a damaged ledger).
+
+use super::Target;
+use lostwrite::device::BlockDevice;
+use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use lostwrite::verify;
+
+/// Flags of `verify`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    /// Print one JSON object (the contract's shape) instead of the human report.
+    #[arg(long)]
+    json: bool,
+    /// Scan threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Fail on `unflushed` and `uncertain` too.
+    #[arg(long)]
+    strict: bool,
+    /// The device's identity differs from the ledger's but it holds the same disk (moved,
+    /// copied or restored).
+    #[arg(long)]
+    device_moved: bool,
+    /// Findings shown in the human table.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    max_rows: usize,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    if a.jobs == Some(0) {
+        anyhow::bail!("--jobs 0: give at least 1 scan thread");
+    }
+    let dir = a.target.ledger_dir()?;
+    let dev = lostwrite::device::open(&a.target.device, false)?;
+    let mut opts = OpenOptions::new(Access::Read);
+    opts.device_moved = a.device_moved;
+    let ledger = Ledger::open(&dir, Some((dev.identity(), dev.size())), opts)?;
+    let report = verify::run(
+        &ledger,
+        &dev,
+        &verify::Options {
+            jobs: a.jobs.unwrap_or_else(lostwrite::scan::default_jobs),
+            strict: a.strict,
+            progress: !a.json,
+        },
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.human(a.max_rows));
+    }
+    Ok(match report.result {
+        "ledger-damaged" => 2,
+        "findings" => 1,
+        _ => 0,
+    })
+}

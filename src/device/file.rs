@@ -1,0 +1,189 @@
+//! A regular file or a block device, read and written with positioned I/O on one shared file
+//! descriptor (one page cache, so a flush on any connection covers writes from all of them).
+
+use super::{BlockDevice, DeviceIdentity, TrimOutcome};
+use crate::error::{Error, IoContext, Result};
+use nix::fcntl::{fallocate, FallocateFlags};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// A file-backed device.
+pub struct FileDevice {
+    path: PathBuf,
+    name: String,
+    file: File,
+    /// The same file opened with O_DSYNC: a write through it is durable when it returns (FUA).
+    dsync: Option<File>,
+    size: u64,
+    is_block: bool,
+    identity: DeviceIdentity,
+}
+
+impl FileDevice {
+    /// Opens `path` for reading, and for writing when `writable`.
+    pub fn open(path: &Path, writable: bool) -> Result<FileDevice> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| {
+                let hint = match e.kind() {
+                    io::ErrorKind::NotFound => " (no such file: check the DEVICE argument)",
+                    io::ErrorKind::PermissionDenied => {
+                        " (permission denied: run as a user that may open it)"
+                    }
+                    _ => "",
+                };
+                Error::io(path, format!("opening device{hint}"), e)
+            })?;
+        let meta = file.metadata().ctx(path, "stat")?;
+        let ft = meta.file_type();
+        let is_block = ft.is_block_device();
+        if !is_block && !ft.is_file() {
+            return Err(Error::Usage(format!(
+                "{}: not a regular file or block device",
+                path.display()
+            )));
+        }
+        let size = if is_block {
+            (&file)
+                .seek(SeekFrom::End(0))
+                .ctx(path, "reading block device size")?
+        } else {
+            meta.len()
+        };
+        let dsync = if writable {
+            Some(
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(nix::libc::O_DSYNC)
+                    .open(path)
+                    .ctx(path, "opening device with O_DSYNC for FUA writes")?,
+            )
+        } else {
+            None
+        };
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let identity = DeviceIdentity {
+            kind: if is_block { "block" } else { "file" }.into(),
+            path: canonical.display().to_string(),
+            dev: if is_block { 0 } else { meta.dev() },
+            ino: if is_block { 0 } else { meta.ino() },
+            rdev: if is_block { meta.rdev() } else { 0 },
+        };
+        Ok(FileDevice {
+            name: path.display().to_string(),
+            path: path.to_path_buf(),
+            file,
+            dsync,
+            size,
+            is_block,
+            identity,
+        })
+    }
+
+    /// The identity a ledger records for this device.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    /// The path it was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True for a block device.
+    pub fn is_block_device(&self) -> bool {
+        self.is_block
+    }
+
+    fn write_zeroes_by_writing(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn errno_to_io(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+fn unsupported(e: nix::errno::Errno) -> bool {
+    matches!(
+        e,
+        nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS | nix::errno::Errno::EINVAL
+    )
+}
+
+impl BlockDevice for FileDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        match (&self.dsync, fua) {
+            (Some(d), true) => d.write_all_at(buf, offset),
+            _ => self.file.write_all_at(buf, offset),
+        }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> io::Result<()> {
+        let (off, l) = (offset as i64, len as i64);
+        match fallocate(&self.file, FallocateFlags::FALLOC_FL_ZERO_RANGE, off, l) {
+            Ok(()) => return Ok(()),
+            Err(e) if !unsupported(e) => return Err(errno_to_io(e)),
+            Err(_) => {}
+        }
+        if may_trim {
+            let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            match fallocate(&self.file, punch, off, l) {
+                Ok(()) => return Ok(()),
+                Err(e) if !unsupported(e) => return Err(errno_to_io(e)),
+                Err(_) => {}
+            }
+        }
+        self.write_zeroes_by_writing(offset, len)
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> io::Result<TrimOutcome> {
+        // Punching a hole reads back as zeroes on files and, when the kernel accepts it, on
+        // block devices (it refuses rather than leave stale data).
+        let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(&self.file, punch, offset as i64, len as i64) {
+            Ok(()) => Ok(TrimOutcome::Zeroed),
+            Err(e) if unsupported(e) => Ok(TrimOutcome::Ignored),
+            Err(e) => Err(errno_to_io(e)),
+        }
+    }
+
+    fn done_with(&self, offset: u64, len: u64) {
+        if self.is_block {
+            // Advisory: a failure only means the page cache keeps the pages.
+            let _ = nix::fcntl::posix_fadvise(
+                &self.file,
+                offset as i64,
+                len as i64,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Journal frames: one commit group of records with its own checksum, first LSN, time, and the
+//! LSN up to which the journal was known durable when it was appended (which lets recovery tell
+//! a torn, never-synced tail from damage to synced history). Layout: docs/FORMAT.md ("Frames").
+
+use super::codec;
+use super::record::{Lsn, Record};
+use crate::clock::Micros;
+
+/// "LWFR" as little-endian bytes.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"LWFR");
+/// Bytes before the body.
+pub const HEADER_LEN: usize = 40;
+/// Largest body a frame may carry.
+pub const MAX_BODY: usize = 16 << 20;
+/// Smallest encoded record (a tag and one u64), bounding the record count a body can claim.
+const MIN_RECORD: usize = 12;
+
+/// A parsed frame header and its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// LSN of the first record; record `i` has LSN `first_lsn + i`.
+    pub first_lsn: Lsn,
+    /// Number of records.
+    pub count: u32,
+    /// Commit-group time.
+    pub time: Micros,
+    /// The journal was durable through this LSN when the frame was appended.
+    pub synced_lsn: Lsn,
+    /// Encoded records.
+    pub body: &'a [u8],
+    /// Total bytes of the frame (header and body).
+    pub len: usize,
+}
+
+impl Frame<'_> {
+    /// LSN of the last record.
+    pub fn last_lsn(&self) -> Lsn {
+        self.first_lsn + self.count as u64 - 1
+    }
+
+    /// Decodes the records; a body that does not hold exactly `count` records is an error.
+    pub fn records(&self) -> Result<Vec<Record>, String> {
+        let mut input = self.body;
+        let mut out = Vec::with_capacity(self.count as usize);
+        for i in 0..self.count {
+            let r: Record =
+                codec::decode_next(&mut input).map_err(|e| format!("record {i}: {e}"))?;
+            out.push(r);
+        }
+        if !input.is_empty() {
+            return Err(format!("{} bytes after the last record", input.len()));
+        }
+        Ok(out)
+    }
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Fewer bytes than the header or the body needs: a torn or truncated tail.
+    Truncated,
+    /// Not a frame header.
+    BadMagic,
+    /// Header fields out of range.
+    BadHeader(String),
+    /// The checksum does not match.
+    BadChecksum,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Truncated => write!(f, "frame cut short"),
+            FrameError::BadMagic => write!(f, "no frame magic"),
+            FrameError::BadHeader(s) => write!(f, "bad frame header: {s}"),
+            FrameError::BadChecksum => write!(f, "frame checksum mismatch"),
+        }
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The frame checksum: CRC-32 of the ledger id followed by bytes 8.. of the frame, so a frame
+/// left behind by another ledger (stale blocks after a crash) never passes as one of ours.
+fn frame_crc(ledger_id: &[u8; 16], bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(ledger_id);
+    h.update(bytes);
+    h.finalize()
+}
+
+/// Appends one frame holding `records` to `out`.
+pub fn encode(
+    out: &mut Vec<u8>,
+    ledger_id: &[u8; 16],
+    first_lsn: Lsn,
+    time: Micros,
+    synced_lsn: Lsn,
+    records: &[Record],
+) {
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    for r in records {
+        codec::encode_into(r, out);
+    }
+    let body_len = out.len() - start - HEADER_LEN;
+    assert!(body_len <= MAX_BODY, "frame body of {body_len} bytes");
+    let h = &mut out[start..start + HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[8..12].copy_from_slice(&(body_len as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&(records.len() as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
+    h[24..32].copy_from_slice(&time.to_le_bytes());
+    h[32..40].copy_from_slice(&synced_lsn.to_le_bytes());
+    let crc = frame_crc(ledger_id, &out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Parses the frame at the start of `buf`.
+pub fn parse<'a>(buf: &'a [u8], ledger_id: &[u8; 16]) -> Result<Frame<'a>, FrameError> {
+    if buf.len() < 4 {
+        return Err(FrameError::Truncated);
+    }
+    if u32_at(buf, 0) != MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    if buf.len() < HEADER_LEN {
+        return Err(FrameError::Truncated);
+    }
+    let body_len = u32_at(buf, 8) as usize;
+    let count = u32_at(buf, 12);
+    if body_len > MAX_BODY {
+        return Err(FrameError::BadHeader(format!("body of {body_len} bytes")));
+    }
+    if count == 0 || count as usize > body_len / MIN_RECORD {
+        return Err(FrameError::BadHeader(format!(
+            "{count} records in {body_len} bytes"
+        )));
+    }
+    let len = HEADER_LEN + body_len;
+    if buf.len() < len {
+        return Err(FrameError::Truncated);
+    }
+    if frame_crc(ledger_id, &buf[8..len]) != u32_at(buf, 4) {
+        return Err(FrameError::BadChecksum);
+    }
+    let first_lsn = u64_at(buf, 16);
+    if first_lsn == 0 {
+        return Err(FrameError::BadHeader("LSN 0".into()));
+    }
+    Ok(Frame {
+        first_lsn,
+        count,
+        time: u64_at(buf, 24) as i64,
+        synced_lsn: u64_at(buf, 32),
+        body: &buf[HEADER_LEN..len],
+        len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_parse() {
+        let recs = vec![
+            Record::Write {
+                block: 7,
+                generation: 3,
+                crc: 0xdead_beef,
+            },
+            Record::Flush {
+                session: 1,
+                covers: 9,
+                extra: vec![(11, 12)],
+            },
+        ];
+        let mut buf = Vec::new();
+        encode(&mut buf, &[1; 16], 10, 1234, 8, &recs);
+        assert_eq!(parse(&buf, &[2; 16]).unwrap_err(), FrameError::BadChecksum);
+        let f = parse(&buf, &[1; 16]).unwrap();
+        assert_eq!(
+            (f.first_lsn, f.count, f.time, f.synced_lsn),
+            (10, 2, 1234, 8)
+        );
+        assert_eq!(f.len, buf.len());
+        assert_eq!(f.records().unwrap(), recs);
+        assert_eq!(f.last_lsn(), 11);
+    }
+}

@@ -1,0 +1,1062 @@
+//! The ledger: the record, kept apart from the device, of what every block should hold.
+//!
+//! A ledger is a directory (docs/FORMAT.md draws every byte):
+//!
+//! ```text
+//! meta        which device, block size, size, identity          (meta.rs)
+//! lock        flock: one writer at a time                       (lock.rs)
+//! state       per-block generation + checksum, mapped, checked  (state.rs, mapped.rs)
+//! baseline    generation-0 checksums from `init --baseline`     (baseline.rs)
+//! journal/    append-only chained segments of checksummed frames (segment.rs, frame.rs,
+//!             reader.rs, writer.rs)
+//! ```
+//!
+//! This module opens and recovers a ledger (truncating a torn journal tail, replaying the journal
+//! past the state table's checkpoint, rebuilding the table when it is damaged) and offers the
+//! recording API the sidecar calls. The durability rules of DESIGN.md are that API's contract:
+//!
+//! - a change is recorded (its frame is in the kernel) before the caller issues the device write;
+//! - a failed device write is recorded as failed;
+//! - [`Ledger::flush`] marks durable exactly the changes that had completed when it began, after
+//!   the device and the journal were both synced;
+//! - [`Ledger::record_fua`] marks one completed write durable, with its journal records synced;
+//! - [`Ledger::close`] ends the session cleanly: everything synced, a session-close record.
+
+pub mod baseline;
+pub mod check;
+pub mod codec;
+pub mod frame;
+pub mod history;
+mod lock;
+pub mod mapped;
+pub mod meta;
+pub mod reader;
+pub mod record;
+pub mod segment;
+pub mod state;
+pub mod writer;
+
+use crate::block::{self, Geometry};
+use crate::clock;
+use crate::device::{BlockDevice, DeviceIdentity};
+use crate::error::{Error, IoContext, Result};
+use baseline::Baseline;
+use meta::Meta;
+use reader::{JournalEnd, TornTail};
+use record::{Generation, Lsn, Record, SessionOpen};
+use state::{BlockState, StateHeader, StateTable};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use writer::JournalWriter;
+
+pub use lock::LOCK_FILE;
+
+/// File names inside the ledger directory.
+pub const META_FILE: &str = "meta";
+/// State table file.
+pub const STATE_FILE: &str = "state";
+/// Baseline file.
+pub const BASELINE_FILE: &str = "baseline";
+/// Journal directory.
+pub const JOURNAL_DIR: &str = "journal";
+
+/// Where the ledger of a device lives unless `--ledger` says otherwise: `<DEVICE>.ledger`.
+pub fn default_dir(device: &str) -> PathBuf {
+    PathBuf::from(format!("{device}.ledger"))
+}
+
+/// How a ledger is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The one writer (serve, repair): exclusive lock, torn tails truncated, table repaired.
+    Write,
+    /// A consistent reader (verify, check): shared lock, refused while a writer runs; repairs
+    /// happen in memory only.
+    Read,
+    /// A reader that tolerates a running writer (history, dump, status): reads the journal up to
+    /// its last whole frame and does not judge the state table.
+    Live,
+}
+
+/// Options for [`Ledger::open`].
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    /// Reader or writer.
+    pub access: Access,
+    /// Accept a device whose identity differs (same contents moved or copied).
+    pub device_moved: bool,
+    /// Start a new journal segment past this size.
+    pub segment_bytes: u64,
+}
+
+impl OpenOptions {
+    /// Options for `access` with defaults otherwise.
+    pub fn new(access: Access) -> Self {
+        OpenOptions {
+            access,
+            device_moved: false,
+            segment_bytes: segment::DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// What opening the ledger found and did.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// A torn journal tail (truncated by a writer, ignored by a reader).
+    pub torn_tail: Option<TornTail>,
+    /// Why the state table was rebuilt from the journal, if it was.
+    pub state_rebuilt: Option<String>,
+    /// Records replayed into the state table.
+    pub replayed: u64,
+    /// Whether the last session had closed cleanly.
+    pub previous_clean: bool,
+    /// Warnings for the operator.
+    pub warnings: Vec<String>,
+}
+
+/// Where a new ledger's generation 0 comes from.
+pub struct BaselineSource<'a> {
+    /// The device to scan.
+    pub device: &'a dyn BlockDevice,
+    /// Scan threads.
+    pub jobs: usize,
+    /// Progress display.
+    pub progress: Option<&'a indicatif::ProgressBar>,
+}
+
+/// A recorded change whose device I/O is under way; hand it back to [`Ledger::complete`].
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// LSN of the first record.
+    pub first: Lsn,
+    /// LSN of the last record.
+    pub last: Lsn,
+    /// First block changed.
+    pub first_block: u64,
+    /// The generation given to each block, in block order.
+    pub generations: Vec<Generation>,
+}
+
+struct Inflight {
+    incomplete: BTreeMap<Lsn, Lsn>,
+    completed: Vec<(Lsn, Lsn)>,
+    last_covers: Lsn,
+}
+
+struct Session {
+    id: u64,
+    strict: bool,
+    inflight: Mutex<Inflight>,
+    device_failure: Mutex<Option<String>>,
+}
+
+/// An open ledger.
+pub struct Ledger {
+    dir: PathBuf,
+    meta: Meta,
+    geometry: Geometry,
+    zero_crc: u32,
+    state: StateTable,
+    baseline: Option<Baseline>,
+    header: Mutex<StateHeader>,
+    journal: Option<JournalWriter>,
+    session: Option<Session>,
+    recovery: Recovery,
+    access: Access,
+    _lock: Option<lock::LedgerLock>,
+}
+
+fn lock_mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn random_id() -> Result<[u8; 16]> {
+    use std::io::Read;
+    let mut id = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut id))
+        .ctx("/dev/urandom", "reading a random ledger id")?;
+    Ok(id)
+}
+
+/// Applies one record to the state table (used by replay, rebuild and live recording).
+fn apply(
+    state: &StateTable,
+    baseline: Option<&Baseline>,
+    zero_crc: u32,
+    lsn: Lsn,
+    rec: &Record,
+    path: &Path,
+) -> Result<()> {
+    let check = |block: u64| {
+        if block >= state.block_count() {
+            Err(Error::damaged(
+                path,
+                0,
+                format!(
+                    "record LSN {lsn} names block {block}, beyond the device's {} blocks",
+                    state.block_count()
+                ),
+            ))
+        } else {
+            Ok(block)
+        }
+    };
+    match *rec {
+        Record::Write {
+            block,
+            generation,
+            crc,
+        } => state.set(check(block)?, BlockState::Tracked { generation, crc }),
+        Record::Zero { block, generation } => state.set(
+            check(block)?,
+            BlockState::Tracked {
+                generation,
+                crc: zero_crc,
+            },
+        ),
+        Record::Trim { block, generation } => {
+            state.set(check(block)?, BlockState::Untracked { generation })
+        }
+        Record::Failed { block, generation } => {
+            state.set(check(block)?, BlockState::Unknown { generation })
+        }
+        Record::Baseline { blocks } => {
+            let b = baseline.ok_or_else(|| {
+                Error::damaged(
+                    path,
+                    0,
+                    format!("record LSN {lsn} is a baseline, but the ledger has no baseline file"),
+                )
+            })?;
+            for blk in 0..blocks.min(b.block_count()) {
+                state.set(
+                    blk,
+                    BlockState::Tracked {
+                        generation: 0,
+                        crc: b.get(blk),
+                    },
+                );
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl Ledger {
+    /// Creates a new ledger for a device (atomically: it appears complete or not at all), and
+    /// with `baseline` records generation 0 of every block.
+    pub fn create(
+        dir: &Path,
+        identity: &DeviceIdentity,
+        device_size: u64,
+        block_size: u32,
+        baseline: Option<BaselineSource<'_>>,
+    ) -> Result<()> {
+        if dir.exists() {
+            return Err(Error::Ledger {
+                path: dir.to_path_buf(),
+                detail: "a ledger already exists here; verify against it, or move it away to start a new one (its history would be lost)".into(),
+            });
+        }
+        if device_size == 0 {
+            return Err(Error::Usage(format!(
+                "{}: the device is empty (0 bytes); there is nothing to track",
+                identity.path
+            )));
+        }
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".lostwrite-init-")
+            .tempdir_in(&parent)
+            .ctx(&parent, "creating a temporary ledger directory")?;
+        let t = tmp.path();
+        let geometry = Geometry::new(block_size, device_size);
+        let meta = Meta {
+            ledger_id: random_id()?,
+            block_size,
+            device_size,
+            identity: identity.clone(),
+            created: clock::now(),
+            software: concat!("lostwrite ", env!("CARGO_PKG_VERSION")).into(),
+        };
+        let meta_path = t.join(META_FILE);
+        std::fs::write(&meta_path, meta.encode()).ctx(&meta_path, "writing ledger metadata")?;
+        std::fs::File::open(&meta_path)
+            .and_then(|f| f.sync_all())
+            .ctx(&meta_path, "fsync")?;
+        let jdir = t.join(JOURNAL_DIR);
+        std::fs::create_dir(&jdir).ctx(&jdir, "creating journal directory")?;
+        writer::create_segment(&jdir, &meta.ledger_id, 1, 1, 0, 0)?;
+        let mut header = StateHeader {
+            block_size,
+            block_count: geometry.block_count(),
+            ledger_id: meta.ledger_id,
+            checkpoint_lsn: 0,
+            checkpoint_pos: (1, segment::HEADER_LEN as u64),
+            last_session: 0,
+            session_open: false,
+            clean: false,
+        };
+        let state = StateTable::create(&t.join(STATE_FILE), &header)?;
+        if let Some(src) = baseline {
+            let mut base = Baseline::create(&t.join(BASELINE_FILE), geometry.block_count())?;
+            let bs = block_size as usize;
+            crate::scan::parallel(
+                src.device,
+                geometry,
+                src.jobs,
+                src.progress,
+                || (),
+                |_, first, data| {
+                    for (i, blk) in data.chunks_exact(bs).enumerate() {
+                        let b = first + i as u64;
+                        let crc = block::checksum(blk);
+                        base.set(b, crc);
+                        state.set(b, BlockState::Tracked { generation: 0, crc });
+                    }
+                },
+            )?;
+            let w = JournalWriter::resume(
+                &jdir,
+                meta.ledger_id,
+                writer::Resume {
+                    segment: 1,
+                    offset: segment::HEADER_LEN as u64,
+                    content_crc: segment_header_crc(&jdir, 1)?,
+                    next_lsn: 1,
+                },
+                0,
+                segment::DEFAULT_SEGMENT_BYTES,
+            )?;
+            let now = clock::now();
+            let (lsn, _) = w.append(
+                &[Record::Baseline {
+                    blocks: geometry.block_count(),
+                }],
+                now,
+            )?;
+            w.sync_all()?;
+            base.finish(block_size, &meta.ledger_id, now, lsn)?;
+            header.checkpoint_lsn = lsn;
+            header.checkpoint_pos = w.position();
+        }
+        state.seal_dirty();
+        state.flush()?;
+        header.clean = true;
+        state.write_header(&header)?;
+        writer::sync_dir(t)?;
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            t,
+            nix::fcntl::AT_FDCWD,
+            dir,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| Error::io(dir, "moving the new ledger into place", e.into()))?;
+        // The directory now lives under its final name; nothing is left for TempDir to delete.
+        let _ = tmp.keep();
+        writer::sync_dir(&parent)?;
+        Ok(())
+    }
+
+    /// Opens a ledger. With `device`, checks that it is the device the ledger was made for
+    /// (size, and identity unless `device_moved`).
+    pub fn open(
+        dir: &Path,
+        device: Option<(&DeviceIdentity, u64)>,
+        opts: OpenOptions,
+    ) -> Result<Ledger> {
+        if !dir.join(META_FILE).exists() {
+            return Err(Error::Ledger {
+                path: dir.to_path_buf(),
+                detail: if dir.exists() {
+                    "this directory is not a lostwrite ledger (no meta file)".into()
+                } else {
+                    "no ledger here: create one with `lostwrite init DEVICE --baseline`, or give its directory with --ledger".into()
+                },
+            });
+        }
+        let lock = match opts.access {
+            Access::Write => Some(lock::acquire(dir, true)?),
+            Access::Read => Some(lock::acquire(dir, false)?),
+            Access::Live => lock::acquire(dir, false).ok(),
+        };
+        let live = opts.access == Access::Live && lock.is_none();
+        let meta = Meta::read(&dir.join(META_FILE))?;
+        if let Some((id, size)) = device {
+            if size != meta.device_size {
+                return Err(Error::DeviceMismatch {
+                    path: PathBuf::from(&id.path),
+                    detail: format!(
+                        "the device is {size} bytes but the ledger {} was made for {} bytes: it was resized, or this is another device. A ledger cannot follow a resize; make a new one with `lostwrite init` (keep the old one for its history)",
+                        dir.display(),
+                        meta.device_size
+                    ),
+                });
+            }
+            if let Some(why) = meta.identity.differs(id) {
+                if !opts.device_moved {
+                    return Err(Error::DeviceMismatch {
+                        path: PathBuf::from(&id.path),
+                        detail: format!(
+                            "this is not the device of ledger {}: {why}. If it holds the same disk's contents (moved, copied or restored), pass --device-moved",
+                            dir.display()
+                        ),
+                    });
+                }
+            }
+        }
+        let geometry = Geometry::new(meta.block_size, meta.device_size);
+        let zero_crc = block::zero_checksum(meta.block_size);
+        let writable = opts.access == Access::Write;
+        let state_path = dir.join(STATE_FILE);
+        let state = StateTable::open(&state_path, geometry.block_count(), writable)?;
+        let base_path = dir.join(BASELINE_FILE);
+        let baseline = if base_path.exists() {
+            Some(Baseline::open(
+                &base_path,
+                meta.block_size,
+                geometry.block_count(),
+                &meta.ledger_id,
+            )?)
+        } else {
+            None
+        };
+        let jdir = dir.join(JOURNAL_DIR);
+        let mut recovery = Recovery::default();
+
+        // What the table claims, and whether it is believable.
+        let mut rebuild: Option<String> = None;
+        let header = match state.header() {
+            Ok(h)
+                if h.ledger_id == meta.ledger_id
+                    && h.block_size == meta.block_size
+                    && h.block_count == geometry.block_count() =>
+            {
+                Some(h)
+            }
+            Ok(_) => {
+                rebuild = Some("its header belongs to another ledger or geometry".into());
+                None
+            }
+            Err(e) => {
+                rebuild = Some(e.to_string());
+                None
+            }
+        };
+        let protected = header.map_or((0, 0), |h| h.checkpoint_pos);
+        let mut sessions = SessionTrack {
+            last: header.map_or(0, |h| h.last_session),
+            open: header.is_some_and(|h| h.session_open),
+        };
+        let mut end: Option<JournalEnd> = None;
+        // Why the table must be rebuilt from the whole journal although it is not damaged.
+        let mut recover: Option<String> = None;
+        if live {
+            end = Some(reader::scan(
+                &jdir,
+                &meta.ledger_id,
+                Lsn::MAX,
+                (0, 0),
+                &mut |_| Ok(()),
+            )?);
+        } else if let Some(h) = header {
+            if !h.clean {
+                // A writer died with the table half-updated. After a host crash the table may
+                // even hold changes whose journal records were lost, so only a full replay of the
+                // journal is trustworthy.
+                recover = Some("the last writer did not close the ledger cleanly".into());
+            } else if let Some(&p) = state.bad_pages().first() {
+                rebuild = Some(format!(
+                    "page {p} (blocks {}..{}) fails its check at offset {}",
+                    p * 512,
+                    (p + 1) * 512,
+                    state.check_offset(p)
+                ));
+            } else {
+                let mut replayed = 0u64;
+                let e = reader::scan(
+                    &jdir,
+                    &meta.ledger_id,
+                    h.checkpoint_lsn + 1,
+                    protected,
+                    &mut |e| {
+                        replayed += 1;
+                        sessions.see(e.record);
+                        apply(&state, baseline.as_ref(), zero_crc, e.lsn, e.record, &jdir)
+                    },
+                )?;
+                recovery.replayed = replayed;
+                end = Some(e);
+            }
+        }
+        if !live && (rebuild.is_some() || recover.is_some()) {
+            if let Some(why) = &rebuild {
+                let msg = format!(
+                    "state table {} is damaged ({why}); rebuilt it from the journal",
+                    state_path.display()
+                );
+                tracing::warn!("{msg}");
+                recovery.warnings.push(msg);
+                recovery.state_rebuilt = Some(why.clone());
+            } else if let Some(why) = &recover {
+                tracing::info!("{why}; rebuilding the state table from the journal");
+            }
+            state.clear();
+            sessions = SessionTrack::default();
+            let mut replayed = 0u64;
+            end = Some(reader::scan(
+                &jdir,
+                &meta.ledger_id,
+                1,
+                protected,
+                &mut |e| {
+                    replayed += 1;
+                    sessions.see(e.record);
+                    apply(&state, baseline.as_ref(), zero_crc, e.lsn, e.record, &jdir)
+                },
+            )?);
+            recovery.replayed = replayed;
+        }
+        if let (Some(h), Some(e)) = (header, &end) {
+            if !live && e.next_lsn - 1 < h.checkpoint_lsn {
+                return Err(Error::damaged(
+                    &jdir,
+                    0,
+                    format!(
+                        "the journal ends at LSN {} but the state table was checkpointed at LSN {}: journal records are missing (a segment was truncated or restored from an older copy)",
+                        e.next_lsn - 1,
+                        h.checkpoint_lsn
+                    ),
+                ));
+            }
+        }
+        let mut end = end.expect("journal scanned");
+        recovery.previous_clean = !sessions.open;
+        if let Some(t) = &end.torn {
+            let msg = format!(
+                "journal {} has a torn tail at offset {} ({}; {} bytes after the last whole frame, never synced: left by a crash){}",
+                t.path.display(),
+                t.offset,
+                t.reason,
+                t.file_len - t.offset,
+                if writable { "; truncated it" } else { "; ignoring it" }
+            );
+            tracing::warn!("{msg}");
+            recovery.warnings.push(msg);
+            recovery.torn_tail = Some(t.clone());
+        }
+
+        let mut journal = None;
+        if writable {
+            if let Some(t) = end.torn.take() {
+                if t.offset == 0 {
+                    std::fs::remove_file(&t.path).ctx(&t.path, "removing a torn new segment")?;
+                    writer::sync_dir(&jdir)?;
+                } else {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&t.path)
+                        .ctx(&t.path, "opening segment to truncate its torn tail")?;
+                    f.set_len(t.offset).ctx(&t.path, "truncating torn tail")?;
+                    f.sync_all().ctx(&t.path, "fsync after truncating")?;
+                }
+            }
+            let last = end.segments.last().expect("at least one segment");
+            let last_path = last.path.clone();
+            std::fs::File::open(&last_path)
+                .and_then(|f| f.sync_data())
+                .ctx(&last_path, "fdatasync of journal")?;
+            let w = JournalWriter::resume(
+                &jdir,
+                meta.ledger_id,
+                writer::Resume {
+                    segment: last.number,
+                    offset: last.valid_len,
+                    content_crc: last.content_crc,
+                    next_lsn: end.next_lsn,
+                },
+                end.next_lsn - 1,
+                opts.segment_bytes,
+            )?;
+            journal = Some(w);
+        }
+        let header_now = StateHeader {
+            block_size: meta.block_size,
+            block_count: geometry.block_count(),
+            ledger_id: meta.ledger_id,
+            checkpoint_lsn: end.next_lsn - 1,
+            checkpoint_pos: journal.as_ref().map_or(protected, |w| w.position()),
+            last_session: sessions.last,
+            session_open: sessions.open,
+            clean: true,
+        };
+        let ledger = Ledger {
+            dir: dir.to_path_buf(),
+            meta,
+            geometry,
+            zero_crc,
+            state,
+            baseline,
+            header: Mutex::new(header_now),
+            journal,
+            session: None,
+            recovery,
+            access: opts.access,
+            _lock: lock,
+        };
+        if writable {
+            ledger.checkpoint(header_now)?;
+        }
+        Ok(ledger)
+    }
+
+    /// Seals changed pages, syncs the table and writes `h` as its header.
+    fn checkpoint(&self, h: StateHeader) -> Result<()> {
+        self.state.seal_dirty();
+        self.state.flush()?;
+        self.state.write_header(&h)?;
+        *lock_mutex(&self.header) = h;
+        Ok(())
+    }
+
+    /// The ledger directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The metadata.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The block geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Checksum of a zero block of this ledger's size.
+    pub fn zero_crc(&self) -> u32 {
+        self.zero_crc
+    }
+
+    /// What opening found and did.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// What block `b` should hold now.
+    pub fn state(&self, block: u64) -> BlockState {
+        self.state.get(block)
+    }
+
+    /// The state table (for the verifier's scan loop).
+    pub fn state_table(&self) -> &StateTable {
+        &self.state
+    }
+
+    /// The baseline, if one was taken.
+    pub fn baseline(&self) -> Option<&Baseline> {
+        self.baseline.as_ref()
+    }
+
+    /// The current header values (checkpoint, sessions).
+    pub fn header(&self) -> StateHeader {
+        *lock_mutex(&self.header)
+    }
+
+    /// True when opened without the lock while a writer runs.
+    pub fn is_live_view(&self) -> bool {
+        self._lock.is_none()
+    }
+
+    /// How the ledger was opened.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Reads the journal again from the start, handing every record with LSN >= `from` to
+    /// `visit`.
+    pub fn scan_journal(
+        &self,
+        from: Lsn,
+        visit: &mut dyn FnMut(reader::Entry<'_>) -> Result<()>,
+    ) -> Result<JournalEnd> {
+        let protected = if self.is_live_view() {
+            (0, 0)
+        } else {
+            self.header().checkpoint_pos
+        };
+        reader::scan(
+            &self.dir.join(JOURNAL_DIR),
+            &self.meta.ledger_id,
+            from,
+            protected,
+            visit,
+        )
+    }
+
+    // ---- recording (writer only) ----
+
+    fn writer(&self) -> Result<(&JournalWriter, &Session)> {
+        let j = self.journal.as_ref().ok_or_else(|| {
+            Error::Usage("the ledger was opened read-only; recording needs Access::Write".into())
+        })?;
+        let s = self.session.as_ref().ok_or_else(|| {
+            Error::Usage("no session: call begin_session before recording".into())
+        })?;
+        if let Some(why) = lock_mutex(&s.device_failure).as_ref() {
+            return Err(Error::Poisoned {
+                path: PathBuf::from(&self.meta.identity.path),
+                detail: why.clone(),
+            });
+        }
+        Ok((j, s))
+    }
+
+    /// Starts a service session: appends a session-open record (saying whether the previous
+    /// session ended cleanly), syncs it, and marks the table as being changed.
+    pub fn begin_session(&mut self, strict: bool) -> Result<u64> {
+        let j = self.journal.as_ref().ok_or_else(|| {
+            Error::Usage("the ledger was opened read-only; a session needs Access::Write".into())
+        })?;
+        let mut h = self.header();
+        let id = h.last_session + 1;
+        let (lsn, _) = j.append(
+            &[Record::SessionOpen(SessionOpen {
+                session: id,
+                previous_clean: self.recovery.previous_clean,
+                strict,
+                pid: std::process::id(),
+                software: concat!("lostwrite ", env!("CARGO_PKG_VERSION")).into(),
+            })],
+            clock::now(),
+        )?;
+        j.sync_to(lsn)?;
+        h.checkpoint_lsn = lsn;
+        h.checkpoint_pos = j.position();
+        h.last_session = id;
+        h.session_open = true;
+        h.clean = false;
+        self.state.write_header(&h)?;
+        *lock_mutex(&self.header) = h;
+        self.session = Some(Session {
+            id,
+            strict,
+            inflight: Mutex::new(Inflight {
+                incomplete: BTreeMap::new(),
+                completed: Vec::new(),
+                last_covers: lsn,
+            }),
+            device_failure: Mutex::new(None),
+        });
+        Ok(id)
+    }
+
+    /// The current session number, if a session is open.
+    pub fn session_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    fn record_changes(
+        &self,
+        first_block: u64,
+        count: u64,
+        make: impl Fn(u64, Generation) -> (Record, BlockState),
+    ) -> Result<Ticket> {
+        let (j, s) = self.writer()?;
+        let end = first_block
+            .checked_add(count)
+            .filter(|&e| e <= self.geometry.block_count() && count > 0)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "blocks {first_block}..+{count} are not within the device's {} blocks",
+                    self.geometry.block_count()
+                ))
+            })?;
+        let mut records = Vec::with_capacity(count as usize);
+        let mut states = Vec::with_capacity(count as usize);
+        let mut generations = Vec::with_capacity(count as usize);
+        for b in first_block..end {
+            let g = self.state.get(b).next_generation();
+            let (r, st) = make(b, g);
+            records.push(r);
+            states.push(st);
+            generations.push(g);
+        }
+        let (first, last) = {
+            let mut inf = lock_mutex(&s.inflight);
+            let (first, last) = j.append(&records, clock::now())?;
+            inf.incomplete.insert(first, last);
+            (first, last)
+        };
+        for (b, st) in (first_block..end).zip(states) {
+            self.state.set(b, st);
+        }
+        if s.strict {
+            j.sync_to(last)?;
+        }
+        Ok(Ticket {
+            first,
+            last,
+            first_block,
+            generations,
+        })
+    }
+
+    /// Records that blocks `first_block..` are being written with contents whose checksums are
+    /// `crcs`. Call before issuing the device write; the records are in the kernel (and with
+    /// `--journal-sync strict`, durable) when this returns.
+    pub fn record_write(&self, first_block: u64, crcs: &[u32]) -> Result<Ticket> {
+        self.record_changes(first_block, crcs.len() as u64, |b, g| {
+            let crc = crcs[(b - first_block) as usize];
+            (
+                Record::Write {
+                    block: b,
+                    generation: g,
+                    crc,
+                },
+                BlockState::Tracked { generation: g, crc },
+            )
+        })
+    }
+
+    /// Like [`Ledger::record_write`], checksumming `data` (whole blocks) itself.
+    pub fn record_write_data(&self, first_block: u64, data: &[u8]) -> Result<Ticket> {
+        let bs = self.meta.block_size as usize;
+        if data.len() % bs != 0 {
+            return Err(Error::Usage(format!(
+                "{} bytes is not a whole number of {bs}-byte blocks",
+                data.len()
+            )));
+        }
+        let crcs: Vec<u32> = data.chunks_exact(bs).map(block::checksum).collect();
+        self.record_write(first_block, &crcs)
+    }
+
+    /// Records that blocks are being zeroed (they will read back as zeroes).
+    pub fn record_zero(&self, first_block: u64, count: u64) -> Result<Ticket> {
+        let z = self.zero_crc;
+        self.record_changes(first_block, count, |b, g| {
+            (
+                Record::Zero {
+                    block: b,
+                    generation: g,
+                },
+                BlockState::Tracked {
+                    generation: g,
+                    crc: z,
+                },
+            )
+        })
+    }
+
+    /// Records that blocks were discarded with undefined contents: untracked until written.
+    pub fn record_trim(&self, first_block: u64, count: u64) -> Result<Ticket> {
+        self.record_changes(first_block, count, |b, g| {
+            (
+                Record::Trim {
+                    block: b,
+                    generation: g,
+                },
+                BlockState::Untracked { generation: g },
+            )
+        })
+    }
+
+    /// Reports how the device I/O of a ticket ended. A failure is recorded (the blocks' contents
+    /// become unknown until their next write); the ticket then counts as completed for flushes.
+    pub fn complete(&self, t: &Ticket, ok: bool) -> Result<()> {
+        let (j, s) = match (&self.journal, &self.session) {
+            (Some(j), Some(s)) => (j, s),
+            _ => return Err(Error::Usage("complete() without a session".into())),
+        };
+        let mut inf = lock_mutex(&s.inflight);
+        if !ok {
+            let records: Vec<Record> = t
+                .generations
+                .iter()
+                .enumerate()
+                .map(|(i, &g)| Record::Failed {
+                    block: t.first_block + i as u64,
+                    generation: g,
+                })
+                .collect();
+            j.append(&records, clock::now())?;
+            for (i, &g) in t.generations.iter().enumerate() {
+                self.state.set(
+                    t.first_block + i as u64,
+                    BlockState::Unknown { generation: g },
+                );
+            }
+        }
+        inf.incomplete.remove(&t.first);
+        inf.completed.push((t.first, t.last));
+        Ok(())
+    }
+
+    /// Marks a completed FUA write durable: appends a durable record and syncs the journal
+    /// through it (group commit). Call after [`Ledger::complete`] and after the device write,
+    /// made with FUA, returned.
+    pub fn record_fua(&self, t: &Ticket) -> Result<()> {
+        let (j, _) = self.writer()?;
+        let (lsn, _) = j.append(
+            &[Record::Durable {
+                first: t.first,
+                last: t.last,
+            }],
+            clock::now(),
+        )?;
+        j.sync_to(lsn)
+    }
+
+    /// A FLUSH: every change completed before this call becomes durable. `device_flush` syncs
+    /// the device; then a flush record is appended and the journal synced through it. A failed
+    /// device flush poisons the session: later writes are refused, and the session will not
+    /// close cleanly (its unflushed writes stay non-durable).
+    pub fn flush(&self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
+        let (j, s) = self.writer()?;
+        let (covers, extra, changed) = {
+            let mut inf = lock_mutex(&s.inflight);
+            let covers = match inf.incomplete.first_key_value() {
+                Some((&first, _)) => first - 1,
+                None => j.next_lsn() - 1,
+            };
+            let mut extra: Vec<(Lsn, Lsn)> = inf
+                .completed
+                .drain(..)
+                .filter(|&(first, _)| first > covers)
+                .collect();
+            extra.sort_unstable();
+            let merged = merge_ranges(extra);
+            let changed = covers > inf.last_covers || !merged.is_empty();
+            inf.last_covers = inf.last_covers.max(covers);
+            (covers, merged, changed)
+        };
+        if let Err(e) = device_flush() {
+            let why = format!("device flush (fdatasync) failed: {e}");
+            *lock_mutex(&s.device_failure) = Some(why);
+            return Err(Error::io(
+                &self.meta.identity.path,
+                "fdatasync of device",
+                e,
+            ));
+        }
+        if changed {
+            let (lsn, _) = j.append(
+                &[Record::Flush {
+                    session: s.id,
+                    covers,
+                    extra,
+                }],
+                clock::now(),
+            )?;
+            j.sync_to(lsn)
+        } else {
+            j.sync_all()
+        }
+    }
+
+    /// Ends the session cleanly: the device is flushed with `device_flush`, a session-close
+    /// record is synced, and the state table is checkpointed. If the session was poisoned by a
+    /// device failure it is left unclosed, so it counts as crashed.
+    pub fn close(self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
+        let (Some(j), Some(s)) = (&self.journal, &self.session) else {
+            return Ok(());
+        };
+        let failed = lock_mutex(&s.device_failure).clone();
+        let mut h = self.header();
+        if failed.is_none() {
+            device_flush().ctx(&self.meta.identity.path, "fdatasync of device at shutdown")?;
+            let (lsn, _) = j.append(&[Record::SessionClose { session: s.id }], clock::now())?;
+            j.sync_to(lsn)?;
+            h.checkpoint_lsn = lsn;
+            h.session_open = false;
+            h.clean = true;
+        } else {
+            j.sync_all()?;
+            h.checkpoint_lsn = j.next_lsn() - 1;
+            h.clean = true;
+        }
+        h.checkpoint_pos = j.position();
+        self.checkpoint(h)
+    }
+
+    /// Rewrites the state table from the journal and checkpoints it (`ledger check --repair`).
+    pub fn rebuild_state(&mut self) -> Result<()> {
+        if self.journal.is_none() {
+            return Err(Error::Usage("rebuild needs Access::Write".into()));
+        }
+        let jdir = self.dir.join(JOURNAL_DIR);
+        self.state.clear();
+        let mut sessions = SessionTrack::default();
+        let (state, baseline, zero) = (&self.state, self.baseline.as_ref(), self.zero_crc);
+        let end = reader::scan(&jdir, &self.meta.ledger_id, 1, (0, 0), &mut |e| {
+            sessions.see(e.record);
+            apply(state, baseline, zero, e.lsn, e.record, &jdir)
+        })?;
+        let mut h = self.header();
+        h.checkpoint_lsn = end.next_lsn - 1;
+        h.last_session = sessions.last;
+        h.session_open = sessions.open;
+        h.clean = true;
+        self.checkpoint(h)
+    }
+}
+
+fn merge_ranges(sorted: Vec<(Lsn, Lsn)>) -> Vec<(Lsn, Lsn)> {
+    let mut out: Vec<(Lsn, Lsn)> = Vec::with_capacity(sorted.len());
+    for (a, b) in sorted {
+        match out.last_mut() {
+            Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Reads the header of a freshly created segment back to seed the running content checksum.
+fn segment_header_crc(jdir: &Path, number: u64) -> Result<u32> {
+    let p = segment::path(jdir, number);
+    let b = std::fs::read(&p).ctx(&p, "reading segment header")?;
+    Ok(crc32fast::hash(&b[..segment::HEADER_LEN.min(b.len())]))
+}
+
+#[derive(Default)]
+struct SessionTrack {
+    last: u64,
+    open: bool,
+}
+
+impl SessionTrack {
+    fn see(&mut self, r: &Record) {
+        match r {
+            Record::SessionOpen(o) => {
+                self.last = o.session;
+                self.open = true;
+            }
+            Record::SessionClose { .. } => self.open = false,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_ranges;
+
+    #[test]
+    fn ranges_merge() {
+        assert_eq!(
+            merge_ranges(vec![(1, 2), (3, 5), (7, 7), (8, 9), (20, 21)]),
+            vec![(1, 5), (7, 9), (20, 21)]
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! Reading the journal: every segment in order, every frame checked (magic, checksum, LSN
+//! continuity, segment chain), records handed to a visitor. It also decides what a bad frame
+//! means: in the never-synced tail of the last segment it is a torn write from a crash (the tail
+//! is reported, and the writer truncates it); anywhere else it is damage, reported with file and
+//! offset.
+
+use super::frame::{self, FrameError};
+use super::record::{Lsn, Record};
+use super::segment::{self, SegmentHeader};
+use crate::clock::Micros;
+use crate::error::{Error, IoContext, Result};
+use std::path::{Path, PathBuf};
+
+/// Journal format version written by this build.
+pub const JOURNAL_VERSION: u32 = 1;
+
+/// One segment as found on disk.
+#[derive(Debug, Clone)]
+pub struct SegmentInfo {
+    /// Segment number.
+    pub number: u64,
+    /// Its file.
+    pub path: PathBuf,
+    /// LSN of its first record.
+    pub first_lsn: Lsn,
+    /// Bytes of header and valid frames.
+    pub valid_len: u64,
+    /// Bytes in the file.
+    pub file_len: u64,
+    /// CRC-32 of the valid bytes (what the next segment's header must name).
+    pub content_crc: u32,
+}
+
+/// A torn tail: bytes at the end of the last segment that do not form whole, valid frames and
+/// were never synced.
+#[derive(Debug, Clone)]
+pub struct TornTail {
+    /// Segment number.
+    pub segment: u64,
+    /// Its file.
+    pub path: PathBuf,
+    /// Offset of the first invalid byte; the valid journal ends here.
+    pub offset: u64,
+    /// Length of the file.
+    pub file_len: u64,
+    /// What was found there.
+    pub reason: String,
+}
+
+/// What a full read of the journal found.
+#[derive(Debug, Clone)]
+pub struct JournalEnd {
+    /// Segments in order.
+    pub segments: Vec<SegmentInfo>,
+    /// The LSN the next record will get.
+    pub next_lsn: Lsn,
+    /// Time of the last valid frame (0 if none).
+    pub last_time: Micros,
+    /// The torn tail, if any.
+    pub torn: Option<TornTail>,
+}
+
+/// A record as the visitor sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// Its LSN.
+    pub lsn: Lsn,
+    /// Its commit-group time.
+    pub time: Micros,
+    /// The record.
+    pub record: &'a Record,
+}
+
+/// Lists segment numbers present in `journal_dir`, sorted.
+pub fn list_segments(journal_dir: &Path) -> Result<Vec<u64>> {
+    let rd = std::fs::read_dir(journal_dir).ctx(journal_dir, "listing journal segments")?;
+    let mut nums = Vec::new();
+    for e in rd {
+        let e = e.ctx(journal_dir, "listing journal segments")?;
+        if let Some(n) = e.file_name().to_str().and_then(segment::parse_name) {
+            nums.push(n);
+        }
+    }
+    nums.sort_unstable();
+    Ok(nums)
+}
+
+/// Reads the whole journal, checking everything, and calls `visit` for each record with
+/// LSN >= `decode_from` (frames wholly below it are checked but not decoded).
+/// `protected` is the journal position (segment, offset) known synced by a checkpoint: invalid
+/// bytes before it are damage even in the last segment.
+pub fn scan(
+    journal_dir: &Path,
+    ledger_id: &[u8; 16],
+    decode_from: Lsn,
+    protected: (u64, u64),
+    visit: &mut dyn FnMut(Entry<'_>) -> Result<()>,
+) -> Result<JournalEnd> {
+    let numbers = list_segments(journal_dir)?;
+    if numbers.is_empty() {
+        return Err(Error::damaged(
+            journal_dir,
+            0,
+            "the journal has no segments; the ledger is incomplete (restore it or create a new one with `lostwrite init`)",
+        ));
+    }
+    let mut segments: Vec<SegmentInfo> = Vec::with_capacity(numbers.len());
+    let mut next_lsn: Lsn = 1;
+    let mut last_time = 0;
+    let mut torn = None;
+    for (i, &number) in numbers.iter().enumerate() {
+        let path = segment::path(journal_dir, number);
+        let is_last = i + 1 == numbers.len();
+        let expected_number = segments.last().map_or(1, |s| s.number + 1);
+        if number != expected_number {
+            return Err(Error::damaged(
+                &path,
+                0,
+                format!(
+                    "segment {number} follows segment {} : segment {expected_number} is missing",
+                    expected_number - 1
+                ),
+            ));
+        }
+        let buf = std::fs::read(&path).ctx(&path, "reading journal segment")?;
+        let header = match SegmentHeader::decode(&buf) {
+            Ok(h) => h,
+            Err(why)
+                if is_last
+                    && (buf.len() < segment::HEADER_LEN || buf.iter().all(|&b| b == 0))
+                    && (number, 0) >= protected =>
+            {
+                // A segment created just before a crash whose header never reached the disk.
+                torn = Some(TornTail {
+                    segment: number,
+                    path: path.clone(),
+                    offset: 0,
+                    file_len: buf.len() as u64,
+                    reason: why,
+                });
+                break;
+            }
+            Err(why) => return Err(Error::damaged(&path, 0, why)),
+        };
+        check_header(&header, &path, ledger_id, number, next_lsn, segments.last())?;
+        let mut pos = segment::HEADER_LEN;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&buf[..pos]);
+        while pos < buf.len() {
+            let f = match frame::parse(&buf[pos..], ledger_id) {
+                Ok(f) => f,
+                Err(e) => {
+                    let offset = pos as u64;
+                    if !is_last || (number, offset) < protected {
+                        return Err(Error::damaged(
+                            &path,
+                            offset,
+                            format!("{e} in synced journal history (the ledger file was damaged; `lostwrite ledger check` lists every problem)"),
+                        ));
+                    }
+                    if let Some(later) = synced_frame_after(&buf, pos, ledger_id, next_lsn) {
+                        return Err(Error::damaged(
+                            &path,
+                            offset,
+                            format!(
+                                "{e}, but a later frame at offset {later} says the journal had been synced past this point: damaged history, not a torn tail"
+                            ),
+                        ));
+                    }
+                    torn = Some(TornTail {
+                        segment: number,
+                        path: path.clone(),
+                        offset,
+                        file_len: buf.len() as u64,
+                        reason: describe_tail(&e, &buf[pos..]),
+                    });
+                    break;
+                }
+            };
+            if f.first_lsn != next_lsn {
+                return Err(Error::damaged(
+                    &path,
+                    pos as u64,
+                    format!(
+                        "frame starts at LSN {} where LSN {next_lsn} was expected ({} records)",
+                        f.first_lsn,
+                        if f.first_lsn < next_lsn {
+                            "duplicated or reordered"
+                        } else {
+                            "missing"
+                        }
+                    ),
+                ));
+            }
+            if f.last_lsn() >= decode_from {
+                let records = f.records().map_err(|e| {
+                    Error::damaged(&path, pos as u64, format!("undecodable frame: {e}"))
+                })?;
+                for (k, r) in records.iter().enumerate() {
+                    let lsn = f.first_lsn + k as u64;
+                    if lsn >= decode_from {
+                        visit(Entry {
+                            lsn,
+                            time: f.time,
+                            record: r,
+                        })?;
+                    }
+                }
+            }
+            hasher.update(&buf[pos..pos + f.len]);
+            next_lsn = f.last_lsn() + 1;
+            last_time = f.time;
+            pos += f.len;
+        }
+        segments.push(SegmentInfo {
+            number,
+            path,
+            first_lsn: header.first_lsn,
+            valid_len: pos.min(buf.len()) as u64,
+            file_len: buf.len() as u64,
+            content_crc: hasher.finalize(),
+        });
+        if torn.is_some() {
+            break;
+        }
+    }
+    Ok(JournalEnd {
+        segments,
+        next_lsn,
+        last_time,
+        torn,
+    })
+}
+
+fn check_header(
+    h: &SegmentHeader,
+    path: &Path,
+    ledger_id: &[u8; 16],
+    number: u64,
+    next_lsn: Lsn,
+    prev: Option<&SegmentInfo>,
+) -> Result<()> {
+    if h.version != JOURNAL_VERSION {
+        return Err(Error::damaged(
+            path,
+            8,
+            format!(
+                "journal format version {} (this build reads version {JOURNAL_VERSION})",
+                h.version
+            ),
+        ));
+    }
+    if &h.ledger_id != ledger_id {
+        return Err(Error::damaged(
+            path,
+            16,
+            "segment belongs to a different ledger (copied in from elsewhere?)",
+        ));
+    }
+    if h.number != number {
+        return Err(Error::damaged(
+            path,
+            32,
+            format!(
+                "segment header says number {} but the file is segment {number}",
+                h.number
+            ),
+        ));
+    }
+    if h.first_lsn != next_lsn {
+        return Err(Error::damaged(
+            path,
+            40,
+            format!(
+                "segment starts at LSN {} but the previous one ended before LSN {next_lsn}",
+                h.first_lsn
+            ),
+        ));
+    }
+    let (crc, len) = prev.map_or((0, 0), |p| (p.content_crc, p.valid_len));
+    if (h.prev_crc, h.prev_len) != (crc, len) {
+        return Err(Error::damaged(
+            path,
+            48,
+            format!(
+                "the chain is broken: this segment names a predecessor of {} bytes with checksum {:08x}, but segment {} has {len} bytes with checksum {crc:08x} (a segment was replaced or reverted)",
+                h.prev_len,
+                h.prev_crc,
+                number - 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Looks for a valid frame after a bad one whose `synced_lsn` shows the journal had been made
+/// durable beyond the bad spot. Returns its offset.
+fn synced_frame_after(buf: &[u8], bad: usize, id: &[u8; 16], bad_lsn: Lsn) -> Option<usize> {
+    let magic = frame::MAGIC.to_le_bytes();
+    let mut q = bad + 1;
+    while q + frame::HEADER_LEN <= buf.len() {
+        if buf[q..q + 4] == magic {
+            if let Ok(f) = frame::parse(&buf[q..], id) {
+                if f.synced_lsn >= bad_lsn {
+                    return Some(q);
+                }
+            }
+        }
+        q += 1;
+    }
+    None
+}
+
+fn describe_tail(e: &FrameError, rest: &[u8]) -> String {
+    if rest.iter().all(|&b| b == 0) {
+        format!("{} zero bytes", rest.len())
+    } else {
+        format!("{e} ({} bytes)", rest.len())
+    }
+}

@@ -1,0 +1,288 @@
+//! Appending to the journal, and group commit.
+//!
+//! `append` encodes one frame and hands it to the kernel with a positioned write before it
+//! returns, so a record is never missing after a kill -9 once its caller goes on to touch the
+//! device. `sync_to` makes the journal durable up to an LSN; concurrent callers elect one leader
+//! that runs a single fdatasync for everyone waiting (raft-engine's write barrier, with a
+//! Mutex/Condvar). A failed fdatasync poisons the writer: the page cache may have dropped the
+//! dirty pages, so nothing written since the last good sync can be claimed durable again, and
+//! every later call fails until the ledger is reopened.
+
+use super::frame;
+use super::reader::JOURNAL_VERSION;
+use super::record::{Lsn, Record};
+use super::segment::{self, SegmentHeader};
+use crate::clock::Micros;
+use crate::error::{Error, IoContext, Result};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Where the journal ends, as the writer resumes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Resume {
+    /// Last segment number.
+    pub segment: u64,
+    /// Valid bytes in it (the file is truncated to this).
+    pub offset: u64,
+    /// CRC-32 of those bytes.
+    pub content_crc: u32,
+    /// The next LSN.
+    pub next_lsn: Lsn,
+}
+
+struct Appender {
+    file: Arc<File>,
+    path: PathBuf,
+    segment: u64,
+    offset: u64,
+    hasher: crc32fast::Hasher,
+    next_lsn: Lsn,
+    buf: Vec<u8>,
+}
+
+struct SyncState {
+    synced: Lsn,
+    leader: bool,
+    failed: Option<String>,
+}
+
+/// The journal's single appender, shared by every thread of the service.
+pub struct JournalWriter {
+    dir: PathBuf,
+    ledger_id: [u8; 16],
+    segment_bytes: u64,
+    app: Mutex<Appender>,
+    sync: Mutex<SyncState>,
+    synced_hint: AtomicU64,
+    cv: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind; carrying on is safe.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Syncs a directory so a new file's name is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(dir, "fsync of directory")
+}
+
+/// Creates segment `number` with its header, durable (file and directory entry).
+pub fn create_segment(
+    dir: &Path,
+    ledger_id: &[u8; 16],
+    number: u64,
+    first_lsn: Lsn,
+    prev_crc: u32,
+    prev_len: u64,
+) -> Result<(File, PathBuf, crc32fast::Hasher)> {
+    let path = segment::path(dir, number);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ctx(&path, "creating journal segment")?;
+    let header = SegmentHeader {
+        version: JOURNAL_VERSION,
+        ledger_id: *ledger_id,
+        number,
+        first_lsn,
+        prev_crc,
+        prev_len,
+    }
+    .encode();
+    file.write_all_at(&header, 0)
+        .ctx(&path, "writing segment header")?;
+    file.sync_data().ctx(&path, "fdatasync of new segment")?;
+    sync_dir(dir)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header);
+    Ok((file, path, hasher))
+}
+
+impl JournalWriter {
+    /// Resumes appending at the end described by `resume`; the caller has truncated any torn
+    /// tail and everything up to `resume.next_lsn - 1` is on disk (`synced` says how much of it
+    /// is known durable).
+    pub fn resume(
+        dir: &Path,
+        ledger_id: [u8; 16],
+        resume: Resume,
+        synced: Lsn,
+        segment_bytes: u64,
+    ) -> Result<JournalWriter> {
+        let path = segment::path(dir, resume.segment);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .ctx(&path, "opening journal segment for appending")?;
+        Ok(JournalWriter {
+            dir: dir.to_path_buf(),
+            ledger_id,
+            segment_bytes: segment_bytes.max(segment::HEADER_LEN as u64 + 1),
+            app: Mutex::new(Appender {
+                file: Arc::new(file),
+                path,
+                segment: resume.segment,
+                offset: resume.offset,
+                hasher: crc32fast::Hasher::new_with_initial_len(resume.content_crc, resume.offset),
+                next_lsn: resume.next_lsn,
+                buf: Vec::with_capacity(64 << 10),
+            }),
+            sync: Mutex::new(SyncState {
+                synced,
+                leader: false,
+                failed: None,
+            }),
+            synced_hint: AtomicU64::new(synced),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Appends `records` as one frame (one commit group, one time) and returns the LSN range
+    /// they got. When this returns Ok the frame is in the kernel; on Err nothing was appended.
+    pub fn append(&self, records: &[Record], time: Micros) -> Result<(Lsn, Lsn)> {
+        assert!(!records.is_empty());
+        self.check_poison()?;
+        let mut a = lock(&self.app);
+        if a.offset >= self.segment_bytes {
+            self.rollover(&mut a)?;
+        }
+        let first = a.next_lsn;
+        let synced = self.synced_hint.load(Ordering::Acquire);
+        let mut buf = std::mem::take(&mut a.buf);
+        buf.clear();
+        frame::encode(&mut buf, &self.ledger_id, first, time, synced, records);
+        let result = a.file.write_all_at(&buf, a.offset);
+        if let Err(e) = result {
+            // Take back whatever part of the frame landed so the journal stays whole.
+            let (file, path, offset) = (a.file.clone(), a.path.clone(), a.offset);
+            a.buf = buf;
+            drop(a);
+            if let Err(te) = file.set_len(offset) {
+                self.poison(format!(
+                    "appending failed ({e}) and truncating back to offset {offset} failed too ({te})"
+                ));
+            }
+            return Err(Error::io(
+                &path,
+                format!("appending a journal frame at offset {offset}"),
+                e,
+            ));
+        }
+        a.hasher.update(&buf);
+        a.offset += buf.len() as u64;
+        a.next_lsn += records.len() as u64;
+        a.buf = buf;
+        Ok((first, first + records.len() as u64 - 1))
+    }
+
+    fn rollover(&self, a: &mut Appender) -> Result<()> {
+        a.file.sync_data().map_err(|e| {
+            self.poison(format!("fdatasync of {} failed: {e}", a.path.display()));
+            Error::io(&a.path, "fdatasync before starting a new segment", e)
+        })?;
+        let prev_crc = a.hasher.clone().finalize();
+        let (file, path, hasher) = create_segment(
+            &self.dir,
+            &self.ledger_id,
+            a.segment + 1,
+            a.next_lsn,
+            prev_crc,
+            a.offset,
+        )?;
+        a.file = Arc::new(file);
+        a.path = path;
+        a.segment += 1;
+        a.offset = segment::HEADER_LEN as u64;
+        a.hasher = hasher;
+        Ok(())
+    }
+
+    /// The LSN the next record will get.
+    pub fn next_lsn(&self) -> Lsn {
+        lock(&self.app).next_lsn
+    }
+
+    /// The journal is durable through this LSN.
+    pub fn synced(&self) -> Lsn {
+        self.synced_hint.load(Ordering::Acquire)
+    }
+
+    /// Where the journal currently ends: (segment, offset).
+    pub fn position(&self) -> (u64, u64) {
+        let a = lock(&self.app);
+        (a.segment, a.offset)
+    }
+
+    /// Makes the journal durable through `lsn`, sharing one fdatasync among all waiters.
+    pub fn sync_to(&self, lsn: Lsn) -> Result<()> {
+        let mut s = lock(&self.sync);
+        loop {
+            if let Some(f) = &s.failed {
+                return Err(Error::Poisoned {
+                    path: self.dir.clone(),
+                    detail: f.clone(),
+                });
+            }
+            if s.synced >= lsn {
+                return Ok(());
+            }
+            if !s.leader {
+                s.leader = true;
+                drop(s);
+                let (file, path, target) = {
+                    let a = lock(&self.app);
+                    (a.file.clone(), a.path.clone(), a.next_lsn - 1)
+                };
+                let r = file.sync_data();
+                s = lock(&self.sync);
+                s.leader = false;
+                match r {
+                    Ok(()) => {
+                        s.synced = s.synced.max(target);
+                        self.synced_hint.store(s.synced, Ordering::Release);
+                    }
+                    Err(e) => {
+                        s.failed = Some(format!("fdatasync of {} failed: {e}", path.display()));
+                    }
+                }
+                self.cv.notify_all();
+                continue;
+            }
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync_all(&self) -> Result<()> {
+        let last = self.next_lsn() - 1;
+        self.sync_to(last)
+    }
+
+    fn poison(&self, why: String) {
+        let mut s = lock(&self.sync);
+        if s.failed.is_none() {
+            tracing::error!("journal writer poisoned: {why}");
+            s.failed = Some(why);
+        }
+        self.cv.notify_all();
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &lock(&self.sync).failed {
+            Some(f) => Err(Error::Poisoned {
+                path: self.dir.clone(),
+                detail: f.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! lostwrite: catch lost writes on block devices.
+//!
+//! A write-journal sidecar (`serve`) records, for every block written through it, a generation
+//! and a checksum in a [`ledger`] kept apart from the device; [`verify`] later holds the device
+//! against the ledger and classifies every block that no longer holds its latest durable
+//! contents. Data flows nbd → service → device + ledger on the way in, and verify → classify →
+//! report on the way out; each module owns one step.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod block;
+pub mod clock;
+pub mod device;
+pub mod error;
+pub mod ledger;
+pub mod scan;
+pub mod verify;
+
+pub use error::{Error, Result};

@@ -1,0 +1,155 @@
+//! Verification: hold the device against the ledger. Workers scan the device in parallel and
+//! compare each tracked block's checksum with the state table (scan.rs does the reading); the
+//! few mismatched blocks are then classified against the journal's history, read once for all
+//! of them (classify.rs), and the verdicts become a report (report.rs).
+
+pub mod classify;
+pub mod report;
+
+use crate::block;
+use crate::device::BlockDevice;
+use crate::error::Result;
+use crate::ledger::history;
+use crate::ledger::state::{BlockState, StateTable};
+use crate::ledger::Ledger;
+use classify::{Found, Kind};
+use report::{Finding, Report, Summary};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+/// How to verify.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Scan threads.
+    pub jobs: usize,
+    /// `unflushed` and `uncertain` fail too.
+    pub strict: bool,
+    /// Show a progress bar (only drawn on a terminal).
+    pub progress: bool,
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    tracked: u64,
+    untracked: u64,
+    unknown: u64,
+    mismatches: Vec<(u64, Found)>,
+}
+
+/// Scans `dev` and classifies every block that does not hold what `ledger` says.
+pub fn run(ledger: &Ledger, dev: &dyn BlockDevice, opts: &Options) -> Result<Report> {
+    let geo = ledger.geometry();
+    let bs = geo.block_size as usize;
+    let table = ledger.state_table().raw();
+    let pb = if opts.progress {
+        crate::scan::progress_bar(geo.device_size, "verify")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let zero = ledger.zero_crc();
+    let tallies = crate::scan::parallel(
+        dev,
+        geo,
+        opts.jobs,
+        Some(&pb),
+        Tally::default,
+        |t, first, data| {
+            for (i, blk) in data.chunks_exact(bs).enumerate() {
+                let b = first + i as u64;
+                match StateTable::decode_raw(table[b as usize].load(Ordering::Relaxed)) {
+                    BlockState::Tracked { crc, .. } => {
+                        t.tracked += 1;
+                        let found = block::checksum(blk);
+                        if found == crc {
+                            t.ok += 1;
+                        } else {
+                            let z = found == zero && block::is_zero(blk);
+                            t.mismatches.push((
+                                b,
+                                Found {
+                                    crc: found,
+                                    zero: z,
+                                },
+                            ));
+                        }
+                    }
+                    BlockState::Untracked { .. } => t.untracked += 1,
+                    BlockState::Unknown { .. } => t.unknown += 1,
+                }
+            }
+        },
+    )?;
+    pb.finish_and_clear();
+    let mut total = Tally::default();
+    for t in tallies {
+        total.ok += t.ok;
+        total.tracked += t.tracked;
+        total.untracked += t.untracked;
+        total.unknown += t.unknown;
+        total.mismatches.extend(t.mismatches);
+    }
+    total.mismatches.sort_unstable_by_key(|m| m.0);
+    let findings = classify_all(ledger, &total.mismatches)?;
+    let mut summary = Summary {
+        ok: total.ok,
+        untracked: total.untracked,
+        unknown: total.unknown,
+        ..Summary::default()
+    };
+    for f in &findings {
+        summary.count(f.kind);
+    }
+    Ok(Report::new(
+        dev.name(),
+        ledger,
+        geo.block_count(),
+        total.tracked,
+        summary,
+        findings,
+        opts.strict,
+    ))
+}
+
+/// Classifies mismatched blocks with one pass over the journal.
+pub fn classify_all(ledger: &Ledger, mismatches: &[(u64, Found)]) -> Result<Vec<Finding>> {
+    if mismatches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let blocks: HashSet<u64> = mismatches.iter().map(|m| m.0).collect();
+    let crcs: HashSet<u32> = mismatches.iter().map(|m| m.1.crc).collect();
+    let hist = history::collect(ledger, &blocks, &crcs)?;
+    let zero = ledger.zero_crc();
+    let empty = Vec::new();
+    let geo = ledger.geometry();
+    // Crashed sessions that may have lost journal records, as (last surviving LSN).
+    let lossy: Vec<u64> = hist.lossy_crashes().map(|s| s.last_lsn).collect();
+    let mut out = Vec::with_capacity(mismatches.len());
+    let mut no_history = 0usize;
+    for &(b, found) in mismatches {
+        let events = hist.events.get(&b).unwrap_or(&empty);
+        if events.is_empty() {
+            no_history += 1;
+        }
+        let other = hist
+            .crc_hits
+            .get(&found.crc)
+            .and_then(|hits| hits.iter().filter(|e| e.block != b).max_by_key(|e| e.lsn));
+        let last_durable = events.iter().rev().find(|e| e.durable).map_or(0, |e| e.lsn);
+        let crash_could_explain = lossy.iter().any(|&end| end > last_durable);
+        let v = classify::classify(events, found, zero, other, crash_could_explain);
+        let expected = ledger.state(b);
+        out.push(Finding::new(b, geo.offset(b), expected, events.last(), v));
+    }
+    if no_history > 0 {
+        tracing::warn!(
+            "{no_history} tracked blocks have no history in the journal (was the journal replaced?)"
+        );
+    }
+    Ok(out)
+}
+
+/// True when this kind counts against the result.
+pub fn fails(kind: Kind, strict: bool) -> bool {
+    kind.fails(strict)
+}
