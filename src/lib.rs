@@ -13,7 +13,9 @@ pub mod clock;
 pub mod device;
 pub mod error;
 pub mod ledger;
+pub mod nbd;
 pub mod scan;
+pub mod service;
 pub mod verify;
 
 pub use error::{Error, Result};

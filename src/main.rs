@@ -7,13 +7,14 @@ mod cli;
 use clap::Parser;
 use tracing_subscriber::filter::LevelFilter;
 
-fn log_level(verbose: u8) -> LevelFilter {
+fn log_level(verbose: u8, service: bool) -> LevelFilter {
     if let Ok(v) = std::env::var("LOSTWRITE_LOG") {
         if let Ok(l) = v.parse::<LevelFilter>() {
             return l;
         }
     }
     match verbose {
+        0 if service => LevelFilter::INFO,
         0 => LevelFilter::WARN,
         1 => LevelFilter::INFO,
         2 => LevelFilter::DEBUG,
@@ -23,12 +24,16 @@ fn log_level(verbose: u8) -> LevelFilter {
 
 fn main() {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_max_level(log_level(cli.verbose))
+    let service = matches!(cli.command, cli::Command::Serve(_));
+    let fmt = tracing_subscriber::fmt()
+        .with_max_level(log_level(cli.verbose, service))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_target(false);
+    if service {
+        fmt.init();
+    } else {
+        fmt.without_time().init();
+    }
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

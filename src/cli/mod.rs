@@ -6,6 +6,7 @@ pub mod demo;
 pub mod history;
 pub mod init;
 pub mod ledger;
+pub mod serve;
 pub mod status;
 pub mod verify;
 
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Create a ledger for a device, optionally recording every block now as generation 0.
     Init(init::Args),
+    /// Serve a device over NBD, recording every write in its ledger (the sidecar).
+    Serve(serve::Args),
     /// Hold a device against its ledger and classify every block that lost its latest write.
     Verify(verify::Args),
     /// Show every recorded generation of some blocks.
@@ -78,6 +81,7 @@ pub fn resolve_ledger(device: Option<&str>, ledger: Option<&PathBuf>) -> anyhow:
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Init(a) => init::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Verify(a) => verify::run(a),
         Command::History(a) => history::run(a),
         Command::Ledger(a) => ledger::run(a),

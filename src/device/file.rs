@@ -146,7 +146,13 @@ impl BlockDevice for FileDevice {
         self.file.sync_data()
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> io::Result<()> {
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fast_only: bool,
+    ) -> io::Result<()> {
         let (off, l) = (offset as i64, len as i64);
         match fallocate(&self.file, FallocateFlags::FALLOC_FL_ZERO_RANGE, off, l) {
             Ok(()) => return Ok(()),
@@ -161,18 +167,37 @@ impl BlockDevice for FileDevice {
                 Err(_) => {}
             }
         }
+        if fast_only {
+            return Err(io::Error::from_raw_os_error(nix::libc::ENOTSUP));
+        }
         self.write_zeroes_by_writing(offset, len)
     }
 
+    fn trim_zeroes(&self) -> bool {
+        // A hole in a regular file reads back as zeroes. A block device's discard promises
+        // nothing, so trims of block devices are accepted and ignored.
+        !self.is_block
+    }
+
     fn trim(&self, offset: u64, len: u64) -> io::Result<TrimOutcome> {
-        // Punching a hole reads back as zeroes on files and, when the kernel accepts it, on
-        // block devices (it refuses rather than leave stale data).
+        if self.is_block {
+            return Ok(TrimOutcome::Ignored);
+        }
         let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
         match fallocate(&self.file, punch, offset as i64, len as i64) {
             Ok(()) => Ok(TrimOutcome::Zeroed),
             Err(e) if unsupported(e) => Ok(TrimOutcome::Ignored),
             Err(e) => Err(errno_to_io(e)),
         }
+    }
+
+    fn will_need(&self, offset: u64, len: u64) {
+        let _ = nix::fcntl::posix_fadvise(
+            &self.file,
+            offset as i64,
+            len as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
     }
 
     fn done_with(&self, offset: u64, len: u64) {

@@ -33,10 +33,22 @@ pub trait BlockDevice: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
     /// Makes every completed write durable (fdatasync).
     fn flush(&self) -> io::Result<()>;
-    /// Makes the range read back as zeroes; `may_trim` allows deallocating it.
-    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> io::Result<()>;
+    /// Makes the range read back as zeroes; `may_trim` allows deallocating it. With
+    /// `fast_only`, fails with ENOTSUP (changing nothing) rather than writing zeroes the slow way.
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fast_only: bool,
+    ) -> io::Result<()>;
+    /// Whether a successful [`BlockDevice::trim`] leaves the range reading back as zeroes
+    /// (known before the trim is issued, so it can be recorded first).
+    fn trim_zeroes(&self) -> bool;
     /// Discards the range if the device supports it.
     fn trim(&self, offset: u64, len: u64) -> io::Result<TrimOutcome>;
+    /// Hints that the range will be read soon (NBD_CMD_CACHE). A no-op where it does not apply.
+    fn will_need(&self, _offset: u64, _len: u64) {}
     /// Hints that a scanned range will not be read again soon (keeps a scan of a block device
     /// from evicting the host's page cache). A no-op where it does not apply.
     fn done_with(&self, _offset: u64, _len: u64) {}

@@ -126,6 +126,15 @@ pub struct BaselineSource<'a> {
     pub progress: Option<&'a indicatif::ProgressBar>,
 }
 
+/// What a block will hold after a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewContents {
+    /// Contents with this checksum.
+    Crc(u32),
+    /// Zeroes.
+    Zero,
+}
+
 /// A recorded change whose device I/O is under way; hand it back to [`Ledger::complete`].
 #[derive(Debug, Clone)]
 pub struct Ticket {
@@ -142,7 +151,6 @@ pub struct Ticket {
 struct Inflight {
     incomplete: BTreeMap<Lsn, Lsn>,
     completed: Vec<(Lsn, Lsn)>,
-    last_covers: Lsn,
 }
 
 struct Session {
@@ -753,7 +761,6 @@ impl Ledger {
             inflight: Mutex::new(Inflight {
                 incomplete: BTreeMap::new(),
                 completed: Vec::new(),
-                last_covers: lsn,
             }),
             device_failure: Mutex::new(None),
         });
@@ -815,16 +822,35 @@ impl Ledger {
     /// `crcs`. Call before issuing the device write; the records are in the kernel (and with
     /// `--journal-sync strict`, durable) when this returns.
     pub fn record_write(&self, first_block: u64, crcs: &[u32]) -> Result<Ticket> {
-        self.record_changes(first_block, crcs.len() as u64, |b, g| {
-            let crc = crcs[(b - first_block) as usize];
-            (
-                Record::Write {
-                    block: b,
-                    generation: g,
-                    crc,
-                },
-                BlockState::Tracked { generation: g, crc },
-            )
+        let new: Vec<NewContents> = crcs.iter().map(|&c| NewContents::Crc(c)).collect();
+        self.record_contents(first_block, &new)
+    }
+
+    /// Records a change of blocks `first_block..` where each block either gets contents with
+    /// a checksum or becomes zeroes (a write-zeroes whose edges are partial blocks).
+    pub fn record_contents(&self, first_block: u64, new: &[NewContents]) -> Result<Ticket> {
+        let z = self.zero_crc;
+        self.record_changes(first_block, new.len() as u64, |b, g| {
+            match new[(b - first_block) as usize] {
+                NewContents::Crc(crc) => (
+                    Record::Write {
+                        block: b,
+                        generation: g,
+                        crc,
+                    },
+                    BlockState::Tracked { generation: g, crc },
+                ),
+                NewContents::Zero => (
+                    Record::Zero {
+                        block: b,
+                        generation: g,
+                    },
+                    BlockState::Tracked {
+                        generation: g,
+                        crc: z,
+                    },
+                ),
+            }
         })
     }
 
@@ -843,19 +869,7 @@ impl Ledger {
 
     /// Records that blocks are being zeroed (they will read back as zeroes).
     pub fn record_zero(&self, first_block: u64, count: u64) -> Result<Ticket> {
-        let z = self.zero_crc;
-        self.record_changes(first_block, count, |b, g| {
-            (
-                Record::Zero {
-                    block: b,
-                    generation: g,
-                },
-                BlockState::Tracked {
-                    generation: g,
-                    crc: z,
-                },
-            )
-        })
+        self.record_contents(first_block, &vec![NewContents::Zero; count as usize])
     }
 
     /// Records that blocks were discarded with undefined contents: untracked until written.
@@ -929,16 +943,15 @@ impl Ledger {
                 Some((&first, _)) => first - 1,
                 None => j.next_lsn() - 1,
             };
+            // Nothing completed since the last flush: nothing new becomes durable.
+            let changed = !inf.completed.is_empty();
             let mut extra: Vec<(Lsn, Lsn)> = inf
                 .completed
                 .drain(..)
                 .filter(|&(first, _)| first > covers)
                 .collect();
             extra.sort_unstable();
-            let merged = merge_ranges(extra);
-            let changed = covers > inf.last_covers || !merged.is_empty();
-            inf.last_covers = inf.last_covers.max(covers);
-            (covers, merged, changed)
+            (covers, merge_ranges(extra), changed)
         };
         if let Err(e) = device_flush() {
             let why = format!("device flush (fdatasync) failed: {e}");

@@ -204,7 +204,7 @@ fn zero_writes_trims_and_failed_writes_are_recorded() {
     s.init(BS as u32, true);
     let (l, dev) = s.writer(false);
     let t = l.record_zero(4, 2).unwrap();
-    dev.write_zeroes(4 * BS as u64, 2 * BS as u64, false)
+    dev.write_zeroes(4 * BS as u64, 2 * BS as u64, false, false)
         .unwrap();
     l.complete(&t, true).unwrap();
     let t = l.record_trim(6, 1).unwrap();

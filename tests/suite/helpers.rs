@@ -183,3 +183,15 @@ pub fn last_segment(ledger: &Path) -> PathBuf {
     segs.sort();
     segs.pop().unwrap()
 }
+
+/// Runs `lostwrite verify IMAGE` and asserts it exits 0.
+pub fn verify_clean(image: &Path) {
+    let o = bin().arg("verify").arg(image).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

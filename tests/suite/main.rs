@@ -1,7 +1,14 @@
 //! The integration suite: one binary, a module per topic. Library-level tests drive the ledger
-//! API; CLI tests run the built `lostwrite` binary the way an operator would.
+//! API; CLI tests run the built `lostwrite` binary the way an operator would; interop tests
+//! drive `lostwrite serve` with real NBD clients and a real filesystem.
 
 mod classify;
 mod cli;
+mod detect;
+mod ext4;
 mod helpers;
+mod interop;
 mod journal;
+mod nbd_client;
+mod protocol;
+mod service;

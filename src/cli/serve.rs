@@ -1,0 +1,172 @@
+//! `lostwrite serve DEVICE`: the write-journal sidecar. An NBD server in front of the device
+//! that records every write in the ledger; SIGTERM or SIGINT ends it cleanly.
+
+use super::Target;
+use lostwrite::block::{validate_block_size, DEFAULT_BLOCK_SIZE};
+use lostwrite::device::BlockDevice;
+use lostwrite::ledger::state::BlockState;
+use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use lostwrite::nbd::server::{Config, Server};
+use lostwrite::nbd::stream::Listener;
+use lostwrite::service::{Export, ExportOptions, OnMismatch};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// When a record must be durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum JournalSync {
+    /// At every FLUSH and FUA (group commit): a host crash may lose the journal tail after the
+    /// last flush, which verify reports as `uncertain`.
+    Flush,
+    /// Before every device write: nothing is ever uncertain, at the cost of a journal sync per
+    /// write.
+    Strict,
+}
+
+/// Flags of `serve`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    /// Listen on this unix socket (mode 0600) [default: DEVICE.sock].
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    socket: Option<PathBuf>,
+    /// Listen on TCP instead (use a loopback or private address: NBD has no authentication
+    /// without TLS).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Export name (clients asking for the empty name get it too).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    export: String,
+    /// Refuse writes.
+    #[arg(long)]
+    read_only: bool,
+    /// What a read of a block that lost its latest write does.
+    #[arg(long, value_enum, default_value_t = OnMismatch::Log)]
+    on_mismatch: OnMismatch,
+    /// When journal records are made durable.
+    #[arg(long, value_enum, default_value_t = JournalSync::Flush)]
+    journal_sync: JournalSync,
+    /// Block size of a ledger created by this command.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BLOCK_SIZE as u64)]
+    block_size: u64,
+    /// Accept a device whose identity differs from the ledger's (same disk, moved or copied).
+    #[arg(long)]
+    device_moved: bool,
+    /// Worker threads executing requests [default: 4 per core, at least 8].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Serve without recording anything (to measure what the ledger costs; nothing is
+    /// verifiable afterwards).
+    #[arg(long, hide = true)]
+    no_record: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let bs = validate_block_size(a.block_size)?;
+    if a.target.device.contains("://") && a.socket.is_none() && a.listen.is_none() {
+        anyhow::bail!(
+            "{}: an NBD URI has no path to put a socket beside; give --socket PATH or --listen HOST:PORT",
+            a.target.device
+        );
+    }
+    let dir = a.target.ledger_dir()?;
+    let dev = lostwrite::device::open(&a.target.device, !a.read_only)?;
+    let ledger = if a.no_record {
+        tracing::warn!("--no-record: writes are NOT recorded; nothing served now can be verified");
+        None
+    } else {
+        if !dir.exists() {
+            Ledger::create(&dir, dev.identity(), dev.size(), bs, None)?;
+            let blocks = dev.size().div_ceil(bs as u64);
+            tracing::warn!(
+                "created ledger {} without a baseline: the device's {blocks} blocks are untracked until written through this service. To track every block from the start, stop now, remove {} and run `lostwrite init --baseline {}`",
+                dir.display(),
+                dir.display(),
+                a.target.device
+            );
+        }
+        let mut opts = OpenOptions::new(Access::Write);
+        opts.device_moved = a.device_moved;
+        let mut l = Ledger::open(&dir, Some((dev.identity(), dev.size())), opts)?;
+        for w in &l.recovery().warnings {
+            tracing::warn!("{w}");
+        }
+        let session = l.begin_session(a.journal_sync == JournalSync::Strict)?;
+        let geo = l.geometry();
+        let untracked = (0..geo.block_count())
+            .filter(|&b| !matches!(l.state(b), BlockState::Tracked { .. }))
+            .count();
+        tracing::info!(
+            "ledger {}: session {session}, {} blocks of {} bytes, {untracked} not tracked yet{}",
+            dir.display(),
+            geo.block_count(),
+            geo.block_size,
+            if l.recovery().previous_clean {
+                ""
+            } else {
+                "; the previous session did not end cleanly"
+            }
+        );
+        Some(l)
+    };
+    let export = Arc::new(Export::new(
+        Box::new(dev),
+        ledger,
+        ExportOptions {
+            name: a.export.clone(),
+            read_only: a.read_only,
+            on_mismatch: a.on_mismatch,
+        },
+    ));
+    let listener = match (&a.listen, &a.socket) {
+        (Some(addr), _) => {
+            Listener::tcp(addr).map_err(|e| anyhow::anyhow!("--listen {addr}: {e}"))?
+        }
+        (None, sock) => {
+            let path = sock
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.sock", a.target.device)));
+            Listener::unix(&path).map_err(|e| anyhow::anyhow!("socket {}: {e}", path.display()))?
+        }
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    tracing::info!(
+        "serving {} as export {:?} on {}{}",
+        a.target.device,
+        a.export,
+        listener.describe(),
+        if a.read_only { " (read-only)" } else { "" }
+    );
+    let mut config = Config::default();
+    if let Some(t) = a.threads {
+        config.workers = t.max(1);
+    }
+    let server = Server::start(vec![export], vec![listener], config);
+    let sig = signals.forever().next();
+    tracing::info!(
+        "signal {}: finishing requests in flight and closing the ledger",
+        sig.unwrap_or(0)
+    );
+    let exports = server.shutdown();
+    for e in exports {
+        let e =
+            Arc::try_unwrap(e).map_err(|_| anyhow::anyhow!("export still in use at shutdown"))?;
+        let c = &e.counters;
+        let summary = format!(
+            "{} writes ({} bytes), {} reads, {} flushes, {} stale reads, {} errors",
+            c.writes.load(std::sync::atomic::Ordering::Relaxed),
+            c.written_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            c.reads.load(std::sync::atomic::Ordering::Relaxed),
+            c.flushes.load(std::sync::atomic::Ordering::Relaxed),
+            c.read_mismatches.load(std::sync::atomic::Ordering::Relaxed),
+            c.errors.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        e.close()?;
+        tracing::info!("closed cleanly: {summary}");
+    }
+    Ok(0)
+}

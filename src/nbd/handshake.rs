@@ -1,0 +1,197 @@
+//! The server side of fixed-newstyle negotiation. Every option this server does not implement
+//! gets NBD_REP_ERR_UNSUP and negotiation goes on (qemu 10 and libnbd send EXTENDED_HEADERS and
+//! STRUCTURED_REPLY first); malformed input ends this connection only.
+
+use super::proto::{self, client_flags, handshake_flags, opt, rep, tflags};
+use crate::service::Export;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+/// Largest option payload accepted; larger ones end the connection (a string is at most 4096
+/// bytes, so no valid option comes close).
+pub const MAX_OPTION: u32 = 64 << 10;
+/// Largest request payload served (the protocol's 32 MiB default).
+pub const MAX_PAYLOAD: u32 = 32 << 20;
+
+/// The exports a server offers; the first one also answers to the empty (default) name.
+pub struct Exports(pub Vec<Arc<Export>>);
+
+impl Exports {
+    /// The export a client names.
+    pub fn find(&self, name: &str) -> Option<Arc<Export>> {
+        if name.is_empty() {
+            return self.0.first().cloned();
+        }
+        self.0.iter().find(|e| e.name() == name).cloned()
+    }
+}
+
+/// Transmission flags advertised for an export.
+pub fn transmission_flags(e: &Export) -> u16 {
+    let base = tflags::HAS_FLAGS
+        | tflags::SEND_FLUSH
+        | tflags::SEND_FUA
+        | tflags::CAN_MULTI_CONN
+        | tflags::SEND_CACHE;
+    if e.read_only() {
+        base | tflags::READ_ONLY
+    } else {
+        base | tflags::SEND_TRIM | tflags::SEND_WRITE_ZEROES | tflags::SEND_FAST_ZERO
+    }
+}
+
+/// How negotiation ended.
+pub enum Outcome {
+    /// Transmission begins on this export.
+    Transmission(Arc<Export>),
+    /// The connection is over; the string says why (for the log).
+    Closed(String),
+}
+
+/// Runs the handshake on a fresh connection.
+pub fn negotiate<S: Read + Write>(
+    s: &mut S,
+    exports: &Exports,
+    shutting_down: &dyn Fn() -> bool,
+) -> io::Result<Outcome> {
+    let mut greeting = Vec::with_capacity(18);
+    greeting.extend_from_slice(&proto::NBDMAGIC.to_be_bytes());
+    greeting.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
+    greeting.extend_from_slice(
+        &(handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES).to_be_bytes(),
+    );
+    s.write_all(&greeting)?;
+    let cflags = proto::read_u32(s)?;
+    if cflags & !(client_flags::FIXED_NEWSTYLE | client_flags::NO_ZEROES) != 0 {
+        return Ok(Outcome::Closed(format!("unknown client flags {cflags:#x}")));
+    }
+    let no_zeroes = cflags & client_flags::NO_ZEROES != 0;
+    loop {
+        let magic = proto::read_u64(s)?;
+        if magic != proto::IHAVEOPT {
+            return Ok(Outcome::Closed(format!("bad option magic {magic:#x}")));
+        }
+        let option = proto::read_u32(s)?;
+        let len = proto::read_u32(s)?;
+        if len > MAX_OPTION {
+            return Ok(Outcome::Closed(format!(
+                "option {option} with {len} bytes of data"
+            )));
+        }
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data)?;
+        if shutting_down() && option != opt::ABORT {
+            proto::write_option_reply(s, option, rep::ERR_SHUTDOWN, b"")?;
+            continue;
+        }
+        match option {
+            opt::EXPORT_NAME => {
+                let name = String::from_utf8_lossy(&data);
+                let Some(e) = exports.find(&name) else {
+                    return Ok(Outcome::Closed(format!(
+                        "NBD_OPT_EXPORT_NAME for unknown export {name:?}"
+                    )));
+                };
+                let mut b = Vec::with_capacity(134);
+                b.extend_from_slice(&e.size().to_be_bytes());
+                b.extend_from_slice(&transmission_flags(&e).to_be_bytes());
+                if !no_zeroes {
+                    b.extend_from_slice(&[0u8; 124]);
+                }
+                s.write_all(&b)?;
+                return Ok(Outcome::Transmission(e));
+            }
+            opt::ABORT => {
+                // The client may already be gone; that is fine.
+                let _ = proto::write_option_reply(s, option, rep::ACK, b"");
+                return Ok(Outcome::Closed("client aborted negotiation".into()));
+            }
+            opt::LIST => {
+                if !data.is_empty() {
+                    proto::write_option_reply(s, option, rep::ERR_INVALID, b"")?;
+                    continue;
+                }
+                for e in &exports.0 {
+                    let name = e.name().as_bytes();
+                    let mut b = Vec::with_capacity(4 + name.len());
+                    b.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                    b.extend_from_slice(name);
+                    proto::write_option_reply(s, option, rep::SERVER, &b)?;
+                }
+                proto::write_option_reply(s, option, rep::ACK, b"")?;
+            }
+            opt::INFO | opt::GO => {
+                let Some((name, requests)) = parse_info_request(&data) else {
+                    proto::write_option_reply(s, option, rep::ERR_INVALID, b"")?;
+                    continue;
+                };
+                let Some(e) = exports.find(&name) else {
+                    proto::write_option_reply(s, option, rep::ERR_UNKNOWN, b"")?;
+                    continue;
+                };
+                proto::write_option_reply(
+                    s,
+                    option,
+                    rep::INFO,
+                    &proto::info_export(e.size(), transmission_flags(&e)),
+                )?;
+                // Our constraints are the protocol's defaults (any alignment is served by
+                // read-modify-write); the preferred size is the ledger's block size.
+                proto::write_option_reply(
+                    s,
+                    option,
+                    rep::INFO,
+                    &proto::info_block_size(1, e.block_size(), MAX_PAYLOAD),
+                )?;
+                if requests.contains(&proto::info::DESCRIPTION) {
+                    let mut b = proto::info::DESCRIPTION.to_be_bytes().to_vec();
+                    b.extend_from_slice(b"lostwrite: writes are recorded in a ledger");
+                    proto::write_option_reply(s, option, rep::INFO, &b)?;
+                }
+                proto::write_option_reply(s, option, rep::ACK, b"")?;
+                if option == opt::GO {
+                    return Ok(Outcome::Transmission(e));
+                }
+            }
+            _ => proto::write_option_reply(s, option, rep::ERR_UNSUP, b"")?,
+        }
+    }
+}
+
+/// Parses INFO/GO data: name length, name, request count, requests.
+fn parse_info_request(d: &[u8]) -> Option<(String, Vec<u16>)> {
+    let name_len = u32::from_be_bytes(d.get(0..4)?.try_into().ok()?) as usize;
+    if name_len > d.len().saturating_sub(6) {
+        return None;
+    }
+    let name = std::str::from_utf8(&d[4..4 + name_len]).ok()?.to_string();
+    let rest = &d[4 + name_len..];
+    let n = u16::from_be_bytes(rest[0..2].try_into().ok()?) as usize;
+    if rest.len() != 2 + 2 * n {
+        return None;
+    }
+    let reqs = rest[2..]
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    Some((name, reqs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_info_request;
+
+    #[test]
+    fn info_request_lengths_are_checked() {
+        let mut d = 3u32.to_be_bytes().to_vec();
+        d.extend_from_slice(b"abc");
+        d.extend_from_slice(&1u16.to_be_bytes());
+        d.extend_from_slice(&3u16.to_be_bytes());
+        assert_eq!(parse_info_request(&d), Some(("abc".into(), vec![3])));
+        assert_eq!(parse_info_request(&d[..d.len() - 1]), None);
+        let mut long = 100u32.to_be_bytes().to_vec();
+        long.extend_from_slice(b"abc\0\0");
+        assert_eq!(parse_info_request(&long), None);
+        assert_eq!(parse_info_request(&[0, 0]), None);
+    }
+}

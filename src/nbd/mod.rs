@@ -1,0 +1,9 @@
+//! NBD, written for this project: the wire format ([`proto`]), the server side of the
+//! handshake ([`handshake`]), and the server ([`server`]): listeners, one thread per connection
+//! reading requests, a shared pool of workers executing them against the
+//! [`crate::service::Export`], replies written out of order as they complete.
+
+pub mod handshake;
+pub mod proto;
+pub mod server;
+pub mod stream;

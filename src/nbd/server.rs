@@ -1,0 +1,468 @@
+//! The server: listeners, a thread per connection that negotiates and then reads requests, and a
+//! shared pool of workers that execute them and write the replies (out of order, under the
+//! connection's writer lock). Reading a request never waits for an earlier one to finish, so
+//! clients can keep many requests in flight on each connection and open several connections.
+//!
+//! Why threads and channels rather than an async runtime: every operation ends in a blocking
+//! pread/pwrite/fdatasync on a file; an async runtime would hand those to a thread pool anyway.
+//! A connection thread costs one mostly idle stack; the workers are where the I/O waits.
+//!
+//! Shutdown (SIGTERM/SIGINT via [`Server::shutdown`]): listeners stop, every connection stops
+//! reading, requests already read are executed and answered, and then the caller closes the
+//! exports (device and ledger synced, session closed).
+
+use super::handshake::{self, Exports, Outcome, MAX_PAYLOAD};
+use super::proto::{self, cflags, cmd, Request};
+use super::stream::{Listener, Stream};
+use crate::service::{errno, Export, OpError};
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Worker threads executing requests.
+    pub workers: usize,
+    /// Connections served at once; more are closed at once (and logged).
+    pub max_connections: usize,
+    /// Requests in flight per connection before the reader waits.
+    pub max_inflight: usize,
+    /// A client must finish negotiating within this time.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: (4 * crate::scan::default_jobs()).max(8),
+            max_connections: 1024,
+            max_inflight: 256,
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Largest WRITE payload that is read and discarded (answered EINVAL) rather than ending the
+/// connection.
+const MAX_DRAIN: u32 = 64 << 20;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Shared {
+    exports: Exports,
+    config: Config,
+    stopping: AtomicBool,
+    conns: Mutex<HashMap<u64, Stream>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    active: AtomicUsize,
+    next_id: AtomicU64,
+    jobs: Mutex<Option<Sender<Job>>>,
+}
+
+/// A running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<Arc<Listener>>,
+    acceptors: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts serving `exports` on `listeners`.
+    pub fn start(exports: Vec<Arc<Export>>, listeners: Vec<Listener>, config: Config) -> Server {
+        let (tx, rx): (Sender<Job>, Receiver<Job>) = crossbeam_channel::unbounded();
+        let workers = (0..config.workers.max(1))
+            .map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("nbd-worker-{i}"))
+                    .spawn(move || {
+                        for job in rx {
+                            job();
+                        }
+                    })
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            exports: Exports(exports),
+            config,
+            stopping: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            jobs: Mutex::new(Some(tx)),
+        });
+        let listeners: Vec<Arc<Listener>> = listeners.into_iter().map(Arc::new).collect();
+        let acceptors = listeners
+            .iter()
+            .map(|l| {
+                let (l, shared) = (l.clone(), shared.clone());
+                std::thread::Builder::new()
+                    .name("nbd-accept".into())
+                    .spawn(move || accept_loop(&l, &shared))
+                    .expect("spawning the accept thread")
+            })
+            .collect();
+        Server {
+            shared,
+            listeners,
+            acceptors,
+            workers,
+        }
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, stops reading requests, answers those already read, and waits for
+    /// every connection and worker to finish. Returns the exports (for closing).
+    pub fn shutdown(self) -> Vec<Arc<Export>> {
+        let shared = self.shared;
+        shared.stopping.store(true, Ordering::SeqCst);
+        for l in &self.listeners {
+            l.stop();
+        }
+        for a in self.acceptors {
+            let _ = a.join();
+        }
+        for l in &self.listeners {
+            l.cleanup();
+        }
+        for s in lock(&shared.conns).values() {
+            s.shutdown(Shutdown::Read);
+        }
+        loop {
+            let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&shared.threads));
+            if handles.is_empty() {
+                break;
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+        drop(lock(&shared.jobs).take());
+        for w in self.workers {
+            let _ = w.join();
+        }
+        shared.exports.0.clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn accept_loop(l: &Listener, shared: &Arc<Shared>) {
+    loop {
+        let s = match l.accept() {
+            Ok(s) => s,
+            Err(e) => {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::warn!("accept on {}: {e}", l.describe());
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if shared.active.load(Ordering::SeqCst) >= shared.config.max_connections {
+            tracing::warn!(
+                "refusing a connection from {}: already serving {} (the limit)",
+                s.peer(),
+                shared.config.max_connections
+            );
+            continue;
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        let sh = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("nbd-conn-{id}"))
+            .spawn(move || {
+                connection(s, id, &sh);
+                lock(&sh.conns).remove(&id);
+                sh.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(h) => {
+                let mut threads = lock(&shared.threads);
+                threads.retain(|t| !t.is_finished());
+                threads.push(h);
+            }
+            Err(e) => {
+                shared.active.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!("cannot start a connection thread: {e}");
+            }
+        }
+    }
+}
+
+fn connection(mut s: Stream, id: u64, shared: &Arc<Shared>) {
+    let peer = s.peer();
+    if let Ok(c) = s.try_clone() {
+        lock(&shared.conns).insert(id, c);
+    }
+    if shared.stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    let _ = s.set_read_timeout(Some(shared.config.handshake_timeout));
+    let stopping = || shared.stopping.load(Ordering::SeqCst);
+    match handshake::negotiate(&mut s, &shared.exports, &stopping) {
+        Ok(Outcome::Transmission(export)) => {
+            let _ = s.set_read_timeout(None);
+            tracing::info!(
+                "connection {id} from {peer}: serving export {:?}",
+                export.name()
+            );
+            let requests = transmission(s, export, shared, id);
+            tracing::info!("connection {id} closed after {requests} requests");
+        }
+        Ok(Outcome::Closed(why)) => {
+            tracing::info!("connection {id} from {peer} ended during negotiation: {why}")
+        }
+        Err(e) => tracing::info!("connection {id} from {peer} failed during negotiation: {e}"),
+    }
+}
+
+/// The reply side of a connection, shared by the workers.
+struct Replies {
+    stream: Mutex<Stream>,
+    dead: AtomicBool,
+}
+
+impl Replies {
+    fn send(&self, bytes: &[u8]) {
+        if self.dead.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut s = lock(&self.stream);
+        if let Err(e) = s.write_all(bytes) {
+            tracing::info!("client gone while replying: {e}");
+            self.dead.store(true, Ordering::Relaxed);
+            s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn error(&self, cookie: u64, code: u32) {
+        let mut b = [0u8; proto::SIMPLE_REPLY_LEN];
+        proto::simple_reply(&mut b, code, cookie);
+        self.send(&b);
+    }
+}
+
+/// Requests of one connection that are read but not yet answered.
+#[derive(Default)]
+struct Inflight {
+    n: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Inflight {
+    fn acquire(&self, max: usize) {
+        let mut n = lock(&self.n);
+        while *n >= max {
+            n = self.cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+    }
+    fn release(&self) {
+        *lock(&self.n) -= 1;
+        self.cv.notify_all();
+    }
+    fn drain(&self) {
+        let mut n = lock(&self.n);
+        while *n > 0 {
+            n = self.cv.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Checks a request before it is queued: the command and its flags. Range and read-only
+/// checks belong to the export.
+fn validate(r: &Request) -> Result<(), OpError> {
+    let allowed = match r.kind {
+        cmd::READ | cmd::WRITE | cmd::FLUSH | cmd::TRIM | cmd::CACHE => cflags::FUA,
+        cmd::WRITE_ZEROES => cflags::FUA | cflags::NO_HOLE | cflags::FAST_ZERO,
+        k => {
+            return Err(OpError {
+                errno: errno::EINVAL,
+                why: format!("unsupported command {} ({k})", proto::cmd_name(k)),
+            })
+        }
+    };
+    if r.flags & !allowed != 0 {
+        return Err(OpError {
+            errno: errno::EINVAL,
+            why: format!(
+                "flags {:#x} not valid for {}",
+                r.flags & !allowed,
+                proto::cmd_name(r.kind)
+            ),
+        });
+    }
+    if matches!(r.kind, cmd::READ | cmd::WRITE) && r.length > MAX_PAYLOAD {
+        return Err(OpError {
+            errno: errno::EINVAL,
+            why: format!(
+                "{} of {} bytes exceeds the 32 MiB limit",
+                proto::cmd_name(r.kind),
+                r.length
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -> u64 {
+    let replies = match s.try_clone() {
+        Ok(w) => Arc::new(Replies {
+            stream: Mutex::new(w),
+            dead: AtomicBool::new(false),
+        }),
+        Err(e) => {
+            tracing::warn!("connection {id}: {e}");
+            return 0;
+        }
+    };
+    let inflight = Arc::new(Inflight::default());
+    let mut reader = BufReader::with_capacity(128 << 10, s);
+    let mut count = 0u64;
+    let mut wrote = false;
+    loop {
+        let mut hdr = [0u8; proto::REQUEST_LEN];
+        if let Err(e) = reader.read_exact(&mut hdr) {
+            if e.kind() != std::io::ErrorKind::UnexpectedEof
+                && !shared.stopping.load(Ordering::SeqCst)
+            {
+                tracing::info!("connection {id}: {e}");
+            }
+            break;
+        }
+        let req = match Request::parse(&hdr) {
+            Ok(r) => r,
+            Err(bad) => {
+                tracing::warn!(
+                    "connection {id}: request with bad magic {:#010x}; closing the connection",
+                    bad.0
+                );
+                break;
+            }
+        };
+        count += 1;
+        if req.kind == cmd::DISC {
+            break;
+        }
+        let mut payload = Vec::new();
+        if req.kind == cmd::WRITE {
+            if req.length > MAX_DRAIN {
+                tracing::warn!(
+                    "connection {id}: WRITE of {} bytes; closing the connection",
+                    req.length
+                );
+                break;
+            }
+            payload.resize(req.length as usize, 0);
+            if let Err(e) = reader.read_exact(&mut payload) {
+                tracing::info!("connection {id}: client vanished in a WRITE payload: {e}");
+                break;
+            }
+        }
+        if let Err(e) = validate(&req) {
+            tracing::info!("connection {id}: refused: {}", e.why);
+            replies.error(req.cookie, e.errno);
+            continue;
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            replies.error(req.cookie, errno::ESHUTDOWN);
+            continue;
+        }
+        wrote |= matches!(req.kind, cmd::WRITE | cmd::WRITE_ZEROES | cmd::TRIM);
+        inflight.acquire(shared.config.max_inflight);
+        let job = {
+            let (export, replies, inflight) = (export.clone(), replies.clone(), inflight.clone());
+            Box::new(move || {
+                execute(&export, req, payload, &replies);
+                inflight.release();
+            }) as Job
+        };
+        let sent = lock(&shared.jobs).as_ref().map(|tx| tx.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            inflight.release();
+            replies.error(req.cookie, errno::ESHUTDOWN);
+        }
+    }
+    inflight.drain();
+    // A client that leaves makes its writes durable, as a clean disconnect should.
+    if wrote && !export.read_only() {
+        if let Err(e) = export.flush() {
+            tracing::warn!("connection {id}: flush at disconnect failed: {}", e.why);
+        }
+    }
+    lock(&replies.stream).shutdown(Shutdown::Both);
+    count
+}
+
+fn execute(export: &Export, req: Request, payload: Vec<u8>, replies: &Replies) {
+    let fua = req.flags & cflags::FUA != 0;
+    let (off, len) = (req.offset, req.length as u64);
+    let result = match req.kind {
+        cmd::READ => {
+            let mut buf = vec![0u8; proto::SIMPLE_REPLY_LEN + len as usize];
+            match export.read(off, &mut buf[proto::SIMPLE_REPLY_LEN..]) {
+                Ok(()) => {
+                    proto::simple_reply(&mut buf, 0, req.cookie);
+                    replies.send(&buf);
+                    return;
+                }
+                Err(e) => Err(e),
+            }
+        }
+        cmd::WRITE => export.write(off, &payload, fua),
+        cmd::FLUSH => export.flush(),
+        cmd::TRIM => export.trim(off, len, fua),
+        cmd::WRITE_ZEROES => export.write_zeroes(
+            off,
+            len,
+            req.flags & cflags::NO_HOLE == 0,
+            req.flags & cflags::FAST_ZERO != 0,
+            fua,
+        ),
+        cmd::CACHE => export.cache(off, len),
+        _ => Err(OpError {
+            errno: errno::EINVAL,
+            why: "unsupported command".into(),
+        }),
+    };
+    match result {
+        Ok(()) => replies.error(req.cookie, 0),
+        Err(e) => {
+            if matches!(e.errno, errno::EIO | errno::ENOSPC) {
+                tracing::warn!(
+                    "{} at offset {off} length {len}: {}",
+                    proto::cmd_name(req.kind),
+                    e.why
+                );
+            } else {
+                tracing::info!(
+                    "{} at offset {off} length {len} refused: {}",
+                    proto::cmd_name(req.kind),
+                    e.why
+                );
+            }
+            replies.error(req.cookie, e.errno)
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! The service: one export — a device with its ledger — and the operations NBD requests map
+//! to, each following DESIGN.md's durability protocol. The NBD layer parses and replies; this
+//! layer decides what is recorded, in what order, and what the device is asked to do:
+//!
+//! - a change is recorded (its journal frame in the kernel; with `--journal-sync strict`,
+//!   durable) before the device write is issued, while the blocks' range lock orders it
+//!   against other changes of the same blocks;
+//! - a partial-block change reads the rest of the block (read-modify-write) so the ledger
+//!   always holds the checksum of the full block;
+//! - a failed device write is recorded as failed (contents unknown);
+//! - FLUSH syncs the device, then records and syncs a flush record (group commit);
+//! - FUA makes the change and its records durable before the reply;
+//! - a read of whole blocks with no change in flight is checked against the ledger (online
+//!   detection), and with `--on-mismatch error` a stale block is refused with EIO.
+
+pub mod locks;
+
+use crate::block::{self, Geometry};
+use crate::device::{BlockDevice, TrimOutcome};
+use crate::error::Error;
+use crate::ledger::state::BlockState;
+use crate::ledger::{Ledger, NewContents, Ticket};
+use locks::RangeLocks;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// NBD error values (the protocol's, not the host's errno).
+pub mod errno {
+    /// Operation not permitted (write to a read-only export).
+    pub const EPERM: u32 = 1;
+    /// I/O error.
+    pub const EIO: u32 = 5;
+    /// Out of memory.
+    pub const ENOMEM: u32 = 12;
+    /// Invalid argument (out of range, bad flags, unknown command).
+    pub const EINVAL: u32 = 22;
+    /// No space (write beyond the end, or nowhere to record it).
+    pub const ENOSPC: u32 = 28;
+    /// Value too large.
+    pub const EOVERFLOW: u32 = 75;
+    /// Not supported (FAST_ZERO that cannot be fast).
+    pub const ENOTSUP: u32 = 95;
+    /// The server is shutting down.
+    pub const ESHUTDOWN: u32 = 108;
+}
+
+/// A failed operation: the NBD error value for the client and a sentence for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    /// NBD error value.
+    pub errno: u32,
+    /// What happened, for the log.
+    pub why: String,
+}
+
+impl OpError {
+    fn new(errno: u32, why: impl Into<String>) -> Self {
+        OpError {
+            errno,
+            why: why.into(),
+        }
+    }
+}
+
+fn from_io(e: &io::Error, what: &str) -> OpError {
+    let code = match e.raw_os_error() {
+        Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT) | Some(nix::libc::EFBIG) => errno::ENOSPC,
+        Some(nix::libc::ENOTSUP) => errno::ENOTSUP,
+        _ => errno::EIO,
+    };
+    OpError::new(code, format!("{what}: {e}"))
+}
+
+fn from_ledger(e: Error) -> OpError {
+    // A ledger that cannot record must refuse the write rather than let data through
+    // unrecorded; a full ledger disk is ENOSPC for the client.
+    let code = match e.raw_os_error() {
+        Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT) | Some(nix::libc::EFBIG) => errno::ENOSPC,
+        _ => errno::EIO,
+    };
+    OpError::new(code, format!("ledger: {e}"))
+}
+
+/// What to do when a read finds a block that does not hold its latest generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnMismatch {
+    /// Log it and serve the data.
+    Log,
+    /// Refuse the read with EIO.
+    Error,
+}
+
+/// Counters an operator (and the metrics endpoint) can read.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Write requests (WRITE, WRITE_ZEROES, TRIM) completed.
+    pub writes: AtomicU64,
+    /// Bytes written by WRITE.
+    pub written_bytes: AtomicU64,
+    /// Read requests completed.
+    pub reads: AtomicU64,
+    /// FLUSH requests completed.
+    pub flushes: AtomicU64,
+    /// Blocks found stale on read.
+    pub read_mismatches: AtomicU64,
+    /// Requests that failed.
+    pub errors: AtomicU64,
+}
+
+/// One export.
+pub struct Export {
+    name: String,
+    device: Box<dyn BlockDevice>,
+    ledger: Option<Ledger>,
+    geo: Geometry,
+    read_only: bool,
+    on_mismatch: OnMismatch,
+    locks: RangeLocks,
+    fast_zero_unsupported: AtomicBool,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// How an export is set up.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// Export name clients ask for ("" is the default export).
+    pub name: String,
+    /// Refuse writes.
+    pub read_only: bool,
+    /// What a stale read does.
+    pub on_mismatch: OnMismatch,
+}
+
+impl Export {
+    /// An export of `device`, recording into `ledger` (which must be open for writing with a
+    /// session begun; `None` serves without recording, for measuring the ledger's cost).
+    pub fn new(
+        device: Box<dyn BlockDevice>,
+        ledger: Option<Ledger>,
+        opts: ExportOptions,
+    ) -> Export {
+        let geo = match &ledger {
+            Some(l) => l.geometry(),
+            None => Geometry::new(block::DEFAULT_BLOCK_SIZE, device.size()),
+        };
+        Export {
+            name: opts.name,
+            device,
+            ledger,
+            geo,
+            read_only: opts.read_only,
+            on_mismatch: opts.on_mismatch,
+            locks: RangeLocks::default(),
+            fast_zero_unsupported: AtomicBool::new(false),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Export name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.geo.device_size
+    }
+
+    /// The ledger's block size (the preferred I/O size advertised to clients).
+    pub fn block_size(&self) -> u32 {
+        self.geo.block_size
+    }
+
+    /// Read-only export.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The ledger, if recording.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+
+    fn check_range(&self, offset: u64, len: u64, beyond: u32) -> Result<(), OpError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(()),
+            _ => Err(OpError::new(
+                beyond,
+                format!(
+                    "request at offset {offset} length {len} goes beyond the export's {} bytes",
+                    self.size()
+                ),
+            )),
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), OpError> {
+        if self.read_only {
+            Err(OpError::new(errno::EPERM, "write to a read-only export"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn fail<T>(&self, r: Result<T, OpError>) -> Result<T, OpError> {
+        if r.is_err() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Reads `len` bytes at `offset` into `buf` and checks whole blocks against the ledger.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), OpError> {
+        let r = self.read_inner(offset, buf);
+        self.fail(r)
+    }
+
+    fn read_inner(&self, offset: u64, buf: &mut [u8]) -> Result<(), OpError> {
+        let len = buf.len() as u64;
+        self.check_range(offset, len, errno::EINVAL)?;
+        let whole = self.whole_blocks(offset, len);
+        let before: Vec<BlockState> = match &self.ledger {
+            Some(l) => whole.clone().map(|b| l.state(b)).collect(),
+            None => Vec::new(),
+        };
+        self.device
+            .read_at(buf, offset)
+            .map_err(|e| from_io(&e, &format!("reading {len} bytes at offset {offset}")))?;
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = &self.ledger {
+            let bs = self.geo.block_size as u64;
+            for (b, expected) in whole.zip(before) {
+                let BlockState::Tracked { crc, generation } = expected else {
+                    continue;
+                };
+                let start = (self.geo.offset(b) - offset) as usize;
+                let data = &buf[start..start + self.geo.bytes_in(b)];
+                if block::checksum_padded(data, bs as u32) == crc {
+                    continue;
+                }
+                // A change that began after our snapshot, or is in flight, explains it.
+                if l.state(b) != expected || self.locks.busy(&(b..b + 1)) {
+                    continue;
+                }
+                self.mismatch(b, generation, "read")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mismatch(&self, block: u64, generation: u32, how: &str) -> Result<(), OpError> {
+        self.counters
+            .read_mismatches
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            export = %self.name,
+            "block {block} (offset {}) does not hold generation {generation} on {how}: a lost or misplaced write (run `lostwrite verify` after stopping the service)",
+            self.geo.offset(block)
+        );
+        if self.on_mismatch == OnMismatch::Error && how == "read" {
+            return Err(OpError::new(
+                errno::EIO,
+                format!("block {block} is stale; refusing to serve it (--on-mismatch error)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Blocks wholly inside the byte range (a partial last block counts when the range reaches
+    /// the end of the device).
+    fn whole_blocks(&self, offset: u64, len: u64) -> Range<u64> {
+        let bs = self.geo.block_size as u64;
+        let end = offset + len;
+        let first = offset.div_ceil(bs);
+        let last = if end == self.size() {
+            self.geo.block_count()
+        } else {
+            end / bs
+        };
+        first..last.max(first)
+    }
+
+    /// The checksum of every block of `blocks` after the change: `fill` overlays the part
+    /// `[lo, hi)` of a block (device offsets) with the new contents. Partial blocks are read
+    /// from the device first (and checked against the ledger on the way).
+    fn new_contents(
+        &self,
+        blocks: Range<u64>,
+        offset: u64,
+        len: u64,
+        zero: bool,
+        data: Option<&[u8]>,
+    ) -> Result<Vec<NewContents>, OpError> {
+        let bs = self.geo.block_size as usize;
+        let end = offset + len;
+        let mut out = Vec::with_capacity((blocks.end - blocks.start) as usize);
+        let mut tmp = Vec::new();
+        for b in blocks {
+            let start = self.geo.offset(b);
+            let on_dev = self.geo.bytes_in(b) as u64;
+            let (lo, hi) = (offset.max(start), end.min(start + on_dev));
+            let slice =
+                |lo: u64, hi: u64| data.map(|d| &d[(lo - offset) as usize..(hi - offset) as usize]);
+            if lo == start && hi == start + on_dev {
+                out.push(match (zero, slice(lo, hi)) {
+                    (true, _) => NewContents::Zero,
+                    (false, Some(d)) => NewContents::Crc(block::checksum_padded(d, bs as u32)),
+                    (false, None) => unreachable!("a write carries data"),
+                });
+                continue;
+            }
+            tmp.clear();
+            tmp.resize(bs, 0);
+            self.device
+                .read_at(&mut tmp[..on_dev as usize], start)
+                .map_err(|e| from_io(&e, &format!("reading block {b} to merge a partial write")))?;
+            if let Some(l) = &self.ledger {
+                if let BlockState::Tracked { crc, generation } = l.state(b) {
+                    if block::checksum(&tmp) != crc {
+                        self.mismatch(b, generation, "read-modify-write")?;
+                    }
+                }
+            }
+            let part = &mut tmp[(lo - start) as usize..(hi - start) as usize];
+            match slice(lo, hi) {
+                Some(d) if !zero => part.copy_from_slice(d),
+                _ => part.fill(0),
+            }
+            out.push(NewContents::Crc(block::checksum(&tmp)));
+        }
+        Ok(out)
+    }
+
+    fn record(&self, first: u64, new: &[NewContents]) -> Result<Option<Ticket>, OpError> {
+        match &self.ledger {
+            Some(l) => l.record_contents(first, new).map(Some).map_err(from_ledger),
+            None => Ok(None),
+        }
+    }
+
+    /// Tells the ledger how the device I/O ended; returns the device error, if any.
+    fn finish(
+        &self,
+        ticket: &Option<Ticket>,
+        r: io::Result<()>,
+        what: &str,
+    ) -> Result<(), OpError> {
+        if let (Some(l), Some(t)) = (&self.ledger, ticket) {
+            l.complete(t, r.is_ok()).map_err(from_ledger)?;
+        }
+        r.map_err(|e| from_io(&e, what))
+    }
+
+    /// FUA: makes a completed change durable with its records. `device_durable` says the
+    /// device I/O itself was synchronous (an O_DSYNC write); otherwise the device is synced.
+    fn durable(&self, ticket: &Option<Ticket>, device_durable: bool) -> Result<(), OpError> {
+        if !device_durable {
+            self.device
+                .flush()
+                .map_err(|e| from_io(&e, "fdatasync for a FUA request"))?;
+        }
+        if let (Some(l), Some(t)) = (&self.ledger, ticket) {
+            l.record_fua(t).map_err(from_ledger)?;
+        }
+        Ok(())
+    }
+
+    /// WRITE: `data` at `offset`; with `fua` durable (with its records) before returning.
+    pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), OpError> {
+        let r = self.write_inner(offset, data, fua);
+        self.fail(r)
+    }
+
+    fn write_inner(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), OpError> {
+        self.check_writable()?;
+        let len = data.len() as u64;
+        self.check_range(offset, len, errno::ENOSPC)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let blocks = self.geo.blocks_of(offset, len);
+        let ticket = {
+            let _g = self.locks.lock(blocks.clone());
+            let new = self.new_contents(blocks.clone(), offset, len, false, Some(data))?;
+            let ticket = self.record(blocks.start, &new)?;
+            let r = self.device.write_at(data, offset, fua);
+            self.finish(
+                &ticket,
+                r,
+                &format!("writing {len} bytes at offset {offset}"),
+            )?;
+            ticket
+        };
+        if fua {
+            self.durable(&ticket, true)?;
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .written_bytes
+            .fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// WRITE_ZEROES: `may_trim` unless NO_HOLE; `fast_only` for FAST_ZERO.
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fast_only: bool,
+        fua: bool,
+    ) -> Result<(), OpError> {
+        let r = self.write_zeroes_inner(offset, len, may_trim, fast_only, fua);
+        self.fail(r)
+    }
+
+    fn write_zeroes_inner(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fast_only: bool,
+        fua: bool,
+    ) -> Result<(), OpError> {
+        self.check_writable()?;
+        self.check_range(offset, len, errno::ENOSPC)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if fast_only && self.fast_zero_unsupported.load(Ordering::Relaxed) {
+            return Err(OpError::new(
+                errno::ENOTSUP,
+                "fast zeroing is not supported here",
+            ));
+        }
+        let blocks = self.geo.blocks_of(offset, len);
+        let ticket = {
+            let _g = self.locks.lock(blocks.clone());
+            let new = self.new_contents(blocks.clone(), offset, len, true, None)?;
+            let ticket = self.record(blocks.start, &new)?;
+            let r = self.device.write_zeroes(offset, len, may_trim, fast_only);
+            if fast_only
+                && r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(nix::libc::ENOTSUP)
+            {
+                self.fast_zero_unsupported.store(true, Ordering::Relaxed);
+            }
+            self.finish(
+                &ticket,
+                r,
+                &format!("zeroing {len} bytes at offset {offset}"),
+            )?;
+            ticket
+        };
+        if fua {
+            self.durable(&ticket, false)?;
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// TRIM: discards whole blocks where that reads back as zeroes (recorded as zeroed);
+    /// otherwise the advisory trim is ignored and nothing changes.
+    pub fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), OpError> {
+        let r = self.trim_inner(offset, len, fua);
+        self.fail(r)
+    }
+
+    fn trim_inner(&self, offset: u64, len: u64, fua: bool) -> Result<(), OpError> {
+        self.check_writable()?;
+        self.check_range(offset, len, errno::EINVAL)?;
+        let whole = self.whole_blocks(offset, len);
+        if whole.is_empty() || !self.device.trim_zeroes() {
+            return Ok(());
+        }
+        let (start, end) = (
+            self.geo.offset(whole.start),
+            (self.geo.offset(whole.end)).min(self.size()),
+        );
+        let ticket = {
+            let _g = self.locks.lock(whole.clone());
+            let new = vec![NewContents::Zero; (whole.end - whole.start) as usize];
+            let ticket = self.record(whole.start, &new)?;
+            let r = match self.device.trim(start, end - start) {
+                Ok(TrimOutcome::Zeroed) => Ok(()),
+                // The record says zeroes; make it true.
+                Ok(_) => self.device.write_zeroes(start, end - start, true, false),
+                Err(e) => Err(e),
+            };
+            self.finish(
+                &ticket,
+                r,
+                &format!("trimming {} bytes at offset {start}", end - start),
+            )?;
+            ticket
+        };
+        if fua {
+            self.durable(&ticket, false)?;
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// FLUSH: every change completed before this call is durable, device and ledger.
+    pub fn flush(&self) -> Result<(), OpError> {
+        let r = match &self.ledger {
+            Some(l) => l.flush(|| self.device.flush()).map_err(|e| {
+                let io_errno = e.raw_os_error();
+                let mut o = from_ledger(e);
+                if io_errno.is_some() {
+                    o.errno = errno::EIO;
+                }
+                o
+            }),
+            None => self.device.flush().map_err(|e| from_io(&e, "fdatasync")),
+        };
+        if r.is_ok() {
+            self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.fail(r)
+    }
+
+    /// CACHE: a hint that the range will be read.
+    pub fn cache(&self, offset: u64, len: u64) -> Result<(), OpError> {
+        self.check_range(offset, len, errno::EINVAL)?;
+        self.device.will_need(offset, len);
+        Ok(())
+    }
+
+    /// Ends the export cleanly: device synced, session closed, state table checkpointed.
+    pub fn close(self) -> crate::Result<()> {
+        match self.ledger {
+            Some(l) => {
+                let dev = self.device;
+                l.close(|| dev.flush())
+            }
+            None => self
+                .device
+                .flush()
+                .map_err(|e| Error::io(self.device.name(), "fdatasync at shutdown", e)),
+        }
+    }
+}

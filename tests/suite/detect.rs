@@ -1,0 +1,190 @@
+//! Detection through the service: fio writes through `serve` in two flushed phases with a
+//! snapshot of the image between them; then the storage "loses" writes underneath — blocks
+//! reverted to the snapshot, others corrupted, zeroed or overwritten with another block's
+//! contents — and `verify --json` must name exactly those blocks, with the right kinds, and for
+//! every reverted block the generation it fell back to and the durable writes it lost.
+
+use crate::helpers::*;
+use crate::service::{fio, have, Service};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::FileExt;
+
+const BS: u64 = 4096;
+const SIZE: u64 = 128 << 20;
+
+fn phase(uri: &str, seed: &str) {
+    fio(
+        uri,
+        &[
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=8",
+            "--size=128m",
+            "--io_size=24m",
+            &format!("--randseed={seed}"),
+            "--refill_buffers=1",
+            "--end_fsync=1",
+        ],
+    );
+}
+
+#[test]
+fn reverted_corrupt_zeroed_and_misdirected_blocks_are_named_exactly() {
+    if !have("fio") {
+        return;
+    }
+    let s = Scratch::new(SIZE);
+    s.init(BS as u32, true);
+    let svc = Service::start(&s.image, &[]);
+    phase(&svc.uri(), "1");
+    let snap = s.dir.path().join("snapshot.img");
+    std::fs::copy(&s.image, &snap).unwrap();
+    phase(&svc.uri(), "2");
+    svc.stop();
+
+    let cur = std::fs::read(&s.image).unwrap();
+    let old = std::fs::read(&snap).unwrap();
+    let bs = BS as usize;
+    let changed: Vec<u64> = (0..SIZE / BS)
+        .filter(|&b| {
+            cur[b as usize * bs..(b as usize + 1) * bs]
+                != old[b as usize * bs..(b as usize + 1) * bs]
+        })
+        .collect();
+    assert!(
+        changed.len() > 1000,
+        "phase 2 changed only {} blocks",
+        changed.len()
+    );
+    let step = changed.len() / 60;
+    let reverted: BTreeSet<u64> = (0..60).map(|i| changed[i * step]).collect();
+    let mut rng = Rng(2026);
+    let mut taken: BTreeSet<u64> = reverted.clone();
+    let mut pick = |rng: &mut Rng| loop {
+        let b = rng.next() % (SIZE / BS);
+        if taken.insert(b) {
+            return b;
+        }
+    };
+    let corrupt: Vec<u64> = (0..10).map(|_| pick(&mut rng)).collect();
+    let zeroed: Vec<u64> = (0..6).map(|_| pick(&mut rng)).collect();
+    let misdirected: Vec<(u64, u64)> = (0..8).map(|_| (pick(&mut rng), pick(&mut rng))).collect();
+
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.image)
+        .unwrap();
+    for &b in &reverted {
+        f.write_all_at(&old[b as usize * bs..(b as usize + 1) * bs], b * BS)
+            .unwrap();
+    }
+    for &b in &corrupt {
+        f.write_all_at(&rng.block(bs), b * BS).unwrap();
+    }
+    for &b in &zeroed {
+        f.write_all_at(&vec![0u8; bs], b * BS).unwrap();
+    }
+    for &(dst, src) in &misdirected {
+        f.write_all_at(&cur[src as usize * bs..(src as usize + 1) * bs], dst * BS)
+            .unwrap();
+    }
+    drop(f);
+
+    let o = bin()
+        .args(["verify", "--json"])
+        .arg(&s.image)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut want: BTreeMap<u64, &str> = BTreeMap::new();
+    want.extend(reverted.iter().map(|&b| (b, "reverted")));
+    want.extend(corrupt.iter().map(|&b| (b, "corrupt")));
+    want.extend(zeroed.iter().map(|&b| (b, "zeroed")));
+    want.extend(misdirected.iter().map(|&(d, _)| (d, "misdirected")));
+    let findings = v["findings"].as_array().unwrap();
+    let got: BTreeMap<u64, &str> = findings
+        .iter()
+        .map(|f| (f["block"].as_u64().unwrap(), f["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(findings.len(), 84);
+    let src_of: BTreeMap<u64, u64> = misdirected.iter().copied().collect();
+    for f in findings {
+        let b = f["block"].as_u64().unwrap();
+        match f["kind"].as_str().unwrap() {
+            "reverted" => {
+                let (exp, found) = (
+                    f["expected_generation"].as_u64().unwrap(),
+                    f["found_generation"].as_u64().unwrap(),
+                );
+                assert!(found < exp, "block {b}: found {found} expected {exp}");
+                let lost = f["lost"].as_array().unwrap();
+                assert_eq!(lost.len() as u64, exp - found, "block {b}");
+                for l in lost {
+                    assert_eq!(l["durable"], true, "block {b}: {l}");
+                    let t = l["time"].as_str().unwrap();
+                    assert!(lostwrite::clock::parse(t).is_ok(), "{t}");
+                }
+            }
+            "misdirected" => {
+                assert_eq!(
+                    f["belongs_to"]["block"].as_u64(),
+                    Some(src_of[&b]),
+                    "block {b}"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(v["summary"]["reverted"], 60);
+    assert_eq!(v["summary"]["ok"], SIZE / BS - 84);
+}
+
+#[test]
+fn a_stale_read_is_logged_or_refused_online() {
+    if !have("qemu-io") {
+        return;
+    }
+    let s = Scratch::new(4 << 20);
+    s.init(BS as u32, true);
+    // Revert block 3 underneath the ledger, then read it through the service.
+    let svc = Service::start(&s.image, &[]);
+    let old = s.read_block(3, BS as usize);
+    crate::service::run(
+        std::process::Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .arg(svc.uri())
+            .args(["-c", "write -P 0x77 12k 4k"]),
+    );
+    s.poke(3, &old);
+    crate::service::run(
+        std::process::Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .arg(svc.uri())
+            .args(["-c", "read 12k 4k"]),
+    );
+    let log = svc.stop();
+    assert!(
+        log.contains("block 3 (offset 12288) does not hold generation 1 on read"),
+        "{log}"
+    );
+    assert!(log.contains("1 stale reads"), "{log}");
+    // With --on-mismatch error the read fails instead.
+    let svc = Service::start(&s.image, &["--on-mismatch", "error"]);
+    let o = std::process::Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .arg(svc.uri())
+        .args(["-c", "read 12k 4k"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(text.contains("Input/output error"), "{text}");
+    svc.stop();
+}
