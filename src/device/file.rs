@@ -135,6 +135,20 @@ impl BlockDevice for FileDevice {
         self.file.read_exact_at(buf, offset)
     }
 
+    fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        let mut slices = [io::IoSliceMut::new(buf)];
+        match rustix::io::preadv2(&self.file, &mut slices, offset, flags) {
+            Ok(n) if n == slices[0].len() => Ok(true),
+            // Partly cached, or not at all: let a thread that may block do it.
+            Ok(_) => Ok(false),
+            Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::OPNOTSUPP => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         match (&self.dsync, fua) {
             (Some(d), true) => d.write_all_at(buf, offset),
@@ -174,15 +188,14 @@ impl BlockDevice for FileDevice {
     }
 
     fn trim_zeroes(&self) -> bool {
-        // A hole in a regular file reads back as zeroes. A block device's discard promises
-        // nothing, so trims of block devices are accepted and ignored.
+        // A hole in a regular file reads back as zeroes. Whether a block device can zero by
+        // discarding is known only when it tries, too late to record it first.
         !self.is_block
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<TrimOutcome> {
-        if self.is_block {
-            return Ok(TrimOutcome::Ignored);
-        }
+        // On a file a hole reads back as zeroes; on a block device the kernel accepts a punch
+        // only where it can promise zeroes (a discard that zeroes), and refuses otherwise.
         let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
         match fallocate(&self.file, punch, offset as i64, len as i64) {
             Ok(()) => Ok(TrimOutcome::Zeroed),

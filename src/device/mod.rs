@@ -29,6 +29,11 @@ pub trait BlockDevice: Send + Sync {
     fn size(&self) -> u64;
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Reads like [`BlockDevice::read_at`] only if that cannot block (the data is cached);
+    /// `Ok(false)` means it would have to wait for the device, and nothing was read.
+    fn read_at_nowait(&self, _buf: &mut [u8], _offset: u64) -> io::Result<bool> {
+        Ok(false)
+    }
     /// Writes all of `buf` at `offset`; with `fua` the data is durable when this returns.
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
     /// Makes every completed write durable (fdatasync).

@@ -789,13 +789,10 @@ impl Ledger {
                 ))
             })?;
         let mut records = Vec::with_capacity(count as usize);
-        let mut states = Vec::with_capacity(count as usize);
         let mut generations = Vec::with_capacity(count as usize);
         for b in first_block..end {
             let g = self.state.get(b).next_generation();
-            let (r, st) = make(b, g);
-            records.push(r);
-            states.push(st);
+            records.push(make(b, g).0);
             generations.push(g);
         }
         let (first, last) = {
@@ -804,8 +801,8 @@ impl Ledger {
             inf.incomplete.insert(first, last);
             (first, last)
         };
-        for (b, st) in (first_block..end).zip(states) {
-            self.state.set(b, st);
+        for (b, &g) in (first_block..end).zip(&generations) {
+            self.state.set(b, make(b, g).1);
         }
         if s.strict {
             j.sync_to(last)?;

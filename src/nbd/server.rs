@@ -52,6 +52,10 @@ impl Default for Config {
 /// connection.
 const MAX_DRAIN: u32 = 64 << 20;
 
+/// Largest WRITE executed on the connection's own thread; larger ones go to the workers so
+/// that receiving the next request overlaps with copying this one into the page cache.
+const INLINE_WRITE: u32 = 64 << 10;
+
 type Job = Box<dyn FnOnce() + Send>;
 
 struct Shared {
@@ -326,6 +330,31 @@ fn validate(r: &Request) -> Result<(), OpError> {
     Ok(())
 }
 
+/// Replies of requests executed on the connection's own thread, sent in batches: while more
+/// requests are already buffered, replies wait, so a pipelining client gets them in one write.
+struct Batch {
+    buf: Vec<u8>,
+}
+
+impl Batch {
+    const FLUSH_AT: usize = 256 << 10;
+
+    fn reply(&mut self, cookie: u64, code: u32) {
+        let at = self.buf.len();
+        self.buf.resize(at + proto::SIMPLE_REPLY_LEN, 0);
+        proto::simple_reply(&mut self.buf[at..], code, cookie);
+    }
+
+    fn flush(&mut self, replies: &Replies) {
+        if !self.buf.is_empty() {
+            replies.send(&self.buf);
+            self.buf.clear();
+            // One 32 MiB read should not pin 32 MiB to the connection for its lifetime.
+            self.buf.shrink_to(Self::FLUSH_AT);
+        }
+    }
+}
+
 fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -> u64 {
     let replies = match s.try_clone() {
         Ok(w) => Arc::new(Replies {
@@ -339,9 +368,14 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
     };
     let inflight = Arc::new(Inflight::default());
     let mut reader = BufReader::with_capacity(128 << 10, s);
+    let mut batch = Batch { buf: Vec::new() };
+    let mut payload: Vec<u8> = Vec::new();
     let mut count = 0u64;
     let mut wrote = false;
     loop {
+        if reader.buffer().len() < proto::REQUEST_LEN || batch.buf.len() >= Batch::FLUSH_AT {
+            batch.flush(&replies);
+        }
         let mut hdr = [0u8; proto::REQUEST_LEN];
         if let Err(e) = reader.read_exact(&mut hdr) {
             if e.kind() != std::io::ErrorKind::UnexpectedEof
@@ -365,7 +399,7 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
         if req.kind == cmd::DISC {
             break;
         }
-        let mut payload = Vec::new();
+        payload.clear();
         if req.kind == cmd::WRITE {
             if req.length > MAX_DRAIN {
                 tracing::warn!(
@@ -374,25 +408,62 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
                 );
                 break;
             }
-            payload.resize(req.length as usize, 0);
-            if let Err(e) = reader.read_exact(&mut payload) {
-                tracing::info!("connection {id}: client vanished in a WRITE payload: {e}");
+            // Read straight into spare capacity: no zero-filling of a buffer about to be
+            // overwritten (it costs as much as the copy for large writes).
+            payload.reserve(req.length as usize);
+            let got = (&mut reader)
+                .take(req.length as u64)
+                .read_to_end(&mut payload);
+            if !matches!(got, Ok(n) if n == req.length as usize) {
+                tracing::info!("connection {id}: client vanished in a WRITE payload");
                 break;
             }
         }
         if let Err(e) = validate(&req) {
             tracing::info!("connection {id}: refused: {}", e.why);
-            replies.error(req.cookie, e.errno);
+            batch.reply(req.cookie, e.errno);
             continue;
         }
         if shared.stopping.load(Ordering::SeqCst) {
-            replies.error(req.cookie, errno::ESHUTDOWN);
+            batch.reply(req.cookie, errno::ESHUTDOWN);
             continue;
         }
         wrote |= matches!(req.kind, cmd::WRITE | cmd::WRITE_ZEROES | cmd::TRIM);
+        // Work that cannot block for long runs here, with no hand-off between threads: a read
+        // the page cache can satisfy, a write without FUA. Everything that waits for the
+        // device (flushes, FUA, zeroing, trims, uncached reads) goes to the workers.
+        let fua = req.flags & cflags::FUA != 0;
+        if req.kind == cmd::WRITE && !fua && req.length <= INLINE_WRITE {
+            let r = export.write(req.offset, &payload, false);
+            log_failure(&req, &r);
+            batch.reply(req.cookie, r.err().map_or(0, |e| e.errno));
+            continue;
+        }
+        if req.kind == cmd::READ && !fua {
+            let at = batch.buf.len();
+            batch
+                .buf
+                .resize(at + proto::SIMPLE_REPLY_LEN + req.length as usize, 0);
+            match export.read_nowait(req.offset, &mut batch.buf[at + proto::SIMPLE_REPLY_LEN..]) {
+                Ok(true) => {
+                    proto::simple_reply(&mut batch.buf[at..], 0, req.cookie);
+                    continue;
+                }
+                Ok(false) => batch.buf.truncate(at),
+                Err(e) => {
+                    batch.buf.truncate(at);
+                    log_failure(&req, &Err(e.clone()));
+                    batch.reply(req.cookie, e.errno);
+                    continue;
+                }
+            }
+        }
+        // Replies already made must not wait while this thread waits for a free slot.
+        batch.flush(&replies);
         inflight.acquire(shared.config.max_inflight);
         let job = {
             let (export, replies, inflight) = (export.clone(), replies.clone(), inflight.clone());
+            let payload = std::mem::take(&mut payload);
             Box::new(move || {
                 execute(&export, req, payload, &replies);
                 inflight.release();
@@ -401,9 +472,10 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
         let sent = lock(&shared.jobs).as_ref().map(|tx| tx.send(job));
         if !matches!(sent, Some(Ok(()))) {
             inflight.release();
-            replies.error(req.cookie, errno::ESHUTDOWN);
+            batch.reply(req.cookie, errno::ESHUTDOWN);
         }
     }
+    batch.flush(&replies);
     inflight.drain();
     // A client that leaves makes its writes durable, as a clean disconnect should.
     if wrote && !export.read_only() {
@@ -413,6 +485,16 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
     }
     lock(&replies.stream).shutdown(Shutdown::Both);
     count
+}
+
+fn log_failure(req: &Request, r: &Result<(), OpError>) {
+    let Err(e) = r else { return };
+    let (what, off, len) = (proto::cmd_name(req.kind), req.offset, req.length);
+    if matches!(e.errno, errno::EIO | errno::ENOSPC) {
+        tracing::warn!("{what} at offset {off} length {len}: {}", e.why);
+    } else {
+        tracing::info!("{what} at offset {off} length {len} refused: {}", e.why);
+    }
 }
 
 fn execute(export: &Export, req: Request, payload: Vec<u8>, replies: &Replies) {
@@ -446,23 +528,6 @@ fn execute(export: &Export, req: Request, payload: Vec<u8>, replies: &Replies) {
             why: "unsupported command".into(),
         }),
     };
-    match result {
-        Ok(()) => replies.error(req.cookie, 0),
-        Err(e) => {
-            if matches!(e.errno, errno::EIO | errno::ENOSPC) {
-                tracing::warn!(
-                    "{} at offset {off} length {len}: {}",
-                    proto::cmd_name(req.kind),
-                    e.why
-                );
-            } else {
-                tracing::info!(
-                    "{} at offset {off} length {len} refused: {}",
-                    proto::cmd_name(req.kind),
-                    e.why
-                );
-            }
-            replies.error(req.cookie, e.errno)
-        }
-    }
+    log_failure(&req, &result);
+    replies.error(req.cookie, result.err().map_or(0, |e| e.errno));
 }

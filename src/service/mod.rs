@@ -213,11 +213,18 @@ impl Export {
 
     /// Reads `len` bytes at `offset` into `buf` and checks whole blocks against the ledger.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), OpError> {
-        let r = self.read_inner(offset, buf);
+        let r = self.read_inner(offset, buf, false).map(|_| ());
         self.fail(r)
     }
 
-    fn read_inner(&self, offset: u64, buf: &mut [u8]) -> Result<(), OpError> {
+    /// Like [`Export::read`], but only if the data can be read without waiting for the device;
+    /// `Ok(false)` means nothing was done and the read must be made with [`Export::read`].
+    pub fn read_nowait(&self, offset: u64, buf: &mut [u8]) -> Result<bool, OpError> {
+        let r = self.read_inner(offset, buf, true);
+        self.fail(r)
+    }
+
+    fn read_inner(&self, offset: u64, buf: &mut [u8], nowait: bool) -> Result<bool, OpError> {
         let len = buf.len() as u64;
         self.check_range(offset, len, errno::EINVAL)?;
         let whole = self.whole_blocks(offset, len);
@@ -225,9 +232,20 @@ impl Export {
             Some(l) => whole.clone().map(|b| l.state(b)).collect(),
             None => Vec::new(),
         };
-        self.device
-            .read_at(buf, offset)
-            .map_err(|e| from_io(&e, &format!("reading {len} bytes at offset {offset}")))?;
+        let what = || format!("reading {len} bytes at offset {offset}");
+        if nowait {
+            if !self
+                .device
+                .read_at_nowait(buf, offset)
+                .map_err(|e| from_io(&e, &what()))?
+            {
+                return Ok(false);
+            }
+        } else {
+            self.device
+                .read_at(buf, offset)
+                .map_err(|e| from_io(&e, &what()))?;
+        }
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         if let Some(l) = &self.ledger {
             let bs = self.geo.block_size as u64;
@@ -247,7 +265,7 @@ impl Export {
                 self.mismatch(b, generation, "read")?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn mismatch(&self, block: u64, generation: u32, how: &str) -> Result<(), OpError> {
@@ -345,12 +363,12 @@ impl Export {
         &self,
         ticket: &Option<Ticket>,
         r: io::Result<()>,
-        what: &str,
+        what: impl FnOnce() -> String,
     ) -> Result<(), OpError> {
         if let (Some(l), Some(t)) = (&self.ledger, ticket) {
             l.complete(t, r.is_ok()).map_err(from_ledger)?;
         }
-        r.map_err(|e| from_io(&e, what))
+        r.map_err(|e| from_io(&e, &what()))
     }
 
     /// FUA: makes a completed change durable with its records. `device_durable` says the
@@ -386,11 +404,9 @@ impl Export {
             let new = self.new_contents(blocks.clone(), offset, len, false, Some(data))?;
             let ticket = self.record(blocks.start, &new)?;
             let r = self.device.write_at(data, offset, fua);
-            self.finish(
-                &ticket,
-                r,
-                &format!("writing {len} bytes at offset {offset}"),
-            )?;
+            self.finish(&ticket, r, || {
+                format!("writing {len} bytes at offset {offset}")
+            })?;
             ticket
         };
         if fua {
@@ -446,11 +462,9 @@ impl Export {
             {
                 self.fast_zero_unsupported.store(true, Ordering::Relaxed);
             }
-            self.finish(
-                &ticket,
-                r,
-                &format!("zeroing {len} bytes at offset {offset}"),
-            )?;
+            self.finish(&ticket, r, || {
+                format!("zeroing {len} bytes at offset {offset}")
+            })?;
             ticket
         };
         if fua {
@@ -460,8 +474,9 @@ impl Export {
         Ok(())
     }
 
-    /// TRIM: discards whole blocks where that reads back as zeroes (recorded as zeroed);
-    /// otherwise the advisory trim is ignored and nothing changes.
+    /// TRIM: discards the whole blocks of the range (partial blocks are left alone: trims are
+    /// advisory). Where a trim is known to read back as zeroes (a hole in a file) it is
+    /// recorded as zeroing those blocks; otherwise they become untracked until written.
     pub fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), OpError> {
         let r = self.trim_inner(offset, len, fua);
         self.fail(r)
@@ -471,28 +486,35 @@ impl Export {
         self.check_writable()?;
         self.check_range(offset, len, errno::EINVAL)?;
         let whole = self.whole_blocks(offset, len);
-        if whole.is_empty() || !self.device.trim_zeroes() {
+        if whole.is_empty() {
             return Ok(());
         }
         let (start, end) = (
             self.geo.offset(whole.start),
             (self.geo.offset(whole.end)).min(self.size()),
         );
+        let zeroes = self.device.trim_zeroes();
+        let count = whole.end - whole.start;
         let ticket = {
             let _g = self.locks.lock(whole.clone());
-            let new = vec![NewContents::Zero; (whole.end - whole.start) as usize];
-            let ticket = self.record(whole.start, &new)?;
+            let ticket = match (&self.ledger, zeroes) {
+                (None, _) => None,
+                (Some(_), true) => {
+                    self.record(whole.start, &vec![NewContents::Zero; count as usize])?
+                }
+                (Some(l), false) => Some(l.record_trim(whole.start, count).map_err(from_ledger)?),
+            };
             let r = match self.device.trim(start, end - start) {
                 Ok(TrimOutcome::Zeroed) => Ok(()),
                 // The record says zeroes; make it true.
-                Ok(_) => self.device.write_zeroes(start, end - start, true, false),
+                Ok(_) if zeroes => self.device.write_zeroes(start, end - start, true, false),
+                // Untracked until written, whatever the device kept.
+                Ok(_) => Ok(()),
                 Err(e) => Err(e),
             };
-            self.finish(
-                &ticket,
-                r,
-                &format!("trimming {} bytes at offset {start}", end - start),
-            )?;
+            self.finish(&ticket, r, || {
+                format!("trimming {} bytes at offset {start}", end - start)
+            })?;
             ticket
         };
         if fua {

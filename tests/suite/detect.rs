@@ -188,3 +188,92 @@ fn a_stale_read_is_logged_or_refused_online() {
     assert!(text.contains("Input/output error"), "{text}");
     svc.stop();
 }
+
+/// Writes through the service without a flush, then kills it (a crash) and damages a block
+/// underneath: after a crash with the default journal sync, unknown contents are `uncertain`;
+/// with `--journal-sync strict` nothing is uncertain, and the same damage is `corrupt`.
+#[test]
+fn after_kill_9_strict_journal_sync_leaves_nothing_uncertain() {
+    if !have("qemu-io") {
+        return;
+    }
+    for (mode, want) in [("flush", "uncertain"), ("strict", "corrupt")] {
+        let s = Scratch::new(4 << 20);
+        s.init(BS as u32, true);
+        let svc = Service::start(&s.image, &["--journal-sync", mode]);
+        crate::service::run(
+            std::process::Command::new("qemu-io")
+                .args(["-f", "raw", "-t", "writeback"])
+                .arg(svc.uri())
+                .args([
+                    "-c",
+                    "write -P 0x31 0 64k",
+                    "-c",
+                    "flush",
+                    "-c",
+                    "write -P 0x32 64k 64k",
+                ]),
+        );
+        svc.kill9();
+        s.poke(5, &Rng(1).block(BS as usize));
+        let o = bin()
+            .args(["verify", "--json"])
+            .arg(&s.image)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let kinds: Vec<&str> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, vec![want], "--journal-sync {mode}: {v}");
+        // The next session says the previous one crashed, and a clean run verifies clean.
+        let svc = Service::start(&s.image, &[]);
+        let log = svc.stop();
+        assert!(
+            log.contains("the previous session did not end cleanly"),
+            "{log}"
+        );
+        let o = bin()
+            .args(["ledger", "dump"])
+            .arg(&s.image)
+            .output()
+            .unwrap();
+        let dump = String::from_utf8_lossy(&o.stdout);
+        assert!(dump.contains("previous CRASHED"), "{dump}");
+        assert!(dump.contains(&format!("{mode} journal sync")), "{dump}");
+    }
+}
+
+#[test]
+fn serve_creates_a_missing_ledger_and_says_what_is_untracked() {
+    if !have("qemu-io") {
+        return;
+    }
+    let s = Scratch::new(4 << 20);
+    let svc = Service::start(&s.image, &[]);
+    crate::service::run(
+        std::process::Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .arg(svc.uri())
+            .args(["-c", "write -P 0x41 8k 8k"]),
+    );
+    let log = svc.stop();
+    assert!(
+        log.contains("without a baseline")
+            && log.contains("1024 blocks are untracked")
+            && log.contains("init --baseline"),
+        "{log}"
+    );
+    let o = bin()
+        .args(["verify", "--json"])
+        .arg(&s.image)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["blocks_tracked"], 2);
+    assert_eq!(v["summary"]["untracked"], 1022);
+}

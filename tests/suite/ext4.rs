@@ -169,3 +169,72 @@ fn ext4_over_nbdfuse_over_serve_verifies_clean_and_reads_back() {
     svc.stop();
     verify_clean(&s.image);
 }
+
+/// A loop device, detached when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_block_device_is_served_and_verified_and_its_trims_untrack_blocks() {
+    if !can_mount() || !have("losetup") || !have("qemu-io") {
+        return;
+    }
+    let s = Scratch::new(16 << 20);
+    let dev = Loop(
+        run(Command::new("losetup").args(["-f", "--show"]).arg(&s.image))
+            .trim()
+            .to_string(),
+    );
+    let ledger = s.dir.path().join("loop.ledger");
+    let sock = s.dir.path().join("loop.sock");
+    let o = bin()
+        .args(["init", "--baseline", "--ledger"])
+        .arg(&ledger)
+        .arg(&dev.0)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("4096 blocks"),
+        "{o:?}"
+    );
+    let svc = Service::start_on(
+        Path::new(&dev.0),
+        &sock,
+        &["--ledger", ledger.to_str().unwrap()],
+    );
+    run(Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .arg(svc.uri())
+        .args([
+            "-c",
+            "write -P 0x61 1m 64k",
+            "-c",
+            "discard 0 64k",
+            "-c",
+            "flush",
+        ]));
+    svc.stop();
+    let o = bin()
+        .args(["verify", "--json", "--ledger"])
+        .arg(&ledger)
+        .arg(&dev.0)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["summary"]["untracked"], 16,
+        "the 16 discarded blocks are untracked: {v}"
+    );
+    assert_eq!(v["summary"]["ok"], 4096 - 16);
+}

@@ -183,7 +183,10 @@ pub fn run(cmd: &mut Command) -> String {
 /// fio with the nbd engine against `uri`, with extra arguments.
 pub fn fio(uri: &str, args: &[&str]) -> String {
     let mut c = Command::new("fio");
-    c.arg("--name=lostwrite-test")
+    // fio writes verify state files into its working directory unless told not to.
+    c.current_dir(std::env::temp_dir())
+        .arg("--verify_state_save=0")
+        .arg("--name=lostwrite-test")
         .arg("--ioengine=nbd")
         .arg(format!("--uri={uri}"))
         .arg("--output-format=terse")
