@@ -148,9 +148,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let server = Server::start(vec![export], vec![listener], config);
     let sig = signals.forever().next();
     tracing::info!(
-        "signal {}: finishing requests in flight and closing the ledger",
+        "signal {}: finishing requests in flight and closing the ledger (a second signal exits at once, leaving the session unclosed)",
         sig.unwrap_or(0)
     );
+    std::thread::spawn(move || {
+        if let Some(s) = signals.forever().next() {
+            tracing::error!(
+                "signal {s} again: exiting without closing the session (the next start treats it as a crash)"
+            );
+            std::process::exit(1);
+        }
+    });
     let exports = server.shutdown();
     for e in exports {
         let e =

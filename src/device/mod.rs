@@ -59,6 +59,43 @@ pub trait BlockDevice: Send + Sync {
     fn done_with(&self, _offset: u64, _len: u64) {}
 }
 
+/// A shared device is a device (a test keeps a handle to the device it gave an export).
+impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        (**self).read_at_nowait(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        (**self).write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn write_zeroes(&self, o: u64, l: u64, may_trim: bool, fast: bool) -> io::Result<()> {
+        (**self).write_zeroes(o, l, may_trim, fast)
+    }
+    fn trim_zeroes(&self) -> bool {
+        (**self).trim_zeroes()
+    }
+    fn trim(&self, offset: u64, len: u64) -> io::Result<TrimOutcome> {
+        (**self).trim(offset, len)
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        (**self).will_need(offset, len)
+    }
+    fn done_with(&self, offset: u64, len: u64) {
+        (**self).done_with(offset, len)
+    }
+}
+
 /// How a ledger recognises its device again: the kind, the path as given, and the identity the
 /// kernel gives it (device and inode numbers for a file, the device number for a block device).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

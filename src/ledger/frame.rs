@@ -12,6 +12,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"LWFR");
 pub const HEADER_LEN: usize = 40;
 /// Largest body a frame may carry.
 pub const MAX_BODY: usize = 16 << 20;
+/// Most records a writer puts in one frame (a larger commit group spans several frames); the
+/// largest record is a Flush with a bounded range list, so a frame stays far below MAX_BODY.
+pub const MAX_RECORDS: usize = 1 << 16;
 /// Smallest encoded record (a tag and one u64), bounding the record count a body can claim.
 const MIN_RECORD: usize = 12;
 

@@ -157,6 +157,7 @@ struct Session {
     id: u64,
     strict: bool,
     inflight: Mutex<Inflight>,
+    flush_serial: Mutex<()>,
     device_failure: Mutex<Option<String>>,
 }
 
@@ -762,6 +763,7 @@ impl Ledger {
                 incomplete: BTreeMap::new(),
                 completed: Vec::new(),
             }),
+            flush_serial: Mutex::new(()),
             device_failure: Mutex::new(None),
         });
         Ok(id)
@@ -890,6 +892,7 @@ impl Ledger {
             _ => return Err(Error::Usage("complete() without a session".into())),
         };
         let mut inf = lock_mutex(&s.inflight);
+        let mut result = Ok(());
         if !ok {
             let records: Vec<Record> = t
                 .generations
@@ -900,7 +903,15 @@ impl Ledger {
                     generation: g,
                 })
                 .collect();
-            j.append(&records, clock::now())?;
+            if let Err(e) = j.append(&records, clock::now()) {
+                // The journal still says these writes happened. The session must not close
+                // cleanly (which would make them durable): it will count as crashed, and its
+                // unflushed writes as allowed losses.
+                self.poison_session(format!(
+                    "a failed device write could not be recorded as failed: {e}"
+                ));
+                result = Err(e);
+            }
             for (i, &g) in t.generations.iter().enumerate() {
                 self.state.set(
                     t.first_block + i as u64,
@@ -910,7 +921,7 @@ impl Ledger {
         }
         inf.incomplete.remove(&t.first);
         inf.completed.push((t.first, t.last));
-        Ok(())
+        result
     }
 
     /// Marks a completed FUA write durable: appends a durable record and syncs the journal
@@ -934,6 +945,12 @@ impl Ledger {
     /// close cleanly (its unflushed writes stay non-durable).
     pub fn flush(&self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
         let (j, s) = self.writer()?;
+        // Flushes run one at a time: a flush that finds nothing new to record must not reply
+        // before the flush that took the completed writes has synced its record; and after a
+        // failed device sync, a later "successful" one proves nothing (the kernel reports a
+        // writeback error once), so the failure is checked again after waiting.
+        let _one_at_a_time = lock_mutex(&s.flush_serial);
+        self.writer()?;
         let (covers, extra, changed) = {
             let mut inf = lock_mutex(&s.inflight);
             let covers = match inf.incomplete.first_key_value() {
@@ -948,11 +965,14 @@ impl Ledger {
                 .filter(|&(first, _)| first > covers)
                 .collect();
             extra.sort_unstable();
-            (covers, merge_ranges(extra), changed)
+            let mut extra = merge_ranges(extra);
+            // Bounded, so the record fits a frame; writes left out are only not marked durable
+            // by this flush (the next one covers them).
+            extra.truncate(MAX_FLUSH_RANGES);
+            (covers, extra, changed)
         };
         if let Err(e) = device_flush() {
-            let why = format!("device flush (fdatasync) failed: {e}");
-            *lock_mutex(&s.device_failure) = Some(why);
+            self.poison_session(format!("device flush (fdatasync) failed: {e}"));
             return Err(Error::io(
                 &self.meta.identity.path,
                 "fdatasync of device",
@@ -971,6 +991,19 @@ impl Ledger {
             j.sync_to(lsn)
         } else {
             j.sync_all()
+        }
+    }
+
+    /// Records that the device failed to make data durable (a failed fdatasync outside
+    /// [`Ledger::flush`], e.g. for a FUA zeroing): later writes are refused and the session will
+    /// not close cleanly.
+    pub fn poison_session(&self, why: String) {
+        if let Some(s) = &self.session {
+            let mut f = lock_mutex(&s.device_failure);
+            if f.is_none() {
+                tracing::error!("session poisoned: {why}");
+                *f = Some(why);
+            }
         }
     }
 
@@ -1020,6 +1053,9 @@ impl Ledger {
         self.checkpoint(h)
     }
 }
+
+/// Most out-of-order completed ranges one flush record lists.
+const MAX_FLUSH_RANGES: usize = 4096;
 
 fn merge_ranges(sorted: Vec<(Lsn, Lsn)>) -> Vec<(Lsn, Lsn)> {
     let mut out: Vec<(Lsn, Lsn)> = Vec::with_capacity(sorted.len());

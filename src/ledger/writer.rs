@@ -159,18 +159,22 @@ impl JournalWriter {
         let synced = self.synced_hint.load(Ordering::Acquire);
         let mut buf = std::mem::take(&mut a.buf);
         buf.clear();
-        frame::encode(&mut buf, &self.ledger_id, first, time, synced, records);
+        for (i, chunk) in records.chunks(frame::MAX_RECORDS).enumerate() {
+            let lsn = first + (i * frame::MAX_RECORDS) as u64;
+            frame::encode(&mut buf, &self.ledger_id, lsn, time, synced, chunk);
+        }
         let result = a.file.write_all_at(&buf, a.offset);
         if let Err(e) = result {
-            // Take back whatever part of the frame landed so the journal stays whole.
-            let (file, path, offset) = (a.file.clone(), a.path.clone(), a.offset);
-            a.buf = buf;
-            drop(a);
-            if let Err(te) = file.set_len(offset) {
+            // Take back whatever part of the frame landed so the journal stays whole, before
+            // anyone else may append at this offset.
+            let (path, offset) = (a.path.clone(), a.offset);
+            if let Err(te) = a.file.set_len(offset) {
                 self.poison(format!(
                     "appending failed ({e}) and truncating back to offset {offset} failed too ({te})"
                 ));
             }
+            a.buf = buf;
+            drop(a);
             return Err(Error::io(
                 &path,
                 format!("appending a journal frame at offset {offset}"),

@@ -80,6 +80,10 @@ pub fn negotiate<S: Read + Write>(
         }
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data)?;
+        if shutting_down() && option == opt::EXPORT_NAME {
+            // EXPORT_NAME has no error reply: the only refusal is to close.
+            return Ok(Outcome::Closed("shutting down".into()));
+        }
         if shutting_down() && option != opt::ABORT {
             proto::write_option_reply(s, option, rep::ERR_SHUTDOWN, b"")?;
             continue;

@@ -52,6 +52,9 @@ impl Default for Config {
 /// connection.
 const MAX_DRAIN: u32 = 64 << 20;
 
+/// How long a reply may wait for a client that does not read; then the connection is dropped.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Largest WRITE executed on the connection's own thread; larger ones go to the workers so
 /// that receiving the next request overlaps with copying this one into the page cache.
 const INLINE_WRITE: u32 = 64 << 10;
@@ -227,6 +230,9 @@ fn connection(mut s: Stream, id: u64, shared: &Arc<Shared>) {
     match handshake::negotiate(&mut s, &shared.exports, &stopping) {
         Ok(Outcome::Transmission(export)) => {
             let _ = s.set_read_timeout(None);
+            // A client that stops reading its replies must not hold a worker (or shutdown)
+            // forever.
+            let _ = s.set_write_timeout(Some(REPLY_TIMEOUT));
             tracing::info!(
                 "connection {id} from {peer}: serving export {:?}",
                 export.name()
@@ -264,6 +270,16 @@ impl Replies {
         let mut b = [0u8; proto::SIMPLE_REPLY_LEN];
         proto::simple_reply(&mut b, code, cookie);
         self.send(&b);
+    }
+}
+
+/// One request's place in its connection's in-flight count, given back when dropped (also
+/// when the request's job panics or is never run).
+struct Slot(Arc<Inflight>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -462,16 +478,26 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
         batch.flush(&replies);
         inflight.acquire(shared.config.max_inflight);
         let job = {
-            let (export, replies, inflight) = (export.clone(), replies.clone(), inflight.clone());
+            let (export, replies) = (export.clone(), replies.clone());
+            let slot = Slot(inflight.clone());
             let payload = std::mem::take(&mut payload);
             Box::new(move || {
-                execute(&export, req, payload, &replies);
-                inflight.release();
+                let _slot = slot;
+                let run = std::panic::AssertUnwindSafe(|| execute(&export, req, payload, &replies));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(
+                        "{} at offset {} length {} panicked; answered EIO",
+                        proto::cmd_name(req.kind),
+                        req.offset,
+                        req.length
+                    );
+                    replies.error(req.cookie, errno::EIO);
+                }
             }) as Job
         };
         let sent = lock(&shared.jobs).as_ref().map(|tx| tx.send(job));
         if !matches!(sent, Some(Ok(()))) {
-            inflight.release();
+            // The job (and its slot) was dropped unrun.
             batch.reply(req.cookie, errno::ESHUTDOWN);
         }
     }

@@ -40,6 +40,14 @@ impl Stream {
         }
     }
 
+    /// Sets (or clears) the write timeout (shared by every handle on the connection).
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(t),
+            Stream::Tcp(s) => s.set_write_timeout(t),
+        }
+    }
+
     /// Who is on the other end, for logs.
     pub fn peer(&self) -> String {
         match self {

@@ -82,6 +82,9 @@ fn from_ledger(e: Error) -> OpError {
     OpError::new(code, format!("ledger: {e}"))
 }
 
+/// Most blocks one zeroing or trim records at once.
+pub const CHUNK_BLOCKS: u64 = 1 << 16;
+
 /// What to do when a read finds a block that does not hold its latest generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnMismatch {
@@ -228,9 +231,11 @@ impl Export {
         let len = buf.len() as u64;
         self.check_range(offset, len, errno::EINVAL)?;
         let whole = self.whole_blocks(offset, len);
+        // A change in flight over these blocks may have recorded its new contents before its
+        // device write: the read cannot be judged (it is checked again on later reads).
         let before: Vec<BlockState> = match &self.ledger {
-            Some(l) => whole.clone().map(|b| l.state(b)).collect(),
-            None => Vec::new(),
+            Some(l) if !self.locks.busy(&whole) => whole.clone().map(|b| l.state(b)).collect(),
+            _ => Vec::new(),
         };
         let what = || format!("reading {len} bytes at offset {offset}");
         if nowait {
@@ -247,7 +252,7 @@ impl Export {
                 .map_err(|e| from_io(&e, &what()))?;
         }
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        if let Some(l) = &self.ledger {
+        if let (Some(l), false) = (&self.ledger, before.is_empty()) {
             let bs = self.geo.block_size as u64;
             for (b, expected) in whole.zip(before) {
                 let BlockState::Tracked { crc, generation } = expected else {
@@ -284,6 +289,23 @@ impl Export {
             ));
         }
         Ok(())
+    }
+
+    /// Splits a byte range at multiples of [`CHUNK_BLOCKS`] blocks, so one zeroing or trim of
+    /// a whole device is recorded and done a piece at a time (bounded memory and frames).
+    fn chunks(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
+        let step = CHUNK_BLOCKS * self.geo.block_size as u64;
+        let end = offset + len;
+        let mut at = offset;
+        std::iter::from_fn(move || {
+            if at >= end {
+                return None;
+            }
+            let next = ((at / step + 1) * step).min(end);
+            let piece = (at, next - at);
+            at = next;
+            Some(piece)
+        })
     }
 
     /// Blocks wholly inside the byte range (a partial last block counts when the range reaches
@@ -373,14 +395,19 @@ impl Export {
 
     /// FUA: makes a completed change durable with its records. `device_durable` says the
     /// device I/O itself was synchronous (an O_DSYNC write); otherwise the device is synced.
-    fn durable(&self, ticket: &Option<Ticket>, device_durable: bool) -> Result<(), OpError> {
+    fn durable(&self, tickets: &[Option<Ticket>], device_durable: bool) -> Result<(), OpError> {
         if !device_durable {
-            self.device
-                .flush()
-                .map_err(|e| from_io(&e, "fdatasync for a FUA request"))?;
+            if let Err(e) = self.device.flush() {
+                if let Some(l) = &self.ledger {
+                    l.poison_session(format!("device fdatasync for a FUA request failed: {e}"));
+                }
+                return Err(from_io(&e, "fdatasync for a FUA request"));
+            }
         }
-        if let (Some(l), Some(t)) = (&self.ledger, ticket) {
-            l.record_fua(t).map_err(from_ledger)?;
+        if let Some(l) = &self.ledger {
+            for t in tickets.iter().flatten() {
+                l.record_fua(t).map_err(from_ledger)?;
+            }
         }
         Ok(())
     }
@@ -410,7 +437,7 @@ impl Export {
             ticket
         };
         if fua {
-            self.durable(&ticket, true)?;
+            self.durable(std::slice::from_ref(&ticket), true)?;
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -451,8 +478,9 @@ impl Export {
                 "fast zeroing is not supported here",
             ));
         }
-        let blocks = self.geo.blocks_of(offset, len);
-        let ticket = {
+        let mut tickets = Vec::new();
+        for (offset, len) in self.chunks(offset, len) {
+            let blocks = self.geo.blocks_of(offset, len);
             let _g = self.locks.lock(blocks.clone());
             let new = self.new_contents(blocks.clone(), offset, len, true, None)?;
             let ticket = self.record(blocks.start, &new)?;
@@ -465,10 +493,10 @@ impl Export {
             self.finish(&ticket, r, || {
                 format!("zeroing {len} bytes at offset {offset}")
             })?;
-            ticket
-        };
+            tickets.push(ticket);
+        }
         if fua {
-            self.durable(&ticket, false)?;
+            self.durable(&tickets, false)?;
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -494,8 +522,11 @@ impl Export {
             (self.geo.offset(whole.end)).min(self.size()),
         );
         let zeroes = self.device.trim_zeroes();
-        let count = whole.end - whole.start;
-        let ticket = {
+        let mut tickets = Vec::new();
+        for (start, len) in self.chunks(start, end - start) {
+            let end = start + len;
+            let whole = self.geo.blocks_of(start, len);
+            let count = whole.end - whole.start;
             let _g = self.locks.lock(whole.clone());
             let ticket = match (&self.ledger, zeroes) {
                 (None, _) => None,
@@ -515,10 +546,10 @@ impl Export {
             self.finish(&ticket, r, || {
                 format!("trimming {} bytes at offset {start}", end - start)
             })?;
-            ticket
-        };
+            tickets.push(ticket);
+        }
         if fua {
-            self.durable(&ticket, false)?;
+            self.durable(&tickets, false)?;
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())

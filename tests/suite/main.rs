@@ -5,6 +5,7 @@
 mod classify;
 mod cli;
 mod detect;
+mod durability;
 mod ext4;
 mod helpers;
 mod interop;

@@ -1,0 +1,206 @@
+//! The durability protocol's hard cases through the library API and the service layer:
+//! concurrent flushes, a device whose fdatasync fails (fsyncgate), and zeroing or trimming a
+//! whole device with more blocks than fit in one journal frame.
+
+use crate::helpers::*;
+use lostwrite::device::{BlockDevice, FileDevice, TrimOutcome};
+use lostwrite::ledger::history::{self, SessionEnd};
+use lostwrite::ledger::state::BlockState;
+use lostwrite::ledger::Access;
+use lostwrite::service::{errno, Export, ExportOptions, OnMismatch};
+use std::collections::HashSet;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BS: usize = 4096;
+
+#[test]
+fn a_flush_that_finds_nothing_new_waits_for_the_flush_that_records_it() {
+    let s = Scratch::new(1 << 20);
+    s.init(BS as u32, true);
+    let (l, dev) = s.writer(false);
+    write_through(&l, &dev, 4, &Rng(1).block(BS), false);
+    let started = AtomicBool::new(false);
+    let (first_done, second_done) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| {
+            l.flush(|| {
+                started.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(())
+            })
+            .unwrap();
+            Instant::now()
+        });
+        let b = sc.spawn(|| {
+            while !started.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            l.flush(|| Ok(())).unwrap();
+            Instant::now()
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(
+        second_done >= first_done,
+        "the second flush replied before the first recorded"
+    );
+    drop(l);
+    // The write is durable in the ledger: losing it now is a lost update, not an allowed loss.
+    let l = s.open(Access::Read).unwrap();
+    let h = history::collect(&l, &HashSet::from([4]), &HashSet::new()).unwrap();
+    assert!(h.events[&4].last().unwrap().durable);
+}
+
+/// A file device whose fdatasync can be made to fail, as a dying disk's does.
+struct Flaky {
+    inner: FileDevice,
+    fail_flush: AtomicBool,
+}
+
+impl BlockDevice for Flaky {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.inner.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        if self.fail_flush.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+        }
+        self.inner.flush()
+    }
+    fn write_zeroes(&self, o: u64, l: u64, t: bool, f: bool) -> io::Result<()> {
+        self.inner.write_zeroes(o, l, t, f)
+    }
+    fn trim_zeroes(&self) -> bool {
+        self.inner.trim_zeroes()
+    }
+    fn trim(&self, o: u64, l: u64) -> io::Result<TrimOutcome> {
+        self.inner.trim(o, l)
+    }
+}
+
+fn flaky_export(s: &Scratch) -> (Arc<Export>, Arc<Flaky>) {
+    let (l, dev) = s.writer(false);
+    let flaky = Arc::new(Flaky {
+        inner: dev,
+        fail_flush: AtomicBool::new(false),
+    });
+    let e = Export::new(
+        Box::new(flaky.clone()),
+        Some(l),
+        ExportOptions {
+            name: String::new(),
+            read_only: false,
+            on_mismatch: OnMismatch::Log,
+        },
+    );
+    (Arc::new(e), flaky)
+}
+
+#[test]
+fn a_failed_device_sync_poisons_the_session_flush_and_fua_alike() {
+    for via_fua_zeroing in [false, true] {
+        let s = Scratch::new(1 << 20);
+        s.init(BS as u32, true);
+        let (e, flaky) = flaky_export(&s);
+        e.write(0, &Rng(2).block(BS), false).unwrap();
+        flaky.fail_flush.store(true, Ordering::SeqCst);
+        let r = if via_fua_zeroing {
+            e.write_zeroes(8192, 4096, true, false, true)
+        } else {
+            e.flush()
+        };
+        assert_eq!(r.unwrap_err().errno, errno::EIO);
+        // The disk "recovers": a later fdatasync would succeed, but proves nothing.
+        flaky.fail_flush.store(false, Ordering::SeqCst);
+        assert_eq!(
+            e.flush().unwrap_err().errno,
+            errno::EIO,
+            "fua={via_fua_zeroing}"
+        );
+        assert_eq!(
+            e.write(4096, &Rng(3).block(BS), false).unwrap_err().errno,
+            errno::EIO
+        );
+        let e = Arc::try_unwrap(e).ok().unwrap();
+        drop(flaky);
+        e.close().unwrap();
+        // The session is not closed cleanly: it counts as crashed.
+        let l = s.open(Access::Read).unwrap();
+        let h = history::collect(&l, &HashSet::new(), &HashSet::new()).unwrap();
+        assert_eq!(
+            h.sessions[&1].end,
+            SessionEnd::Crashed,
+            "fua={via_fua_zeroing}"
+        );
+    }
+}
+
+#[test]
+fn zeroing_and_trimming_a_whole_device_of_small_blocks_is_recorded_in_pieces() {
+    // 64 MiB in 512-byte blocks: 131072 blocks, more than one frame or piece holds.
+    let s = Scratch::new(64 << 20);
+    s.init(512, true);
+    let (l, dev) = s.writer(false);
+    let e = Export::new(
+        Box::new(dev),
+        Some(l),
+        ExportOptions {
+            name: String::new(),
+            read_only: false,
+            on_mismatch: OnMismatch::Log,
+        },
+    );
+    e.write_zeroes(0, 64 << 20, false, false, true).unwrap();
+    e.trim(0, 32 << 20, true).unwrap();
+    let zero = e.ledger().unwrap().zero_crc();
+    for b in [0u64, 65535, 65536, 131071] {
+        assert_eq!(
+            e.ledger().unwrap().state(b),
+            BlockState::Tracked {
+                generation: if b < 65536 { 2 } else { 1 },
+                crc: zero
+            }
+        );
+    }
+    e.close().unwrap();
+    let r = s.verify();
+    assert!(r.findings.is_empty());
+    assert_eq!(r.summary.ok, 131072);
+    assert!(lostwrite::ledger::check::check(&s.ledger)
+        .unwrap()
+        .problems
+        .is_empty());
+}
+
+#[test]
+fn one_append_of_more_records_than_a_frame_holds_spans_frames() {
+    let s = Scratch::new(64 << 20);
+    s.init(512, false);
+    let (l, dev) = s.writer(false);
+    let crcs: Vec<u32> = (0..100_000u32).collect();
+    let t = l.record_write(0, &crcs).unwrap();
+    assert_eq!(t.last - t.first + 1, 100_000);
+    l.complete(&t, false).unwrap();
+    l.close(|| dev.flush()).unwrap();
+    let l = s.open(Access::Read).unwrap();
+    let mut n = 0;
+    l.scan_journal(1, &mut |e| {
+        if matches!(e.record, lostwrite::ledger::record::Record::Write { .. }) {
+            n += 1;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, 100_000);
+}
