@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BS: usize = 4096;
 
@@ -23,27 +23,38 @@ fn a_flush_that_finds_nothing_new_waits_for_the_flush_that_records_it() {
     let (l, dev) = s.writer(false);
     write_through(&l, &dev, 4, &Rng(1).block(BS), false);
     let started = AtomicBool::new(false);
-    let (first_done, second_done) = std::thread::scope(|sc| {
-        let a = sc.spawn(|| {
+    let flush_records = |l: &lostwrite::ledger::Ledger| {
+        let mut n = 0;
+        l.scan_journal(1, &mut |e| {
+            n += matches!(e.record, lostwrite::ledger::record::Record::Flush { .. }) as usize;
+            Ok(())
+        })
+        .unwrap();
+        n
+    };
+    let seen_by_second = std::thread::scope(|sc| {
+        // The first flush takes the completed write, then its device sync is slow.
+        sc.spawn(|| {
             l.flush(|| {
                 started.store(true, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(300));
                 Ok(())
             })
-            .unwrap();
-            Instant::now()
+            .unwrap()
         });
-        let b = sc.spawn(|| {
+        let second = sc.spawn(|| {
             while !started.load(Ordering::SeqCst) {
                 std::thread::yield_now();
             }
+            // Nothing new for this one to record: it must still not answer before the
+            // first flush's record is in the journal.
             l.flush(|| Ok(())).unwrap();
-            Instant::now()
+            flush_records(&l)
         });
-        (a.join().unwrap(), b.join().unwrap())
+        second.join().unwrap()
     });
-    assert!(
-        second_done >= first_done,
+    assert_eq!(
+        seen_by_second, 1,
         "the second flush replied before the first recorded"
     );
     drop(l);
