@@ -393,6 +393,34 @@ impl Export {
         r.map_err(|e| from_io(&e, &what()))
     }
 
+    /// The shape of every change: for each piece of the range (see [`Export::chunks`]), hold its
+    /// blocks, record the change and issue the device I/O (`piece`, which returns the ticket
+    /// and the I/O's outcome), then report the outcome to the ledger; with FUA, make it all
+    /// durable (`device_durable`: the I/O itself was synchronous).
+    fn change(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        device_durable: bool,
+        what: &str,
+        piece: impl Fn(Range<u64>, u64, u64) -> Result<(Option<Ticket>, io::Result<()>), OpError>,
+    ) -> Result<(), OpError> {
+        let mut tickets = Vec::new();
+        for (off, n) in self.chunks(offset, len) {
+            let blocks = self.geo.blocks_of(off, n);
+            let _g = self.locks.lock(blocks.clone());
+            let (ticket, r) = piece(blocks, off, n)?;
+            self.finish(&ticket, r, || format!("{what} {n} bytes at offset {off}"))?;
+            tickets.push(ticket);
+        }
+        if fua {
+            self.durable(&tickets, device_durable)?;
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// FUA: makes a completed change durable with its records. `device_durable` says the
     /// device I/O itself was synchronous (an O_DSYNC write); otherwise the device is synced.
     fn durable(&self, tickets: &[Option<Ticket>], device_durable: bool) -> Result<(), OpError> {
@@ -425,21 +453,15 @@ impl Export {
         if len == 0 {
             return Ok(());
         }
-        let blocks = self.geo.blocks_of(offset, len);
-        let ticket = {
-            let _g = self.locks.lock(blocks.clone());
-            let new = self.new_contents(blocks.clone(), offset, len, false, Some(data))?;
-            let ticket = self.record(blocks.start, &new)?;
-            let r = self.device.write_at(data, offset, fua);
-            self.finish(&ticket, r, || {
-                format!("writing {len} bytes at offset {offset}")
-            })?;
-            ticket
-        };
-        if fua {
-            self.durable(std::slice::from_ref(&ticket), true)?;
-        }
-        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        // An O_DSYNC write is durable when it returns; only its records need syncing for FUA.
+        self.change(offset, len, fua, fua, "writing", |blocks, off, n| {
+            let piece = &data[(off - offset) as usize..(off - offset + n) as usize];
+            let new = self.new_contents(blocks.clone(), off, n, false, Some(piece))?;
+            Ok((
+                self.record(blocks.start, &new)?,
+                self.device.write_at(piece, off, fua),
+            ))
+        })?;
         self.counters
             .written_bytes
             .fetch_add(len, Ordering::Relaxed);
@@ -478,28 +500,17 @@ impl Export {
                 "fast zeroing is not supported here",
             ));
         }
-        let mut tickets = Vec::new();
-        for (offset, len) in self.chunks(offset, len) {
-            let blocks = self.geo.blocks_of(offset, len);
-            let _g = self.locks.lock(blocks.clone());
-            let new = self.new_contents(blocks.clone(), offset, len, true, None)?;
+        self.change(offset, len, fua, false, "zeroing", |blocks, off, n| {
+            let new = self.new_contents(blocks.clone(), off, n, true, None)?;
             let ticket = self.record(blocks.start, &new)?;
-            let r = self.device.write_zeroes(offset, len, may_trim, fast_only);
+            let r = self.device.write_zeroes(off, n, may_trim, fast_only);
             if fast_only
                 && r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(nix::libc::ENOTSUP)
             {
                 self.fast_zero_unsupported.store(true, Ordering::Relaxed);
             }
-            self.finish(&ticket, r, || {
-                format!("zeroing {len} bytes at offset {offset}")
-            })?;
-            tickets.push(ticket);
-        }
-        if fua {
-            self.durable(&tickets, false)?;
-        }
-        self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+            Ok((ticket, r))
+        })
     }
 
     /// TRIM: discards the whole blocks of the range (partial blocks are left alone: trims are
@@ -522,37 +533,34 @@ impl Export {
             (self.geo.offset(whole.end)).min(self.size()),
         );
         let zeroes = self.device.trim_zeroes();
-        let mut tickets = Vec::new();
-        for (start, len) in self.chunks(start, end - start) {
-            let end = start + len;
-            let whole = self.geo.blocks_of(start, len);
-            let count = whole.end - whole.start;
-            let _g = self.locks.lock(whole.clone());
-            let ticket = match (&self.ledger, zeroes) {
-                (None, _) => None,
-                (Some(_), true) => {
-                    self.record(whole.start, &vec![NewContents::Zero; count as usize])?
-                }
-                (Some(l), false) => Some(l.record_trim(whole.start, count).map_err(from_ledger)?),
-            };
-            let r = match self.device.trim(start, end - start) {
-                Ok(TrimOutcome::Zeroed) => Ok(()),
-                // The record says zeroes; make it true.
-                Ok(_) if zeroes => self.device.write_zeroes(start, end - start, true, false),
-                // Untracked until written, whatever the device kept.
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            };
-            self.finish(&ticket, r, || {
-                format!("trimming {} bytes at offset {start}", end - start)
-            })?;
-            tickets.push(ticket);
-        }
-        if fua {
-            self.durable(&tickets, false)?;
-        }
-        self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        self.change(
+            start,
+            end - start,
+            fua,
+            false,
+            "trimming",
+            |whole, off, n| {
+                let count = whole.end - whole.start;
+                let ticket = match (&self.ledger, zeroes) {
+                    (None, _) => None,
+                    (Some(_), true) => {
+                        self.record(whole.start, &vec![NewContents::Zero; count as usize])?
+                    }
+                    (Some(l), false) => {
+                        Some(l.record_trim(whole.start, count).map_err(from_ledger)?)
+                    }
+                };
+                let r = match self.device.trim(off, n) {
+                    Ok(TrimOutcome::Zeroed) => Ok(()),
+                    // The record says zeroes; make it true.
+                    Ok(_) if zeroes => self.device.write_zeroes(off, n, true, false),
+                    // Untracked until written, whatever the device kept.
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                Ok((ticket, r))
+            },
+        )
     }
 
     /// FLUSH: every change completed before this call is durable, device and ledger.
