@@ -97,11 +97,6 @@ impl Error {
             _ => None,
         }
     }
-
-    /// True when the ledger itself is damaged (exit status 2 for `verify`).
-    pub fn is_damage(&self) -> bool {
-        matches!(self, Error::Damaged { .. })
-    }
 }
 
 /// Adds a path and an action to `io::Result`s.

@@ -94,11 +94,6 @@ impl FileDevice {
         &self.path
     }
 
-    /// True for a block device.
-    pub fn is_block_device(&self) -> bool {
-        self.is_block
-    }
-
     fn write_zeroes_by_writing(&self, offset: u64, len: u64) -> io::Result<()> {
         let zeros = vec![0u8; len.min(1 << 20) as usize];
         let mut done = 0;

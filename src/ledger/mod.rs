@@ -173,7 +173,6 @@ pub struct Ledger {
     journal: Option<JournalWriter>,
     session: Option<Session>,
     recovery: Recovery,
-    access: Access,
     _lock: Option<lock::LedgerLock>,
 }
 
@@ -618,7 +617,6 @@ impl Ledger {
             journal,
             session: None,
             recovery,
-            access: opts.access,
             _lock: lock,
         };
         if writable {
@@ -684,11 +682,6 @@ impl Ledger {
     /// True when opened without the lock while a writer runs.
     pub fn is_live_view(&self) -> bool {
         self._lock.is_none()
-    }
-
-    /// How the ledger was opened.
-    pub fn access(&self) -> Access {
-        self.access
     }
 
     /// Reads the journal again from the start, handing every record with LSN >= `from` to

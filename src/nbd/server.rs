@@ -126,11 +126,6 @@ impl Server {
         }
     }
 
-    /// Connections open now.
-    pub fn connections(&self) -> usize {
-        self.shared.active.load(Ordering::Relaxed)
-    }
-
     /// Stops accepting, stops reading requests, answers those already read, and waits for
     /// every connection and worker to finish. Returns the exports (for closing).
     pub fn shutdown(self) -> Vec<Arc<Export>> {

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::ledger::history;
 use crate::ledger::state::{BlockState, StateTable};
 use crate::ledger::Ledger;
-use classify::{Found, Kind};
+use classify::Found;
 use report::{Finding, Report, Summary};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -147,9 +147,4 @@ pub fn classify_all(ledger: &Ledger, mismatches: &[(u64, Found)]) -> Result<Vec<
         );
     }
     Ok(out)
-}
-
-/// True when this kind counts against the result.
-pub fn fails(kind: Kind, strict: bool) -> bool {
-    kind.fails(strict)
 }
