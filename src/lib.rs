@@ -12,6 +12,7 @@ pub mod block;
 pub mod clock;
 pub mod device;
 pub mod error;
+pub mod forensics;
 pub mod ledger;
 pub mod nbd;
 pub mod scan;

@@ -1,23 +1,45 @@
-//! `lostwrite demo [--dir DIR]`: the whole story on a scratch image, with no setup: make a
-//! 64 MiB image of random data, baseline it, damage blocks underneath the ledger the three ways
-//! a storage layer does (random bytes, zeroes, another block's contents), then verify.
+//! `lostwrite demo [--dir DIR]`: the incident, end to end, with no setup and no root.
+//!
+//! A scratch ext4 image is made with `mkfs.ext4 -d` (files, no mounting), baselined, and put
+//! behind the sidecar, started in this process on a unix socket. Three phases of work reach the
+//! image *through NBD*, each ending with a FLUSH: in-place updates of data files and new files
+//! in a directory. Each phase is prepared with debugfs on a scratch copy of the filesystem; the
+//! blocks it changed are then written through the NBD client exactly as a guest kernel would
+//! write them. Then the storage layer "loses" the writes of phase 2 that nothing overwrote
+//! later: they read their phase-1 contents again. Finally verify and report say what was lost,
+//! when, and which files it hurts, and draw the timeline; e2fsck runs beside it for contrast.
+//! Times are real (the phases are about a second apart); nothing is simulated.
 
+use anyhow::Context;
 use lostwrite::block::Geometry;
 use lostwrite::device::{BlockDevice, FileDevice};
+use lostwrite::forensics::{self, plot};
 use lostwrite::ledger::{Access, BaselineSource, Ledger, OpenOptions};
+use lostwrite::nbd::client::Client;
+use lostwrite::nbd::server::{Config, Server};
+use lostwrite::nbd::stream::Listener;
+use lostwrite::service::{Export, ExportOptions, OnMismatch};
 use lostwrite::verify;
+use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Flags of `demo`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Keep the demo's files in this directory (default: a temporary directory, removed after).
+    /// Keep every file of the demo in this directory (default: a temporary directory, removed
+    /// afterwards; the picture is then written to ./lostwrite-demo.svg).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
 }
 
-/// A small deterministic generator, so every run damages the same blocks.
+const BS: u64 = 4096;
+const IMAGE_MIB: u64 = 64;
+
+/// A small deterministic generator, so every run writes the same contents.
 struct XorShift(u64);
 
 impl XorShift {
@@ -27,27 +49,112 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
         }
+        v.truncate(n);
+        v
     }
 }
 
-const IMAGE_BYTES: u64 = 64 << 20;
-const BS: u32 = 4096;
+fn tool(name: &str) -> anyhow::Result<()> {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name} >/dev/null"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        anyhow::bail!("the demo needs {name} from e2fsprogs (apt-get install e2fsprogs)");
+    }
+    Ok(())
+}
+
+fn sh(cmd: &mut Command) -> anyhow::Result<String> {
+    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !o.status.success() {
+        anyhow::bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The filesystem blocks of a file, from debugfs.
+fn file_blocks(image: &Path, path: &str) -> anyhow::Result<Vec<u64>> {
+    let out = sh(Command::new("debugfs")
+        .args(["-c", "-R"])
+        .arg(format!("blocks {path}"))
+        .arg(image))?;
+    Ok(out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect())
+}
+
+/// One phase of work, prepared on `shadow` (a copy of the image): in-place updates of some
+/// blocks of existing files, and new files.
+struct Phase {
+    name: &'static str,
+    update: Vec<(&'static str, std::ops::Range<usize>)>,
+    create: Vec<(&'static str, usize)>,
+}
+
+fn prepare(shadow: &Path, dir: &Path, p: &Phase, rng: &mut XorShift) -> anyhow::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(shadow)?;
+    for (path, range) in &p.update {
+        let blocks = file_blocks(shadow, path)?;
+        for &b in blocks.get(range.clone()).unwrap_or(&[]) {
+            f.write_all_at(&rng.bytes(BS as usize), b * BS)?;
+        }
+    }
+    drop(f);
+    if !p.create.is_empty() {
+        let mut script = String::new();
+        for (i, (path, len)) in p.create.iter().enumerate() {
+            let src = dir.join(format!("new-{}-{i}", p.name.replace(' ', "-")));
+            std::fs::write(&src, rng.bytes(*len))?;
+            script.push_str(&format!("write {} {path}\n", src.display()));
+        }
+        let cmds = dir.join("debugfs.cmds");
+        std::fs::write(&cmds, script)?;
+        sh(Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmds)
+            .arg(shadow))?;
+    }
+    Ok(())
+}
+
+/// Blocks that differ between two images.
+fn differing(a: &Path, b: &Path) -> anyhow::Result<Vec<u64>> {
+    let (x, y) = (std::fs::read(a)?, std::fs::read(b)?);
+    Ok((0..x.len() as u64 / BS)
+        .filter(|&i| {
+            x[(i * BS) as usize..((i + 1) * BS) as usize]
+                != y[(i * BS) as usize..((i + 1) * BS) as usize]
+        })
+        .collect())
+}
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    tool("mkfs.ext4")?;
+    tool("debugfs")?;
     let tmp;
-    let dir = match &a.dir {
+    let (dir, keep) = match &a.dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
-            d.clone()
+            (d.clone(), true)
         }
         None => {
             tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
+            (tmp.path().to_path_buf(), false)
         }
     };
     let image = dir.join("disk.img");
@@ -58,75 +165,178 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             ledger_dir.display()
         );
     }
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+
+    println!("== 1. A {IMAGE_MIB} MiB ext4 image with an application's files (mkfs.ext4 -d, no mounting)");
+    let staging = dir.join("staging");
+    for d in ["app/config", "home/alice"] {
+        std::fs::create_dir_all(staging.join(d))?;
+    }
+    for i in 1..=4 {
+        std::fs::write(
+            staging.join(format!("app/data{i}.fs")),
+            rng.bytes(256 << 10),
+        )?;
+    }
+    std::fs::write(staging.join("app/config/app.conf"), b"threads = 8\n")?;
+    std::fs::write(staging.join("home/alice/notes.txt"), b"remember the milk\n")?;
+    std::fs::File::create(&image)?.set_len(IMAGE_MIB << 20)?;
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-L", "demo", "-d"])
+        .arg(&staging)
+        .arg(&image))?;
     println!(
-        "1. writing a {} MiB image of random data: {}",
-        IMAGE_BYTES >> 20,
+        "   {}: /app/data1.fs../app/data4.fs, /app/config/app.conf, /home/alice/notes.txt",
         image.display()
     );
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    {
-        let f = std::fs::File::create(&image)?;
-        let mut buf = vec![0u8; 1 << 20];
-        for i in 0..IMAGE_BYTES / buf.len() as u64 {
-            rng.fill(&mut buf);
-            f.write_all_at(&buf, i * buf.len() as u64)?;
-        }
-        f.sync_all()?;
-    }
-    let dev = FileDevice::open(&image, false)?;
-    println!("2. lostwrite init --baseline: every block recorded as generation 0");
+
+    println!("== 2. lostwrite init --baseline: every block recorded as generation 0");
+    let dev = FileDevice::open(&image, true)?;
     Ledger::create(
         &ledger_dir,
         dev.identity(),
         dev.size(),
-        BS,
+        BS as u32,
         Some(BaselineSource {
             device: &dev,
             jobs: lostwrite::scan::default_jobs(),
             progress: None,
         }),
     )?;
-    let geo = Geometry::new(BS, IMAGE_BYTES);
-    let f = std::fs::OpenOptions::new().write(true).open(&image)?;
-    let pick = |rng: &mut XorShift| rng.next() % geo.block_count();
-    let mut damaged = Vec::new();
-    let mut block = vec![0u8; BS as usize];
-    for _ in 0..3 {
-        let b = pick(&mut rng);
-        rng.fill(&mut block);
-        f.write_all_at(&block, geo.offset(b))?;
-        damaged.push((b, "corrupt: overwritten with random bytes".to_string()));
-    }
-    for _ in 0..2 {
-        let b = pick(&mut rng);
-        f.write_all_at(&vec![0u8; BS as usize], geo.offset(b))?;
-        damaged.push((b, "zeroed".to_string()));
-    }
-    for _ in 0..2 {
-        let (src, dst) = (pick(&mut rng), pick(&mut rng));
-        dev.read_at(&mut block, geo.offset(src))?;
-        f.write_all_at(&block, geo.offset(dst))?;
-        damaged.push((
-            dst,
-            format!("misdirected: now holds block {src}'s contents"),
-        ));
-    }
-    f.sync_all()?;
-    damaged.sort();
+
+    let socket = dir.join("disk.sock");
     println!(
-        "3. damaging {} blocks underneath the ledger, as a faulty storage layer would:",
-        damaged.len()
+        "== 3. lostwrite serve, in this process, on {}",
+        socket.display()
     );
-    for (b, how) in &damaged {
-        println!("     block {b:>6}: {how}");
+    let mut ledger = Ledger::open(
+        &ledger_dir,
+        Some((dev.identity(), dev.size())),
+        OpenOptions::new(Access::Write),
+    )?;
+    ledger.begin_session(false)?;
+    let export = Arc::new(Export::new(
+        Box::new(dev),
+        Some(ledger),
+        ExportOptions {
+            name: String::new(),
+            read_only: false,
+            on_mismatch: OnMismatch::Log,
+        },
+    ));
+    let server = Server::start(
+        vec![export],
+        vec![Listener::unix(&socket)?],
+        Config::default(),
+    );
+    let mut client = Client::connect_unix(&socket, "")?;
+
+    let phases = [
+        Phase {
+            name: "phase 1",
+            update: vec![("/app/data1.fs", 0..16)],
+            create: vec![("/app/log-monday.txt", 9000)],
+        },
+        Phase {
+            name: "phase 2",
+            update: vec![("/app/data3.fs", 8..40)],
+            create: vec![("/app/report-q3.txt", 20000), ("/app/report-q4.txt", 12000)],
+        },
+        Phase {
+            name: "phase 3",
+            update: vec![("/app/data2.fs", 0..24), ("/app/data4.fs", 30..50)],
+            create: vec![],
+        },
+    ];
+    let shadow = dir.join("shadow.img");
+    let after_phase1 = dir.join("after-phase-1.img");
+    let mut changed_in: Vec<BTreeSet<u64>> = Vec::new();
+    println!(
+        "== 4. The workload, through NBD, each phase ending with a FLUSH (phases a second apart)"
+    );
+    for (i, p) in phases.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+        std::fs::copy(&image, &shadow)?;
+        prepare(&shadow, &dir, p, &mut rng)?;
+        let blocks = differing(&image, &shadow)?;
+        if blocks.is_empty() {
+            anyhow::bail!(
+                "{}: preparing the phase changed no block (debugfs refused its commands?)",
+                p.name
+            );
+        }
+        let data = std::fs::read(&shadow)?;
+        for &b in &blocks {
+            client.write(
+                b * BS,
+                &data[(b * BS) as usize..((b + 1) * BS) as usize],
+                false,
+            )?;
+        }
+        client.flush()?;
+        let what: Vec<String> = p
+            .update
+            .iter()
+            .map(|(f, r)| format!("updated {} blocks of {f} in place", r.len()))
+            .chain(p.create.iter().map(|(f, _)| format!("created {f}")))
+            .collect();
+        println!(
+            "   {}: {}; {} blocks written, flushed",
+            p.name,
+            what.join(", "),
+            blocks.len()
+        );
+        changed_in.push(blocks.into_iter().collect());
+        if i == 0 {
+            std::fs::copy(&image, &after_phase1)?;
+        }
     }
-    println!("4. lostwrite verify:");
+    client.disconnect()?;
+    for e in server.shutdown() {
+        Arc::try_unwrap(e)
+            .map_err(|_| anyhow::anyhow!("export still in use"))?
+            .close()?;
+    }
+    println!("   the sidecar stopped cleanly: every write is recorded and durable");
+
+    // The fault: the writes of phase 2 that nothing wrote over later read their phase-1
+    // contents again, as from a storage cache that lost a window of acknowledged writes.
+    let lost: Vec<u64> = changed_in[1].difference(&changed_in[2]).copied().collect();
+    {
+        let old = std::fs::File::open(&after_phase1)?;
+        let img = std::fs::OpenOptions::new().write(true).open(&image)?;
+        let mut buf = vec![0u8; BS as usize];
+        for &b in &lost {
+            old.read_exact_at(&mut buf, b * BS)?;
+            img.write_all_at(&buf, b * BS)?;
+        }
+        img.sync_all()?;
+    }
+    println!("== 5. A storage fault: the {} blocks written in phase 2 (and not rewritten later) revert to their phase-1 contents", lost.len());
+
+    println!("== 6. What e2fsck -fn says (for contrast):");
+    let fsck = Command::new("e2fsck").arg("-fn").arg(&image).output()?;
+    let text =
+        String::from_utf8_lossy(&fsck.stdout).to_string() + &String::from_utf8_lossy(&fsck.stderr);
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with("Pass ") && !l.trim().is_empty() && !l.starts_with("e2fsck 1"))
+        .take(8)
+    {
+        println!("   | {line}");
+    }
+    println!("   (exit {}: it sees the damage only where metadata no longer adds up, and never says what was lost or when)", fsck.status.code().unwrap_or(-1));
+
+    println!("== 7. lostwrite verify + lostwrite report --files --plot");
+    let dev = FileDevice::open(&image, false)?;
     let ledger = Ledger::open(
         &ledger_dir,
         Some((dev.identity(), dev.size())),
         OpenOptions::new(Access::Read),
     )?;
-    let report = verify::run(
+    let v = verify::run(
         &ledger,
         &dev,
         &verify::Options {
@@ -135,17 +345,40 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             progress: false,
         },
     )?;
-    for line in report.human(50).lines() {
-        println!("     {line}");
+    for line in v.human(8).lines() {
+        println!("   {line}");
     }
-    let found: Vec<u64> = report.findings.iter().map(|f| f.block).collect();
-    let want: Vec<u64> = damaged.iter().map(|d| d.0).collect();
-    if found == want {
-        println!("verify named exactly the {} damaged blocks.", want.len());
+    let mut rep = forensics::build(
+        &ledger,
+        &dev,
+        &image.display().to_string(),
+        v.findings.clone(),
+        &forensics::Options {
+            files: true,
+            ..Default::default()
+        },
+    )?;
+    let svg = if keep {
+        dir.join("incident.svg")
     } else {
-        println!("verify named blocks {found:?}; the damaged blocks were {want:?}");
+        PathBuf::from("lostwrite-demo.svg")
+    };
+    std::fs::write(&svg, plot::render(&rep, dev.size()))?;
+    rep.plot = Some(svg.display().to_string());
+    println!();
+    for line in rep.human(20).lines() {
+        println!("   {line}");
     }
-    if a.dir.is_some() {
+    let found: BTreeSet<u64> = v.findings.iter().map(|f| f.block).collect();
+    let want: BTreeSet<u64> = lost.iter().copied().collect();
+    let geo = Geometry::new(BS as u32, IMAGE_MIB << 20);
+    println!();
+    if found == want {
+        println!("verify named exactly the {} reverted blocks ({} of the {} blocks of the image), in {:.1} s.", want.len(), want.len(), geo.block_count(), started.elapsed().as_secs_f64());
+    } else {
+        println!("verify named blocks {found:?}; the reverted blocks were {want:?}");
+    }
+    if keep {
         println!("files kept in {}", dir.display());
     }
     Ok(if found == want { 0 } else { 1 })

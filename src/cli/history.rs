@@ -25,6 +25,9 @@ pub struct Args {
     /// Accept a device whose identity differs from the ledger's.
     #[arg(long)]
     device_moved: bool,
+    /// Name the file, directory or filesystem structure that owns each block (ext2/3/4).
+    #[arg(long)]
+    files: bool,
 }
 
 fn session_end(s: &SessionInfo) -> String {
@@ -52,6 +55,22 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     }
     let wanted: HashSet<u64> = a.blocks.iter().copied().collect();
+    let mut notes = Vec::new();
+    let owners = match (&dev, a.files) {
+        (Some(d), true) => {
+            let items: Vec<lostwrite::forensics::Item> = a
+                .blocks
+                .iter()
+                .map(|&b| (geo.offset(b), None, None))
+                .collect();
+            lostwrite::forensics::map_blocks(&ledger, d, &a.target.device, &items, &mut notes)?.2
+        }
+        (None, true) => anyhow::bail!(
+            "--files: the device {} cannot be read here, so its filesystem cannot be examined",
+            a.target.device
+        ),
+        _ => vec![Vec::new(); a.blocks.len()],
+    };
     let hist = history::collect(&ledger, &wanted, &HashSet::new())?;
     let zero = ledger.zero_crc();
     let mut out_blocks = Vec::new();
@@ -60,7 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         text.push_str("(the ledger is held by a running service: this is its journal so far)\n");
     }
     let mut buf = vec![0u8; geo.block_size as usize];
-    for &b in &a.blocks {
+    for (&b, files) in a.blocks.iter().zip(&owners) {
         let events = hist.events.get(&b).cloned().unwrap_or_default();
         let now = ledger.state(b);
         let holds = dev.as_ref().and_then(|d| {
@@ -87,6 +106,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             }
         };
         text.push_str(&format!("block {b} (offset {}): {state}\n", geo.offset(b)));
+        for f in files {
+            let bytes = f
+                .bytes
+                .map(|(s, e)| format!(", bytes {s}-{}", e - 1))
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "  owner [{}] {}{bytes}: {}\n",
+                f.region, f.owner, f.symptom
+            ));
+        }
         text.push_str(&format!(
             "  {:>6} {:>10}  {:<27} {:>7}  {:<8} {:<8}  DURABLE\n",
             "GEN", "LSN", "TIME", "SESSION", "CHANGE", "CRC"
@@ -132,6 +161,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 "durable": e.durable,
             })).collect::<Vec<_>>(),
             "device_crc": holds.map(|c| format!("{c:08x}")),
+            "files": files,
             "device_holds_generation": held_gen,
         }));
     }
@@ -160,6 +190,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "strict": s.strict,
             "flushes": s.flushes.len(),
         }));
+    }
+    for n in &notes {
+        text.push_str(&format!("note: {n}\n"));
     }
     if a.json {
         println!(

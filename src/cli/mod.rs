@@ -6,6 +6,7 @@ pub mod demo;
 pub mod history;
 pub mod init;
 pub mod ledger;
+pub mod report;
 pub mod serve;
 pub mod status;
 pub mod verify;
@@ -35,6 +36,9 @@ pub enum Command {
     Serve(serve::Args),
     /// Hold a device against its ledger and classify every block that lost its latest write.
     Verify(verify::Args),
+    /// Forensics after an incident: the window of lost writes, the files that own the damaged
+    /// blocks, a timeline picture.
+    Report(report::Args),
     /// Show every recorded generation of some blocks.
     History(history::Args),
     /// Check or dump the ledger itself.
@@ -83,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Init(a) => init::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Report(a) => report::run(a),
         Command::History(a) => history::run(a),
         Command::Ledger(a) => ledger::run(a),
         Command::Status(a) => status::run(a),

@@ -5,10 +5,10 @@
 
 use crate::ledger::history::{Change, Event};
 use crate::ledger::record::{Generation, Lsn};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The kinds of finding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// Older contents of the same block, after a later generation had been made durable.
@@ -93,6 +93,8 @@ pub struct Verdict {
     /// The older generation found (reverted/unflushed); `None` for contents from a time the
     /// block was untracked or unknown.
     pub found_generation: Option<Generation>,
+    /// When the found generation was written.
+    pub found_time: Option<i64>,
     /// Generations lost, oldest first (reverted/unflushed).
     pub lost: Vec<Lost>,
     /// For misdirected: the block and generation whose contents these are.
@@ -128,10 +130,17 @@ pub fn classify(
     other: Option<&Event>,
     crash_could_explain: bool,
 ) -> Verdict {
+    // Contents that match no older generation of the block lost (at least) its latest one.
+    let latest = lost_from(&events[events.len().saturating_sub(1)..]);
     let verdict = |kind| Verdict {
         kind,
         found_generation: None,
-        lost: Vec::new(),
+        found_time: None,
+        lost: if kind == Kind::Uncertain {
+            Vec::new()
+        } else {
+            latest.clone()
+        },
         belongs_to: None,
         note: None,
     };
@@ -150,6 +159,7 @@ pub fn classify(
                             Kind::Unflushed
                         },
                         found_generation: Some(e.generation),
+                        found_time: Some(e.time),
                         lost: lost_from(later),
                         belongs_to: None,
                         note: None,
@@ -161,6 +171,7 @@ pub fn classify(
                     return Verdict {
                         kind: Kind::Unflushed,
                         found_generation: None,
+                        found_time: None,
                         lost: lost_from(later),
                         belongs_to: None,
                         note: Some(format!(
@@ -183,6 +194,7 @@ pub fn classify(
         return Verdict {
             kind: Kind::Unflushed,
             found_generation: None,
+            found_time: None,
             lost: lost_from(events),
             belongs_to: None,
             note: Some(

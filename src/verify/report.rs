@@ -7,11 +7,11 @@ use crate::ledger::history::Event;
 use crate::ledger::record::Generation;
 use crate::ledger::state::BlockState;
 use crate::ledger::Ledger;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 /// Counts per outcome.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Summary {
     /// Blocks holding their latest generation.
     pub ok: u64,
@@ -60,7 +60,7 @@ impl Summary {
 }
 
 /// A lost generation as reported.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LostWrite {
     /// Generation.
     pub generation: Generation,
@@ -71,11 +71,12 @@ pub struct LostWrite {
     /// Session that wrote it.
     pub session: u64,
     /// write, zero, trim or failed.
-    pub change: &'static str,
+    #[serde(default)]
+    pub change: String,
 }
 
 /// Where misdirected contents belong.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BelongsTo {
     /// The block whose contents these are.
     pub block: u64,
@@ -84,7 +85,7 @@ pub struct BelongsTo {
 }
 
 /// One finding.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Finding {
     /// Block number (in the ledger's block size).
     pub block: u64,
@@ -95,23 +96,23 @@ pub struct Finding {
     /// The generation the block should hold.
     pub expected_generation: Generation,
     /// When that generation was written.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_time: Option<String>,
     /// The older generation found (reverted, unflushed).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found_generation: Option<Generation>,
+    /// When the found generation was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_time: Option<String>,
     /// Generations lost, oldest first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lost: Vec<LostWrite>,
     /// Misdirected: whose contents these are.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub belongs_to: Option<BelongsTo>,
     /// Explanation, when the kind alone does not say enough.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-    /// Lost generations' times as µs, for forensics (not serialised).
-    #[serde(skip)]
-    pub lost_times: Vec<(i64, bool)>,
 }
 
 impl Finding {
@@ -130,7 +131,7 @@ impl Finding {
             expected_generation: expected.generation(),
             expected_time: latest.map(|e| rfc3339(e.time)),
             found_generation: v.found_generation,
-            lost_times: v.lost.iter().map(|l| (l.time, l.durable)).collect(),
+            found_time: v.found_time.map(rfc3339),
             lost: v
                 .lost
                 .iter()
@@ -139,7 +140,7 @@ impl Finding {
                     time: rfc3339(l.time),
                     durable: l.durable,
                     session: l.session,
-                    change: l.change,
+                    change: l.change.to_string(),
                 })
                 .collect(),
             belongs_to: v

@@ -374,20 +374,3 @@ fn history_dump_and_status_describe_the_ledger() {
     assert_eq!(v["sessions"], 1);
     assert_eq!(v["sessions_crashed"], 0);
 }
-
-#[test]
-fn demo_runs_and_names_the_damage() {
-    let d = tempfile::tempdir().unwrap();
-    let o = bin()
-        .arg("demo")
-        .arg("--dir")
-        .arg(d.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("verify named exactly the"),
-        "{}",
-        stdout(&o)
-    );
-}

@@ -195,3 +195,15 @@ pub fn verify_clean(image: &Path) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Runs a `lostwrite` command line, asserting it succeeds; returns its stdout.
+pub fn lw_ok(cmd: &mut assert_cmd::Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -7,6 +7,7 @@ mod cli;
 mod detect;
 mod durability;
 mod ext4;
+mod forensics;
 mod helpers;
 mod interop;
 mod journal;

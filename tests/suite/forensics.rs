@@ -1,0 +1,333 @@
+//! Forensics: `report --files` on a real ext4 behind the sidecar (with e2fsck beside it),
+//! partitioned images (GPT and MBR), the incident window against the ledger's own record times,
+//! the timeline SVG, and the demo.
+
+use crate::ext4::{write_tree, Stack};
+use crate::helpers::*;
+use crate::service::{can_mount, have, run, Service};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn inject(image: &Path, snapshot: &Path, args: &[&str]) -> Vec<u64> {
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/inject-lost-writes.py");
+    let out = run(Command::new("python3")
+        .arg(tool)
+        .arg(image)
+        .arg(snapshot)
+        .args(args));
+    out.lines().map(|l| l.trim().parse().unwrap()).collect()
+}
+
+fn report_json(image: &Path, extra: &[&str]) -> Value {
+    let o = bin()
+        .args(["report", "--files", "--json"])
+        .args(extra)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn affected(v: &Value) -> Vec<(String, String, String)> {
+    v["affected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["owner"].as_str().unwrap().to_string(),
+                a["path"].as_str().unwrap_or("").to_string(),
+                a["symptom"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Phase 1 in session 1, a snapshot, phase 2 (in-place update of /app/data3.fs and new entries
+/// in /app) in session 2: returns the scratch, the snapshot and the ledger dump of session 2.
+fn two_phases_on_ext4() -> (Scratch, PathBuf) {
+    let s = Scratch::new(64 << 20);
+    s.init(4096, true);
+    let mnt = s.dir.path().join("mnt");
+    let svc = Service::start(&s.image, &[]);
+    let mut st = Stack::attach(&svc, s.dir.path());
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096"])
+        .arg(st.dev()));
+    st.mount(&mnt);
+    std::fs::create_dir_all(mnt.join("app")).unwrap();
+    for i in 1..=3 {
+        std::fs::write(mnt.join(format!("app/data{i}.fs")), Rng(i).block(200_000)).unwrap();
+    }
+    write_tree(&mnt.join("home"), 5, 10);
+    st.umount();
+    st.detach();
+    svc.stop();
+    let snap = s.dir.path().join("snapshot.img");
+    std::fs::copy(&s.image, &snap).unwrap();
+    let svc = Service::start(&s.image, &[]);
+    let mut st = Stack::attach(&svc, s.dir.path());
+    st.mount(&mnt);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("app/data3.fs"))
+            .unwrap();
+        f.write_all_at(&Rng(77).block(65536), 8192).unwrap();
+        f.sync_all().unwrap();
+    }
+    for i in 1..=3 {
+        std::fs::write(
+            mnt.join(format!("app/new{i}.txt")),
+            format!("created in phase 2: {i}\n"),
+        )
+        .unwrap();
+    }
+    st.umount();
+    st.detach();
+    svc.stop();
+    (s, snap)
+}
+
+fn e2fsck(image: &Path) -> (i32, String) {
+    let o = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn report_names_the_reverted_file_and_directory_where_e2fsck_sees_little() {
+    if !can_mount()
+        || !have("nbdfuse")
+        || !have("mkfs.ext4")
+        || !have("debugfs")
+        || !have("python3")
+    {
+        return;
+    }
+    let (s, snap) = two_phases_on_ext4();
+    // Only file data reverted: e2fsck passes, which is why this tool exists.
+    let copy = s.dir.path().join("data-only.img");
+    std::fs::copy(&s.image, &copy).unwrap();
+    let reverted = inject(&copy, &snap, &["--fs-path", "/app/data3.fs"]);
+    assert_eq!(reverted.len(), 16, "64 KiB of data3.fs: {reverted:?}");
+    let (code, _) = e2fsck(&copy);
+    assert_eq!(code, 0, "e2fsck passes when only file data reverted");
+    let ledger = s.ledger.to_str().unwrap();
+    let v = report_json(&copy, &["--device-moved", "--ledger", ledger]);
+    let a = affected(&v);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(
+        (a[0].0.as_str(), a[0].1.as_str()),
+        ("file", "/app/data3.fs")
+    );
+    assert!(a[0].2.contains("reads OLD contents"), "{a:?}");
+    assert_eq!(
+        v["affected"][0]["bytes"],
+        serde_json::json!([[8192, 73728]])
+    );
+
+    // The directory block too: e2fsck finds orphaned inodes, but not what was lost, or when.
+    let reverted = inject(
+        &s.image,
+        &snap,
+        &["--fs-path", "/app/data3.fs", "--fs-path", "/app"],
+    );
+    assert_eq!(reverted.len(), 17, "{reverted:?}");
+    let (code, out) = e2fsck(&s.image);
+    assert_ne!(code, 0);
+    assert!(out.contains("Unattached inode"), "{out}");
+    let v = report_json(&s.image, &[]);
+    let a = affected(&v);
+    assert!(
+        a.iter()
+            .any(|(o, p, sym)| o == "file" && p == "/app/data3.fs" && sym.contains("OLD contents")),
+        "{a:?}"
+    );
+    assert!(
+        a.iter().any(|(o, p, sym)| o == "directory"
+            && p == "/app"
+            && sym.contains("entries added or removed here may be lost")),
+        "{a:?}"
+    );
+    // The window is exactly the span of session 2's records of the reverted blocks.
+    let blocks: BTreeSet<u64> = reverted.into_iter().collect();
+    let dump = lw_ok(bin().args(["ledger", "dump", "--json"]).arg(&s.image));
+    let mut session = 0;
+    let mut times = Vec::new();
+    for line in dump.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        if let Some(open) = r["record"].get("SessionOpen") {
+            session = open["session"].as_u64().unwrap();
+        }
+        if let Some(w) = r["record"].get("Write") {
+            if session == 2 && blocks.contains(&w["block"].as_u64().unwrap()) {
+                times.push(r["time"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    times.sort();
+    let w = &v["incident_window"];
+    assert_eq!(w["start"].as_str().unwrap(), times.first().unwrap());
+    assert_eq!(w["end"].as_str().unwrap(), times.last().unwrap());
+    assert_eq!(
+        w["lost_durable_writes"].as_u64().unwrap() as usize,
+        times.len()
+    );
+}
+
+/// A disk with two partitions (`label`: "gpt" or "dos"): partition 1 left unformatted, ext4 in
+/// partition 2 holding /app/target.fs.
+fn partitioned(label: &str) -> (Scratch, u64) {
+    let s = Scratch::new(48 << 20);
+    let script = format!("label: {label}\nstart=2048, size=16384\nstart=20480, size=73728\n");
+    let mut c = Command::new("sfdisk");
+    c.arg("-q")
+        .arg(&s.image)
+        .stdin(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let staging = s.dir.path().join("staging");
+    std::fs::create_dir_all(staging.join("app")).unwrap();
+    std::fs::write(staging.join("app/target.fs"), Rng(3).block(100_000)).unwrap();
+    let start = 20480 * 512;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-E"])
+        .arg(format!("offset={start}"))
+        .arg("-d")
+        .arg(&staging)
+        .arg(&s.image)
+        .arg(format!("{}k", 73728 / 2)));
+    s.init(4096, true);
+    (s, start)
+}
+
+#[test]
+fn partitioned_images_gpt_and_mbr_map_blocks_to_files() {
+    if !have("sfdisk") || !have("mkfs.ext4") || !have("debugfs") {
+        return;
+    }
+    for label in ["gpt", "dos"] {
+        let (s, start) = partitioned(label);
+        let blocks = run(Command::new("debugfs")
+            .args(["-c", "-R", "blocks /app/target.fs"])
+            .arg(format!("{}?offset={start}", s.image.display())));
+        let fsblk: u64 = blocks.split_whitespace().nth(5).unwrap().parse().unwrap();
+        let target = (start + fsblk * 4096) / 4096;
+        s.poke(target, &Rng(9).block(4096));
+        let in_p1 = (2048 * 512) / 4096 + 10;
+        s.poke(in_p1, &Rng(10).block(4096));
+        let plot = s.dir.path().join("r.svg");
+        let v = report_json(&s.image, &["--plot", plot.to_str().unwrap()]);
+        assert_eq!(
+            v["partitions"][0],
+            if label == "gpt" { "gpt" } else { "mbr" }
+        );
+        let findings = v["findings"].as_array().unwrap();
+        assert_eq!(findings.len(), 2, "{label}: {v}");
+        let by_block =
+            |b: u64| findings.iter().find(|f| f["block"] == b).unwrap()["files"][0].clone();
+        let f = by_block(target);
+        assert_eq!(
+            (
+                f["region"].as_str(),
+                f["owner"].as_str(),
+                f["path"].as_str()
+            ),
+            (Some("partition 2"), Some("file"), Some("/app/target.fs")),
+            "{label}"
+        );
+        assert_eq!(
+            f["bytes"],
+            serde_json::json!([20480, 24576]),
+            "{label}: the 6th block of the file"
+        );
+        let f = by_block(in_p1);
+        assert_eq!(
+            (f["region"].as_str(), f["owner"].as_str()),
+            (Some("partition 1"), Some("unknown-filesystem")),
+            "{label}"
+        );
+        assert!(v["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("partition 1 does not hold an ext2/3/4")));
+        // history --files says the same of the block.
+        let o = lw_ok(
+            bin()
+                .args(["history", "--files"])
+                .arg(&s.image)
+                .arg(target.to_string()),
+        );
+        assert!(
+            o.contains("owner [partition 2] file, bytes 20480-24575: data of /app/target.fs"),
+            "{o}"
+        );
+        // The picture: well-formed, one mark per finding, one per lost write.
+        let svg = std::fs::read_to_string(&plot).unwrap();
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+        let count = |tag: &str, class: &str| {
+            doc.descendants()
+                .filter(|n| n.has_tag_name(tag) && n.attribute("class") == Some(class))
+                .count()
+        };
+        let lost: usize = findings
+            .iter()
+            .map(|f| f["lost"].as_array().map_or(0, |l| l.len()))
+            .sum();
+        assert_eq!(count("line", "finding"), 2);
+        assert_eq!(count("circle", "lost"), lost);
+        assert!(lost >= 2);
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+    }
+}
+
+#[test]
+fn the_demo_tells_the_whole_story() {
+    if !have("mkfs.ext4") || !have("debugfs") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let o = bin()
+        .arg("demo")
+        .arg("--dir")
+        .arg(d.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "through NBD",
+        "INCIDENT WINDOW",
+        "/app/data3.fs: this part of the file reads OLD contents",
+        "/app/ (directory)",
+        "inode-table",
+        "timeline picture:",
+        "verify named exactly the",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    let svg = std::fs::read_to_string(d.path().join("incident.svg")).unwrap();
+    roxmltree::Document::parse(&svg).expect("well-formed SVG");
+}
