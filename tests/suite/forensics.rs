@@ -296,6 +296,24 @@ fn partitioned_images_gpt_and_mbr_map_blocks_to_files() {
         assert_eq!(count("circle", "lost"), lost);
         assert!(lost >= 2);
         assert_eq!(doc.root_element().tag_name().name(), "svg");
+        // A report from saved findings says the same; a view after the window is empty.
+        let saved = s.dir.path().join("findings.json");
+        let o = bin()
+            .args(["verify", "--json"])
+            .arg(&s.image)
+            .output()
+            .unwrap();
+        std::fs::write(&saved, &o.stdout).unwrap();
+        let again = report_json(&s.image, &["--findings", saved.to_str().unwrap()]);
+        assert_eq!(again["incident_window"], v["incident_window"]);
+        assert_eq!(again["affected"], v["affected"]);
+        let end = lostwrite::clock::parse(v["incident_window"]["end"].as_str().unwrap()).unwrap();
+        let later = lostwrite::clock::rfc3339(end + 1);
+        let none = report_json(&s.image, &["--since", &later]);
+        assert!(none["incident_window"].is_null(), "{none}");
+        assert_eq!(none["findings"].as_array().unwrap().len(), 0);
+        let all = report_json(&s.image, &["--until", &later]);
+        assert_eq!(all["findings"].as_array().unwrap().len(), 2);
     }
 }
 
