@@ -23,8 +23,8 @@ pub const PAGE: usize = 4096;
 const WORDS_PER_PAGE: usize = PAGE / 8;
 
 /// Check value of an all-zero page; stored check values are XORed with it so a page that was
-/// never written and its never-written check value (both zero) agree, and new tables can stay
-/// sparse.
+/// never written and its never-written check value (both zero) agree: a new table needs no
+/// sealing pass.
 fn zero_page_crc() -> u32 {
     crc32fast::hash(&[0u8; PAGE])
 }
@@ -55,7 +55,7 @@ pub fn layout(data_bytes: u64) -> (u64, u64, u64) {
 }
 
 impl MappedFile {
-    /// Creates a zero-filled table (sparse on disk) and maps it shared.
+    /// Creates a zero-filled table, with its space allocated, and maps it shared.
     pub fn create(path: &Path, data_bytes: u64) -> Result<MappedFile> {
         let file = OpenOptions::new()
             .read(true)
@@ -64,7 +64,15 @@ impl MappedFile {
             .open(path)
             .ctx(path, "creating table file")?;
         let (_, _, len) = layout(data_bytes);
-        file.set_len(len).ctx(path, "sizing table file")?;
+        // Allocated now, not sparse: a store into a mapped page the filesystem cannot allocate
+        // (a full disk) would kill the process with SIGBUS. Better to fail here, or never.
+        nix::fcntl::posix_fallocate(&file, 0, len as i64).map_err(|e| {
+            Error::io(
+                path,
+                format!("allocating {len} bytes for the table"),
+                e.into(),
+            )
+        })?;
         Self::map(path, file, data_bytes, true)
     }
 

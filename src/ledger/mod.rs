@@ -425,7 +425,33 @@ impl Ledger {
         let zero_crc = block::zero_checksum(meta.block_size);
         let writable = opts.access == Access::Write;
         let state_path = dir.join(STATE_FILE);
-        let state = StateTable::open(&state_path, geometry.block_count(), writable)?;
+        // A state table of the wrong length (cut short, or another ledger's) is replaced by an
+        // empty one and rebuilt from the journal below: it is derived data.
+        let mut replaced: Option<String> = None;
+        let state = match StateTable::open(&state_path, geometry.block_count(), writable) {
+            Ok(t) => t,
+            Err(e @ Error::Damaged { .. }) if !live => {
+                replaced = Some(e.to_string());
+                if writable {
+                    std::fs::remove_file(&state_path)
+                        .ctx(&state_path, "removing a damaged state table")?;
+                    let h = StateHeader {
+                        block_size: meta.block_size,
+                        block_count: geometry.block_count(),
+                        ledger_id: meta.ledger_id,
+                        checkpoint_lsn: 0,
+                        checkpoint_pos: (0, 0),
+                        last_session: 0,
+                        session_open: false,
+                        clean: false,
+                    };
+                    StateTable::create(&state_path, &h)?
+                } else {
+                    StateTable::anonymous(geometry.block_count())?
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let base_path = dir.join(BASELINE_FILE);
         let baseline = if base_path.exists() {
             Some(Baseline::open(
@@ -441,8 +467,9 @@ impl Ledger {
         let mut recovery = Recovery::default();
 
         // What the table claims, and whether it is believable.
-        let mut rebuild: Option<String> = None;
+        let mut rebuild: Option<String> = replaced;
         let header = match state.header() {
+            _ if rebuild.is_some() => None,
             Ok(h)
                 if h.ledger_id == meta.ledger_id
                     && h.block_size == meta.block_size
@@ -672,6 +699,12 @@ impl Ledger {
     /// The baseline, if one was taken.
     pub fn baseline(&self) -> Option<&Baseline> {
         self.baseline.as_ref()
+    }
+
+    /// The LSN through which the journal is known durable (a writer's view; for power-cut
+    /// simulations and diagnostics). `None` for a reader.
+    pub fn journal_synced(&self) -> Option<Lsn> {
+        self.journal.as_ref().map(|j| j.synced())
     }
 
     /// The current header values (checkpoint, sessions).

@@ -170,7 +170,7 @@ fn parse_info_request(d: &[u8]) -> Option<(String, Vec<u16>)> {
     }
     let name = std::str::from_utf8(&d[4..4 + name_len]).ok()?.to_string();
     let rest = &d[4 + name_len..];
-    let n = u16::from_be_bytes(rest[0..2].try_into().ok()?) as usize;
+    let n = u16::from_be_bytes(rest.get(0..2)?.try_into().ok()?) as usize;
     if rest.len() != 2 + 2 * n {
         return None;
     }
@@ -197,5 +197,8 @@ mod tests {
         long.extend_from_slice(b"abc\0\0");
         assert_eq!(parse_info_request(&long), None);
         assert_eq!(parse_info_request(&[0, 0]), None);
+        // Found by fuzzing: a name length of zero in 4 or 5 bytes of data.
+        assert_eq!(parse_info_request(&[0, 0, 0, 0]), None);
+        assert_eq!(parse_info_request(&[0, 0, 0, 0, 0]), None);
     }
 }

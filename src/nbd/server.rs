@@ -194,7 +194,13 @@ fn accept_loop(l: &Listener, shared: &Arc<Shared>) {
         let spawned = std::thread::Builder::new()
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
-                connection(s, id, &sh);
+                // Whatever happens in the connection, its bookkeeping is undone.
+                let run = std::panic::AssertUnwindSafe(|| connection(s, id, &sh));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(
+                        "connection {id}: a bug ended this connection (panic); the service goes on"
+                    );
+                }
                 lock(&sh.conns).remove(&id);
                 sh.active.fetch_sub(1, Ordering::SeqCst);
             });
@@ -307,7 +313,7 @@ impl Inflight {
 
 /// Checks a request before it is queued: the command and its flags. Range and read-only
 /// checks belong to the export.
-fn validate(r: &Request) -> Result<(), OpError> {
+pub fn validate(r: &Request) -> Result<(), OpError> {
     let allowed = match r.kind {
         cmd::READ | cmd::WRITE | cmd::FLUSH | cmd::TRIM | cmd::CACHE => cflags::FUA,
         cmd::WRITE_ZEROES => cflags::FUA | cflags::NO_HOLE | cflags::FAST_ZERO,

@@ -151,6 +151,21 @@ pub fn classify(
         let later = &events[i + 1..];
         if i + 1 < events.len() {
             match e.crc(zero_crc) {
+                Some(c) if c == found.crc && durable_after && found.zero && crash_could_explain => {
+                    // Zeroes are what an unflushed zeroing writes too, and its record may have
+                    // been lost with the crashed session's journal tail: not provably a revert.
+                    return Verdict {
+                        kind: Kind::Uncertain,
+                        found_generation: Some(e.generation),
+                        found_time: Some(e.time),
+                        lost: Vec::new(),
+                        belongs_to: None,
+                        note: Some(format!(
+                            "all zeroes, as generation {} was: a lost update, or a zeroing whose journal record was lost in a crash",
+                            e.generation
+                        )),
+                    };
+                }
                 Some(c) if c == found.crc => {
                     return Verdict {
                         kind: if durable_after {
@@ -221,6 +236,23 @@ pub fn classify(
         let mut v = verdict(Kind::Misdirected);
         v.belongs_to = Some((o.block, o.generation));
         return v;
+    }
+    if events.last().is_some_and(|e| !e.durable) {
+        // The newest generation was never made durable and its session crashed: a power cut
+        // may have torn that write (sector by sector), leaving a mix of old and new contents.
+        // Losing it is allowed; the older, durable generations were not what the device lost.
+        let n = events.iter().rev().take_while(|e| !e.durable).count();
+        return Verdict {
+            kind: Kind::Unflushed,
+            found_generation: None,
+            found_time: None,
+            lost: lost_from(&events[events.len() - n..]),
+            belongs_to: None,
+            note: Some(
+                "contents match no generation: an unflushed write may have been torn by the crash"
+                    .into(),
+            ),
+        };
     }
     verdict(Kind::Corrupt)
 }
@@ -340,6 +372,41 @@ mod tests {
         assert_eq!(classify(&h, found(77), Z, None, true).kind, Kind::Uncertain);
         let zero = Found { crc: Z, zero: true };
         assert_eq!(classify(&h, zero, Z, None, true).kind, Kind::Uncertain);
+    }
+
+    #[test]
+    fn a_torn_unflushed_write_is_allowed_but_damage_to_durable_data_is_not() {
+        let h = [
+            ev(1, 0, Change::Baseline { crc: 10 }, true),
+            ev(2, 1, w(11), false),
+        ];
+        let v = classify(&h, found(77), Z, None, false);
+        assert_eq!((v.kind, v.lost.len()), (Kind::Unflushed, 1));
+        let h = [
+            ev(1, 0, Change::Baseline { crc: 10 }, true),
+            ev(2, 1, w(11), true),
+        ];
+        assert_eq!(classify(&h, found(77), Z, None, false).kind, Kind::Corrupt);
+        let zero = Found { crc: Z, zero: true };
+        let h = [
+            ev(1, 0, Change::Baseline { crc: 10 }, true),
+            ev(2, 1, w(11), false),
+        ];
+        assert_eq!(classify(&h, zero, Z, None, false).kind, Kind::Zeroed);
+    }
+
+    #[test]
+    fn zeroes_matching_an_old_generation_after_a_lossy_crash_are_uncertain() {
+        let h = [
+            ev(1, 0, Change::Baseline { crc: 10 }, true),
+            ev(2, 1, Change::Zero, true),
+            ev(3, 2, w(12), true),
+        ];
+        let zero = Found { crc: Z, zero: true };
+        assert_eq!(classify(&h, zero, Z, None, true).kind, Kind::Uncertain);
+        assert_eq!(classify(&h, zero, Z, None, false).kind, Kind::Reverted);
+        // Non-zero old contents stay a revert even then.
+        assert_eq!(classify(&h, found(10), Z, None, true).kind, Kind::Reverted);
     }
 
     #[test]

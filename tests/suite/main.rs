@@ -4,13 +4,16 @@
 
 mod classify;
 mod cli;
+mod crash;
 mod detect;
 mod durability;
 mod ext4;
 mod forensics;
 mod helpers;
+mod hostile;
 mod interop;
 mod journal;
 mod nbd_client;
+mod powercut;
 mod protocol;
 mod service;

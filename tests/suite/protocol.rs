@@ -47,6 +47,9 @@ fn unknown_options_get_err_unsup_and_negotiation_goes_on() {
     assert_eq!(option_reply(&mut c).1, rep::ERR_UNKNOWN);
     send_option(&mut c, opt::INFO, &[0, 0, 0, 9, b'x']);
     assert_eq!(option_reply(&mut c).1, rep::ERR_INVALID);
+    // Found by fuzzing: this used to panic the connection's thread.
+    send_option(&mut c, opt::GO, &[0, 0, 0, 0]);
+    assert_eq!(option_reply(&mut c).1, rep::ERR_INVALID);
     send_option(&mut c, opt::GO, &go_data("", &[proto::info::BLOCK_SIZE]));
     let mut cl = Client::finish_go(c);
     assert_eq!(cl.size, SIZE);
