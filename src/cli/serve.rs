@@ -56,6 +56,16 @@ pub struct Args {
     /// Worker threads executing requests [default: 4 per core, at least 8].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Require TLS (NBD STARTTLS, TLS 1.3) with this certificate chain (PEM); nothing, not even
+    /// the export list, is offered to a client before TLS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Also require client certificates signed by this CA (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Serve without recording anything (to measure what the ledger costs; nothing is
     /// verifiable afterwards).
     #[arg(long, hide = true)]
@@ -70,6 +80,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             a.target.device
         );
     }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(lostwrite::nbd::tls::server_config(
+            c,
+            k,
+            a.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
     let dir = a.target.ledger_dir()?;
     let dev = lostwrite::device::open(&a.target.device, !a.read_only)?;
     let ledger = if a.no_record {
@@ -135,16 +153,22 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         signal_hook::consts::SIGINT,
     ])?;
     tracing::info!(
-        "serving {} as export {:?} on {}{}",
+        "serving {} as export {:?} on {}{}{}",
         a.target.device,
         a.export,
         listener.describe(),
-        if a.read_only { " (read-only)" } else { "" }
+        if a.read_only { " (read-only)" } else { "" },
+        match (&tls, &a.tls_client_ca) {
+            (Some(_), Some(_)) => ", TLS required, client certificates required",
+            (Some(_), None) => ", TLS required",
+            _ => "",
+        }
     );
     let mut config = Config::default();
     if let Some(t) = a.threads {
         config.workers = t.max(1);
     }
+    config.tls = tls;
     let server = Server::start(vec![export], vec![listener], config);
     let sig = signals.forever().next();
     tracing::info!(

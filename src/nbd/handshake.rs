@@ -46,6 +46,18 @@ pub enum Outcome {
     Transmission(Arc<Export>),
     /// The connection is over; the string says why (for the log).
     Closed(String),
+    /// The client asked for TLS and got its ACK: run the TLS handshake, then call
+    /// [`options`] again on the encrypted stream.
+    StartTls,
+}
+
+/// Where negotiation stands with TLS.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsState {
+    /// The server has a certificate: TLS is offered, and required.
+    pub required: bool,
+    /// The connection is already encrypted.
+    pub active: bool,
 }
 
 /// Runs the handshake on a fresh connection.
@@ -54,6 +66,14 @@ pub fn negotiate<S: Read + Write>(
     exports: &Exports,
     shutting_down: &dyn Fn() -> bool,
 ) -> io::Result<Outcome> {
+    match greet(s)? {
+        Ok(no_zeroes) => options(s, exports, no_zeroes, TlsState::default(), shutting_down),
+        Err(why) => Ok(Outcome::Closed(why)),
+    }
+}
+
+/// Sends the greeting and reads the client's flags: `Ok(no_zeroes)`, or why to close.
+pub fn greet<S: Read + Write>(s: &mut S) -> io::Result<Result<bool, String>> {
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&proto::NBDMAGIC.to_be_bytes());
     greeting.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
@@ -63,9 +83,19 @@ pub fn negotiate<S: Read + Write>(
     s.write_all(&greeting)?;
     let cflags = proto::read_u32(s)?;
     if cflags & !(client_flags::FIXED_NEWSTYLE | client_flags::NO_ZEROES) != 0 {
-        return Ok(Outcome::Closed(format!("unknown client flags {cflags:#x}")));
+        return Ok(Err(format!("unknown client flags {cflags:#x}")));
     }
-    let no_zeroes = cflags & client_flags::NO_ZEROES != 0;
+    Ok(Ok(cflags & client_flags::NO_ZEROES != 0))
+}
+
+/// Reads options until transmission, the end, or STARTTLS.
+pub fn options<S: Read + Write>(
+    s: &mut S,
+    exports: &Exports,
+    no_zeroes: bool,
+    tls: TlsState,
+    shutting_down: &dyn Fn() -> bool,
+) -> io::Result<Outcome> {
     loop {
         let magic = proto::read_u64(s)?;
         if magic != proto::IHAVEOPT {
@@ -80,6 +110,36 @@ pub fn negotiate<S: Read + Write>(
         }
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data)?;
+        if option == opt::STARTTLS {
+            let reply = if !tls.required {
+                rep::ERR_UNSUP
+            } else if tls.active || !data.is_empty() {
+                rep::ERR_INVALID
+            } else {
+                proto::write_option_reply(s, option, rep::ACK, b"")?;
+                return Ok(Outcome::StartTls);
+            };
+            proto::write_option_reply(s, option, reply, b"")?;
+            continue;
+        }
+        if tls.required && !tls.active {
+            // Nothing about the exports before TLS, not even their names.
+            match option {
+                opt::EXPORT_NAME => {
+                    return Ok(Outcome::Closed(
+                        "NBD_OPT_EXPORT_NAME before STARTTLS on a TLS-only server".into(),
+                    ))
+                }
+                opt::ABORT => {
+                    let _ = proto::write_option_reply(s, option, rep::ACK, b"");
+                    return Ok(Outcome::Closed("client aborted negotiation".into()));
+                }
+                _ => {
+                    proto::write_option_reply(s, option, rep::ERR_TLS_REQD, b"")?;
+                    continue;
+                }
+            }
+        }
         if shutting_down() && option == opt::EXPORT_NAME {
             // EXPORT_NAME has no error reply: the only refusal is to close.
             return Ok(Outcome::Closed("shutting down".into()));

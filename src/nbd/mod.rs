@@ -8,3 +8,4 @@ pub mod handshake;
 pub mod proto;
 pub mod server;
 pub mod stream;
+pub mod tls;

@@ -35,6 +35,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// A client must finish negotiating within this time.
     pub handshake_timeout: Duration,
+    /// With a TLS configuration, clients must STARTTLS before anything else.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             max_connections: 1024,
             max_inflight: 256,
             handshake_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -228,7 +231,42 @@ fn connection(mut s: Stream, id: u64, shared: &Arc<Shared>) {
     }
     let _ = s.set_read_timeout(Some(shared.config.handshake_timeout));
     let stopping = || shared.stopping.load(Ordering::SeqCst);
-    match handshake::negotiate(&mut s, &shared.exports, &stopping) {
+    let no_zeroes = match handshake::greet(&mut s) {
+        Ok(Ok(z)) => z,
+        Ok(Err(why)) => {
+            return tracing::info!("connection {id} from {peer} ended during negotiation: {why}")
+        }
+        Err(e) => {
+            return tracing::info!("connection {id} from {peer} failed during negotiation: {e}")
+        }
+    };
+    let mut tls = handshake::TlsState {
+        required: shared.config.tls.is_some(),
+        active: false,
+    };
+    let outcome = loop {
+        match handshake::options(&mut s, &shared.exports, no_zeroes, tls, &stopping) {
+            Ok(Outcome::StartTls) => {
+                let Some(config) = shared.config.tls.clone() else {
+                    return tracing::error!("connection {id}: STARTTLS accepted without TLS");
+                };
+                match crate::nbd::tls::TlsStream::accept(s, config) {
+                    Ok(t) => {
+                        s = Stream::Tls(t);
+                        tls.active = true;
+                    }
+                    Err(e) => {
+                        return tracing::info!(
+                            "connection {id} from {peer}: TLS handshake failed: {e}"
+                        )
+                    }
+                }
+            }
+            other => break other,
+        }
+    };
+    match outcome {
+        Ok(Outcome::StartTls) => {}
         Ok(Outcome::Transmission(export)) => {
             let _ = s.set_read_timeout(None);
             // A client that stops reading its replies must not hold a worker (or shutdown)

@@ -12,6 +12,8 @@ pub enum Stream {
     Unix(UnixStream),
     /// TCP.
     Tcp(TcpStream),
+    /// TLS over either (after STARTTLS).
+    Tls(std::sync::Arc<super::tls::TlsStream>),
 }
 
 impl Stream {
@@ -20,16 +22,18 @@ impl Stream {
         Ok(match self {
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Tls(t) => Stream::Tls(t.clone()),
         })
     }
 
     /// Shuts down one or both directions.
     pub fn shutdown(&self, how: Shutdown) {
         // The peer may already be gone; nothing to do about it.
-        let _ = match self {
-            Stream::Unix(s) => s.shutdown(how),
-            Stream::Tcp(s) => s.shutdown(how),
-        };
+        match self {
+            Stream::Unix(s) => drop(s.shutdown(how)),
+            Stream::Tcp(s) => drop(s.shutdown(how)),
+            Stream::Tls(t) => t.raw().shutdown(how),
+        }
     }
 
     /// Sets (or clears) the read timeout.
@@ -37,6 +41,7 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.set_read_timeout(t),
             Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Tls(x) => x.raw().set_read_timeout(t),
         }
     }
 
@@ -45,6 +50,7 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.set_write_timeout(t),
             Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Tls(x) => x.raw().set_write_timeout(t),
         }
     }
 
@@ -56,6 +62,7 @@ impl Stream {
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "tcp".into()),
+            Stream::Tls(t) => format!("{} (TLS)", t.raw().peer()),
         }
     }
 }
@@ -65,6 +72,7 @@ impl Read for Stream {
         match self {
             Stream::Unix(s) => s.read(buf),
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(t) => t.read_plain(buf),
         }
     }
 }
@@ -74,12 +82,14 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => s.write(buf),
             Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(t) => t.write_plain(buf).map(|()| buf.len()),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.flush(),
             Stream::Tcp(s) => s.flush(),
+            Stream::Tls(_) => Ok(()),
         }
     }
 }

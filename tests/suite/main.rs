@@ -17,3 +17,4 @@ mod nbd_client;
 mod powercut;
 mod protocol;
 mod service;
+mod tls;

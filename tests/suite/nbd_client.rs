@@ -27,7 +27,18 @@ pub fn greet(path: &Path) -> UnixStream {
     s
 }
 
-pub fn send_option(s: &mut UnixStream, option: u32, data: &[u8]) {
+/// The same over TCP.
+pub fn greet_tcp(addr: &str) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).unwrap();
+    assert_eq!(&g[0..8], &proto::NBDMAGIC.to_be_bytes());
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    s
+}
+
+pub fn send_option(s: &mut impl Write, option: u32, data: &[u8]) {
     let mut b = proto::IHAVEOPT.to_be_bytes().to_vec();
     b.extend_from_slice(&option.to_be_bytes());
     b.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -36,7 +47,7 @@ pub fn send_option(s: &mut UnixStream, option: u32, data: &[u8]) {
 }
 
 /// Reads one option reply: (option, type, data).
-pub fn option_reply(s: &mut UnixStream) -> (u32, u32, Vec<u8>) {
+pub fn option_reply(s: &mut impl Read) -> (u32, u32, Vec<u8>) {
     let mut h = [0u8; 20];
     s.read_exact(&mut h).unwrap();
     assert_eq!(&h[0..8], &proto::OPT_REPLY_MAGIC.to_be_bytes());

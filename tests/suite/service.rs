@@ -58,7 +58,13 @@ impl Service {
 
     /// Starts it on TCP `addr`; `log_base` names the log file.
     pub fn start_tcp(image: &Path, addr: &str, log_base: &Path) -> Service {
-        let args = ["--listen", addr];
+        Self::start_tcp_with(image, addr, log_base, &[])
+    }
+
+    /// Same, with more arguments.
+    pub fn start_tcp_with(image: &Path, addr: &str, log_base: &Path, extra: &[&str]) -> Service {
+        let mut args = vec!["--listen", addr];
+        args.extend_from_slice(extra);
         Self::spawn(image, &args, log_base, &|| {
             std::net::TcpStream::connect(addr).is_ok()
         })
