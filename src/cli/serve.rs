@@ -47,9 +47,10 @@ pub struct Args {
     /// When journal records are made durable.
     #[arg(long, value_enum, default_value_t = JournalSync::Flush)]
     journal_sync: JournalSync,
-    /// Block size of a ledger created by this command.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BLOCK_SIZE as u64)]
-    block_size: u64,
+    /// Block size of a ledger created by this command [default: 4096]; an existing ledger keeps
+    /// its own, and a different value here is refused.
+    #[arg(long, value_name = "BYTES")]
+    block_size: Option<u64>,
     /// Accept a device whose identity differs from the ledger's (same disk, moved or copied).
     #[arg(long)]
     device_moved: bool,
@@ -73,7 +74,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let bs = validate_block_size(a.block_size)?;
+    let bs = validate_block_size(a.block_size.unwrap_or(DEFAULT_BLOCK_SIZE as u64))?;
     if a.target.device.contains("://") && a.socket.is_none() && a.listen.is_none() {
         anyhow::bail!(
             "{}: an NBD URI has no path to put a socket beside; give --socket PATH or --listen HOST:PORT",
@@ -107,6 +108,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let mut opts = OpenOptions::new(Access::Write);
         opts.device_moved = a.device_moved;
         let mut l = Ledger::open(&dir, Some((dev.identity(), dev.size())), opts)?;
+        if a.block_size.is_some() && l.geometry().block_size != bs {
+            anyhow::bail!(
+                "--block-size {bs}: the ledger {} uses {}-byte blocks, and a ledger's block size cannot change; drop --block-size, or make a new ledger elsewhere with `lostwrite init --block-size {bs}`",
+                dir.display(),
+                l.geometry().block_size
+            );
+        }
         for w in &l.recovery().warnings {
             tracing::warn!("{w}");
         }

@@ -209,6 +209,18 @@ fn trouble_exits_2_with_a_message_that_names_the_problem() {
         "{}",
         stderr(&o)
     );
+    // serve with a block size other than the existing ledger's.
+    let o = bin()
+        .args(["serve", "--block-size", "512"])
+        .arg(&s.image)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("uses 4096-byte blocks") && stderr(&o).contains("--block-size 512"),
+        "{}",
+        stderr(&o)
+    );
     // An NBD URI without --ledger.
     let o = bin()
         .args(["verify", "nbd+unix:///?socket=/tmp/x.sock"])
