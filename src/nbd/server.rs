@@ -563,21 +563,35 @@ fn log_failure(req: &Request, r: &Result<(), OpError>) {
 }
 
 fn execute(export: &Export, req: Request, payload: Vec<u8>, replies: &Replies) {
+    let data_len = if req.kind == cmd::READ {
+        req.length as usize
+    } else {
+        0
+    };
+    // A READ's data goes right after the reply header, so the reply is one write.
+    let mut buf = vec![0u8; proto::SIMPLE_REPLY_LEN + data_len];
+    let result = dispatch(export, &req, &payload, &mut buf[proto::SIMPLE_REPLY_LEN..]);
+    if result.is_ok() && req.kind == cmd::READ {
+        proto::simple_reply(&mut buf, 0, req.cookie);
+        return replies.send(&buf);
+    }
+    log_failure(&req, &result);
+    replies.error(req.cookie, result.err().map_or(0, |e| e.errno));
+}
+
+/// Carries out one validated request on `export`: `payload` is a WRITE's data, and a READ's
+/// data goes to `read_into` (exactly `req.length` bytes).
+pub fn dispatch(
+    export: &Export,
+    req: &Request,
+    payload: &[u8],
+    read_into: &mut [u8],
+) -> Result<(), OpError> {
     let fua = req.flags & cflags::FUA != 0;
     let (off, len) = (req.offset, req.length as u64);
-    let result = match req.kind {
-        cmd::READ => {
-            let mut buf = vec![0u8; proto::SIMPLE_REPLY_LEN + len as usize];
-            match export.read(off, &mut buf[proto::SIMPLE_REPLY_LEN..]) {
-                Ok(()) => {
-                    proto::simple_reply(&mut buf, 0, req.cookie);
-                    replies.send(&buf);
-                    return;
-                }
-                Err(e) => Err(e),
-            }
-        }
-        cmd::WRITE => export.write(off, &payload, fua),
+    match req.kind {
+        cmd::READ => export.read(off, read_into),
+        cmd::WRITE => export.write(off, payload, fua),
         cmd::FLUSH => export.flush(),
         cmd::TRIM => export.trim(off, len, fua),
         cmd::WRITE_ZEROES => export.write_zeroes(
@@ -592,7 +606,5 @@ fn execute(export: &Export, req: Request, payload: Vec<u8>, replies: &Replies) {
             errno: errno::EINVAL,
             why: "unsupported command".into(),
         }),
-    };
-    log_failure(&req, &result);
-    replies.error(req.cookie, result.err().map_or(0, |e| e.errno));
+    }
 }
