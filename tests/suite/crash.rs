@@ -107,24 +107,8 @@ fn kill_9_under_load_loses_no_flushed_write() {
         log.contains("the previous session did not end cleanly"),
         "{log}"
     );
-    let o = bin().arg("verify").arg(&s.image).output().unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "after {CYCLES} crashes and {total} writes: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let o = bin()
-        .args(["ledger", "check"])
-        .arg(&s.image)
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    verify_clean(&s.image);
+    lw_ok(bin().args(["ledger", "check"]).arg(&s.image));
     let st = lw_ok(bin().args(["status", "--json"]).arg(&s.image));
     let v: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!(v["sessions_crashed"], CYCLES);

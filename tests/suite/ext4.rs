@@ -219,19 +219,13 @@ fn a_block_device_is_served_and_verified_and_its_trims_untrack_blocks() {
             "flush",
         ]));
     svc.stop();
-    let o = bin()
-        .args(["verify", "--json", "--ledger"])
-        .arg(&ledger)
-        .arg(&dev.0)
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+    let out = lw_ok(
+        bin()
+            .args(["verify", "--json", "--ledger"])
+            .arg(&ledger)
+            .arg(&dev.0),
     );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         v["summary"]["untracked"], 16,
         "the 16 discarded blocks are untracked: {v}"
