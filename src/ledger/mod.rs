@@ -516,19 +516,15 @@ impl Ledger {
                     state.check_offset(p)
                 ));
             } else {
-                let mut replayed = 0u64;
-                let e = reader::scan(
-                    &jdir,
-                    &meta.ledger_id,
-                    h.checkpoint_lsn + 1,
-                    protected,
-                    &mut |e| {
-                        replayed += 1;
-                        sessions.see(e.record);
-                        apply(&state, baseline.as_ref(), zero_crc, e.lsn, e.record, &jdir)
-                    },
-                )?;
-                recovery.replayed = replayed;
+                let from = Replay {
+                    state: &state,
+                    baseline: baseline.as_ref(),
+                    zero_crc,
+                    jdir: &jdir,
+                    ledger_id: &meta.ledger_id,
+                };
+                let (e, n) = from.run(h.checkpoint_lsn + 1, protected, &mut sessions)?;
+                recovery.replayed = n;
                 end = Some(e);
             }
         }
@@ -546,19 +542,16 @@ impl Ledger {
             }
             state.clear();
             sessions = SessionTrack::default();
-            let mut replayed = 0u64;
-            end = Some(reader::scan(
-                &jdir,
-                &meta.ledger_id,
-                1,
-                protected,
-                &mut |e| {
-                    replayed += 1;
-                    sessions.see(e.record);
-                    apply(&state, baseline.as_ref(), zero_crc, e.lsn, e.record, &jdir)
-                },
-            )?);
-            recovery.replayed = replayed;
+            let all = Replay {
+                state: &state,
+                baseline: baseline.as_ref(),
+                zero_crc,
+                jdir: &jdir,
+                ledger_id: &meta.ledger_id,
+            };
+            let (e, n) = all.run(1, protected, &mut sessions)?;
+            recovery.replayed = n;
+            end = Some(e);
         }
         if let (Some(h), Some(e)) = (header, &end) {
             if !live && e.next_lsn - 1 < h.checkpoint_lsn {
@@ -1066,17 +1059,55 @@ impl Ledger {
         let jdir = self.dir.join(JOURNAL_DIR);
         self.state.clear();
         let mut sessions = SessionTrack::default();
-        let (state, baseline, zero) = (&self.state, self.baseline.as_ref(), self.zero_crc);
-        let end = reader::scan(&jdir, &self.meta.ledger_id, 1, (0, 0), &mut |e| {
-            sessions.see(e.record);
-            apply(state, baseline, zero, e.lsn, e.record, &jdir)
-        })?;
+        let all = Replay {
+            state: &self.state,
+            baseline: self.baseline.as_ref(),
+            zero_crc: self.zero_crc,
+            jdir: &jdir,
+            ledger_id: &self.meta.ledger_id,
+        };
+        let (end, _) = all.run(1, (0, 0), &mut sessions)?;
         let mut h = self.header();
         h.checkpoint_lsn = end.next_lsn - 1;
         h.last_session = sessions.last;
         h.session_open = sessions.open;
         h.clean = true;
         self.checkpoint(h)
+    }
+}
+
+/// Bringing a state table up to date from the journal.
+struct Replay<'a> {
+    state: &'a StateTable,
+    baseline: Option<&'a Baseline>,
+    zero_crc: u32,
+    jdir: &'a Path,
+    ledger_id: &'a [u8; 16],
+}
+
+impl Replay<'_> {
+    /// Applies every record from LSN `from` on, following sessions; returns where the journal
+    /// ends and how many records were applied.
+    fn run(
+        &self,
+        from: Lsn,
+        protected: (u64, u64),
+        sessions: &mut SessionTrack,
+    ) -> Result<(JournalEnd, u64)> {
+        let mut n = 0u64;
+        let end = reader::scan(self.jdir, self.ledger_id, from, protected, &mut |e| {
+            n += 1;
+            sessions.see(e.record);
+            apply(
+                self.state,
+                self.baseline,
+                self.zero_crc,
+                e.lsn,
+                e.record,
+                self.jdir,
+            )
+        })?;
+        Ok((end, n))
     }
 }
 
