@@ -46,7 +46,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     println!(
         "created ledger {} for {} ({blocks} blocks of {bs} bytes)",
         dir.display(),
-        a.target.device
+        dev.identity().path
     );
     if a.baseline {
         println!(

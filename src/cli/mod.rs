@@ -52,7 +52,8 @@ pub enum Command {
 /// Where to find the device and its ledger; shared by most subcommands.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Target {
-    /// The device: a regular file or a block device.
+    /// The device: a regular file, a block device, or an NBD export
+    /// (nbd+unix:///EXPORT?socket=PATH or nbd://HOST[:PORT]/EXPORT).
     #[arg(value_name = "DEVICE")]
     pub device: String,
     /// The ledger directory [default: DEVICE.ledger beside the device].

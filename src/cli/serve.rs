@@ -54,7 +54,8 @@ pub struct Args {
     /// Accept a device whose identity differs from the ledger's (same disk, moved or copied).
     #[arg(long)]
     device_moved: bool,
-    /// Worker threads executing requests [default: 4 per core, at least 8].
+    /// Worker threads executing requests [default: 4 per core, at least 8; at least 32 in
+    /// front of an NBD upstream].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Require TLS (NBD STARTTLS, TLS 1.3) with this certificate chain (PEM); nothing, not even
@@ -89,12 +90,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         )?),
         _ => None,
     };
-    let dir = a.target.ledger_dir()?;
     let dev = lostwrite::device::open(&a.target.device, !a.read_only)?;
     let ledger = if a.no_record {
         tracing::warn!("--no-record: writes are NOT recorded; nothing served now can be verified");
         None
     } else {
+        let dir = a.target.ledger_dir()?;
         if !dir.exists() {
             Ledger::create(&dir, dev.identity(), dev.size(), bs, None)?;
             let blocks = dev.size().div_ceil(bs as u64);
@@ -173,6 +174,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     );
     let mut config = Config::default();
+    if !export.quick_writes() {
+        // Workers mostly wait for the upstream's replies: enough of them to keep a deep queue.
+        config.workers = config.workers.max(32);
+    }
     if let Some(t) = a.threads {
         config.workers = t.max(1);
     }
@@ -192,6 +197,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     });
     let exports = server.shutdown();
+    let mut status = 0;
     for e in exports {
         let e =
             Arc::try_unwrap(e).map_err(|_| anyhow::anyhow!("export still in use at shutdown"))?;
@@ -205,8 +211,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             c.read_mismatches.load(std::sync::atomic::Ordering::Relaxed),
             c.errors.load(std::sync::atomic::Ordering::Relaxed),
         );
+        let failure = e.ledger().and_then(|l| l.session_failure());
         e.close()?;
-        tracing::info!("closed cleanly: {summary}");
+        match failure {
+            None => tracing::info!("closed cleanly: {summary}"),
+            Some(why) => {
+                tracing::error!(
+                    "the session is left unclosed, so the next start and `verify` treat it as a crash: {why}; {summary}"
+                );
+                status = 1;
+            }
+        }
     }
-    Ok(0)
+    Ok(status)
 }

@@ -1,10 +1,13 @@
 //! Devices: the backing store a ledger describes. [`BlockDevice`] is the narrow interface the
 //! sidecar, the verifier and the baseline scan use, so a test can put a crash-simulating device
-//! (or, later, an NBD export) where a file would be.
+//! where a file would be. A device is a file or block device ([`FileDevice`]) or an NBD export
+//! ([`NbdDevice`]); [`open`] picks by what the command line names.
 
 mod file;
+mod nbd;
 
 pub use file::FileDevice;
+pub use nbd::{NbdDevice, DEFAULT_CONNECTIONS};
 
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -27,6 +30,18 @@ pub trait BlockDevice: Send + Sync {
     fn name(&self) -> &str;
     /// Size in bytes.
     fn size(&self) -> u64;
+    /// Smallest unit of I/O: offsets and lengths of writes must be multiples of it (1 for a
+    /// file; an NBD export may demand more).
+    fn min_io(&self) -> u32 {
+        1
+    }
+    /// Whether a write without FUA returns without waiting for another process or machine
+    /// (it lands in the page cache). The server runs such writes on the connection's own
+    /// thread; a device that waits for a round trip (an NBD upstream) says `false`, and its
+    /// writes go to the worker pool so that many are in flight at once.
+    fn quick_writes(&self) -> bool {
+        true
+    }
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Reads like [`BlockDevice::read_at`] only if that cannot block (the data is cached);
@@ -67,6 +82,12 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     fn size(&self) -> u64 {
         (**self).size()
     }
+    fn min_io(&self) -> u32 {
+        (**self).min_io()
+    }
+    fn quick_writes(&self) -> bool {
+        (**self).quick_writes()
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_at(buf, offset)
     }
@@ -97,18 +118,19 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
 }
 
 /// How a ledger recognises its device again: the kind, the path as given, and the identity the
-/// kernel gives it (device and inode numbers for a file, the device number for a block device).
+/// kernel gives it (device and inode numbers for a file, the device number for a block device);
+/// for an NBD export, the normalised URI.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceIdentity {
-    /// "file" or "block".
+    /// "file", "block" or "nbd".
     pub kind: String,
-    /// The canonical path when the ledger was made.
+    /// The canonical path when the ledger was made (the URI for "nbd").
     pub path: String,
-    /// st_dev of a regular file (0 for a block device).
+    /// st_dev of a regular file (0 otherwise).
     pub dev: u64,
-    /// st_ino of a regular file (0 for a block device).
+    /// st_ino of a regular file (0 otherwise).
     pub ino: u64,
-    /// st_rdev of a block device (0 for a file).
+    /// st_rdev of a block device (0 otherwise).
     pub rdev: u64,
 }
 
@@ -127,6 +149,12 @@ impl DeviceIdentity {
                 self.path, self.dev, self.ino, other.dev, other.ino
             ));
         }
+        if self.kind == "nbd" && self.path != other.path {
+            return Some(format!(
+                "the ledger was made for NBD export {} and this is {}",
+                self.path, other.path
+            ));
+        }
         if self.kind == "block" && self.rdev != other.rdev {
             return Some(format!(
                 "the ledger was made for block device {} ({}:{}); this is {}:{}",
@@ -141,13 +169,83 @@ impl DeviceIdentity {
     }
 }
 
-/// Opens a device given on the command line. NBD URIs are recognised and refused with a clear
-/// message until the NBD client exists.
-pub fn open(spec: &str, writable: bool) -> crate::Result<FileDevice> {
-    if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") || spec.starts_with("nbds") {
-        return Err(crate::Error::Usage(format!(
-            "{spec}: NBD URIs as devices are not supported by this build yet; export the image as a file or block device"
-        )));
+/// A device named on the command line: a path or an NBD URI.
+pub enum Device {
+    /// A regular file or block device.
+    File(FileDevice),
+    /// An NBD export.
+    Nbd(NbdDevice),
+}
+
+impl Device {
+    /// What the ledger records to recognise the device.
+    pub fn identity(&self) -> &DeviceIdentity {
+        match self {
+            Device::File(f) => f.identity(),
+            Device::Nbd(n) => n.identity(),
+        }
     }
-    FileDevice::open(Path::new(spec), writable)
+
+    fn inner(&self) -> &dyn BlockDevice {
+        match self {
+            Device::File(f) => f,
+            Device::Nbd(n) => n,
+        }
+    }
+}
+
+impl BlockDevice for Device {
+    fn name(&self) -> &str {
+        self.inner().name()
+    }
+    fn size(&self) -> u64 {
+        self.inner().size()
+    }
+    fn min_io(&self) -> u32 {
+        self.inner().min_io()
+    }
+    fn quick_writes(&self) -> bool {
+        self.inner().quick_writes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner().read_at(buf, offset)
+    }
+    fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.inner().read_at_nowait(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.inner().write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner().flush()
+    }
+    fn write_zeroes(&self, o: u64, l: u64, may_trim: bool, fast: bool) -> io::Result<()> {
+        self.inner().write_zeroes(o, l, may_trim, fast)
+    }
+    fn trim_zeroes(&self) -> bool {
+        self.inner().trim_zeroes()
+    }
+    fn trim(&self, offset: u64, len: u64) -> io::Result<TrimOutcome> {
+        self.inner().trim(offset, len)
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        self.inner().will_need(offset, len)
+    }
+    fn done_with(&self, offset: u64, len: u64) {
+        self.inner().done_with(offset, len)
+    }
+}
+
+/// Opens a device given on the command line: an NBD URI (`nbd://HOST[:PORT]/EXPORT`,
+/// `nbd+unix:///EXPORT?socket=PATH`) or a path.
+pub fn open(spec: &str, writable: bool) -> crate::Result<Device> {
+    if crate::nbd::uri::is_uri(spec) {
+        let uri = crate::nbd::uri::NbdUri::parse(spec).map_err(crate::Error::Usage)?;
+        return Ok(Device::Nbd(NbdDevice::open(
+            &uri,
+            writable,
+            DEFAULT_CONNECTIONS,
+        )?));
+    }
+    Ok(Device::File(FileDevice::open(Path::new(spec), writable)?))
 }

@@ -7,6 +7,7 @@
 pub mod ext4;
 pub mod partition;
 pub mod plot;
+pub mod view;
 
 use crate::clock::{self, rfc3339, Micros};
 use crate::device::BlockDevice;
@@ -428,10 +429,22 @@ pub fn map_blocks(
         .map_err(|e| crate::Error::io(device_path, "reading the partition table", e))?;
     notes.extend(table.warnings.iter().cloned());
     let mut infos = Vec::new();
+    // debugfs opens files only: an NBD export is shown to it through nbdfuse, mounted on the
+    // first filesystem found and kept until the owners are known.
+    let mut view: Option<Result<view::FuseView, String>> = None;
     let mut filesystems: Vec<Option<ExtFs>> = Vec::new();
     for r in &table.regions {
+        let local = |view: &mut Option<Result<view::FuseView, String>>| {
+            if !crate::nbd::uri::is_uri(device_path) {
+                return Ok(device_path.to_string());
+            }
+            view.get_or_insert_with(|| view::FuseView::open(device_path, dev.size()))
+                .as_ref()
+                .map(|v| v.path().display().to_string())
+                .map_err(|e| e.clone())
+        };
         let (fs, desc) = match ext4::detect(dev, r) {
-            Some(kind) => match ExtFs::open(device_path, kind, r) {
+            Some(kind) => match local(&mut view).and_then(|p| ExtFs::open(&p, kind, r)) {
                 Ok(fs) => (Some(fs), kind.to_string()),
                 Err(e) => {
                     notes.push(format!(

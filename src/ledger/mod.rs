@@ -1013,6 +1013,13 @@ impl Ledger {
         }
     }
 
+    /// Why the session refuses writes (the device failed to make data durable), if it does.
+    pub fn session_failure(&self) -> Option<String> {
+        self.session
+            .as_ref()
+            .and_then(|s| lock_mutex(&s.device_failure).clone())
+    }
+
     /// Records that the device failed to make data durable (a failed fdatasync outside
     /// [`Ledger::flush`], e.g. for a FUA zeroing): later writes are refused and the session will
     /// not close cleanly.

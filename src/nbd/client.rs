@@ -1,92 +1,228 @@
 //! The client side of NBD, on the same wire module as the server: fixed-newstyle negotiation
-//! with NBD_OPT_GO, then one request at a time with simple replies. Enough for `demo` to drive a
-//! sidecar the way a VM's disk would (writes, flushes), without root or external tools.
+//! with NBD_OPT_GO (asking for the export's block-size constraints), then either
+//!
+//! * [`Client`]: one request at a time, for `demo` and tests that drive a sidecar the way a VM's
+//!   disk would, or
+//! * [`Connection`]: pipelined. Any number of threads issue requests at once; each waits for its
+//!   own reply, which a reader thread hands over by cookie. This is what an NBD export used as
+//!   a device runs on ([`crate::device::NbdDevice`]).
+//!
+//! Replies are simple replies: structured replies are never negotiated, so a server may not
+//! send them (one that does is a protocol error that ends the connection).
 
-use super::proto::{self, cflags, cmd, opt, rep, Request};
+use super::proto::{self, cflags, cmd, opt, rep, tflags, Request};
+use super::stream::Stream;
+use super::uri::{Endpoint, NbdUri};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
-/// A connected client.
-pub struct Client {
-    s: UnixStream,
-    size: u64,
-    flags: u16,
-    cookie: u64,
+/// Largest payload asked of a server that states no maximum (the spec's default).
+pub const DEFAULT_MAX_PAYLOAD: u32 = 32 << 20;
+
+/// What the server said about the export during negotiation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Transmission flags ([`proto::tflags`]).
+    pub flags: u16,
+    /// Minimum block size: offsets and lengths must be multiples of it.
+    pub min_block: u32,
+    /// Preferred block size.
+    pub preferred_block: u32,
+    /// Largest READ or WRITE payload.
+    pub max_payload: u32,
+}
+
+impl ExportInfo {
+    /// Whether the server advertises transmission flag `f`.
+    pub fn has(&self, f: u16) -> bool {
+        self.flags & f != 0
+    }
 }
 
 fn bad(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
-impl Client {
-    /// Connects to a unix socket and negotiates `export` with NBD_OPT_GO.
-    pub fn connect_unix(socket: &Path, export: &str) -> io::Result<Client> {
-        let mut s = UnixStream::connect(socket)?;
-        let mut greeting = [0u8; 18];
-        s.read_exact(&mut greeting)?;
-        if greeting[0..8] != proto::NBDMAGIC.to_be_bytes()
-            || greeting[8..16] != proto::IHAVEOPT.to_be_bytes()
-        {
-            return Err(bad("not an NBD server (bad greeting)"));
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens a connection to the server a URI names (TCP with Nagle off).
+pub fn dial(uri: &NbdUri) -> io::Result<Stream> {
+    match &uri.endpoint {
+        Endpoint::Unix(p) => UnixStream::connect(p)
+            .map(Stream::Unix)
+            .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", p.display()))),
+        Endpoint::Tcp(h, port) => {
+            let s = TcpStream::connect((h.as_str(), *port))
+                .map_err(|e| io::Error::new(e.kind(), format!("connecting to {h}:{port}: {e}")))?;
+            s.set_nodelay(true)?;
+            Ok(Stream::Tcp(s))
         }
-        s.write_all(
-            &(proto::client_flags::FIXED_NEWSTYLE | proto::client_flags::NO_ZEROES).to_be_bytes(),
-        )?;
-        let mut data = (export.len() as u32).to_be_bytes().to_vec();
-        data.extend_from_slice(export.as_bytes());
-        data.extend_from_slice(&0u16.to_be_bytes());
-        let mut o = proto::IHAVEOPT.to_be_bytes().to_vec();
-        o.extend_from_slice(&opt::GO.to_be_bytes());
-        o.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        o.extend_from_slice(&data);
-        s.write_all(&o)?;
-        let (mut size, mut flags) = (None, 0);
-        loop {
-            let mut h = [0u8; 20];
-            s.read_exact(&mut h)?;
-            if h[0..8] != proto::OPT_REPLY_MAGIC.to_be_bytes() {
-                return Err(bad("bad option reply magic"));
+    }
+}
+
+/// Runs the fixed-newstyle handshake on a fresh connection and selects `export` with
+/// NBD_OPT_GO. The stream is then in transmission.
+pub fn negotiate(s: &mut Stream, export: &str) -> io::Result<ExportInfo> {
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting)
+        .map_err(|e| io::Error::new(e.kind(), format!("reading the server greeting: {e}")))?;
+    if greeting[0..8] != proto::NBDMAGIC.to_be_bytes() {
+        return Err(bad("not an NBD server (bad greeting magic)"));
+    }
+    if greeting[8..16] != proto::IHAVEOPT.to_be_bytes() {
+        return Err(bad(
+            "the server speaks oldstyle NBD, which has no export names or options; run it in newstyle mode",
+        ));
+    }
+    let hflags = u16::from_be_bytes([greeting[16], greeting[17]]);
+    if hflags & proto::handshake_flags::FIXED_NEWSTYLE == 0 {
+        return Err(bad("the server does not speak fixed newstyle NBD"));
+    }
+    let mut cf = proto::client_flags::FIXED_NEWSTYLE;
+    if hflags & proto::handshake_flags::NO_ZEROES != 0 {
+        cf |= proto::client_flags::NO_ZEROES;
+    }
+    s.write_all(&cf.to_be_bytes())?;
+    if export.len() > 4096 {
+        return Err(bad("export names are at most 4096 bytes"));
+    }
+    let mut data = (export.len() as u32).to_be_bytes().to_vec();
+    data.extend_from_slice(export.as_bytes());
+    // One information request: the block-size constraints, which this client then honours.
+    data.extend_from_slice(&1u16.to_be_bytes());
+    data.extend_from_slice(&proto::info::BLOCK_SIZE.to_be_bytes());
+    let mut o = proto::IHAVEOPT.to_be_bytes().to_vec();
+    o.extend_from_slice(&opt::GO.to_be_bytes());
+    o.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    o.extend_from_slice(&data);
+    s.write_all(&o)?;
+    let mut info = ExportInfo {
+        size: u64::MAX,
+        flags: 0,
+        min_block: 1,
+        preferred_block: 4096,
+        max_payload: DEFAULT_MAX_PAYLOAD,
+    };
+    loop {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h)?;
+        if h[0..8] != proto::OPT_REPLY_MAGIC.to_be_bytes() {
+            return Err(bad("bad option reply magic from the server"));
+        }
+        let kind = u32::from_be_bytes(h[12..16].try_into().expect("4"));
+        let len = u32::from_be_bytes(h[16..20].try_into().expect("4"));
+        if len > 1 << 16 {
+            return Err(bad(format!("option reply of {len} bytes is too large")));
+        }
+        let mut d = vec![0u8; len as usize];
+        s.read_exact(&mut d)?;
+        let info_type = (d.len() >= 2).then(|| u16::from_be_bytes([d[0], d[1]]));
+        match kind {
+            rep::INFO if info_type == Some(proto::info::EXPORT) && d.len() >= 12 => {
+                info.size = u64::from_be_bytes(d[2..10].try_into().expect("8"));
+                info.flags = u16::from_be_bytes([d[10], d[11]]);
             }
-            let kind = u32::from_be_bytes(h[12..16].try_into().expect("4"));
-            let len = u32::from_be_bytes(h[16..20].try_into().expect("4"));
-            if len > 1 << 16 {
-                return Err(bad("option reply too large"));
-            }
-            let mut d = vec![0u8; len as usize];
-            s.read_exact(&mut d)?;
-            match kind {
-                rep::INFO
-                    if d.len() >= 12 && u16::from_be_bytes([d[0], d[1]]) == proto::info::EXPORT =>
-                {
-                    size = Some(u64::from_be_bytes(d[2..10].try_into().expect("8")));
-                    flags = u16::from_be_bytes([d[10], d[11]]);
-                }
-                rep::INFO => {}
-                rep::ACK => break,
-                e => {
+            rep::INFO if info_type == Some(proto::info::BLOCK_SIZE) && d.len() >= 14 => {
+                let min = u32::from_be_bytes(d[2..6].try_into().expect("4"));
+                let pref = u32::from_be_bytes(d[6..10].try_into().expect("4"));
+                let max = u32::from_be_bytes(d[10..14].try_into().expect("4"));
+                if !min.is_power_of_two() || min > 65536 || max < min {
                     return Err(bad(format!(
-                        "the server refused export {export:?} (reply {e:#x})"
-                    )))
+                        "the server's block sizes make no sense (minimum {min}, maximum {max})"
+                    )));
                 }
+                info.min_block = min;
+                info.preferred_block = pref.max(min);
+                info.max_payload = max.min(DEFAULT_MAX_PAYLOAD) / min * min;
+            }
+            rep::INFO => {}
+            rep::ACK => break,
+            e => {
+                let msg = String::from_utf8_lossy(&d);
+                let why = match e {
+                    rep::ERR_UNKNOWN => format!(
+                        "the server has no export named {export:?} (list them with `nbdinfo --list URI`)"
+                    ),
+                    rep::ERR_TLS_REQD => {
+                        "the server requires TLS, which lostwrite does not speak as a client yet".into()
+                    }
+                    rep::ERR_UNSUP => "the server does not support NBD_OPT_GO (too old)".into(),
+                    rep::ERR_POLICY => format!("the server refused export {export:?} by policy"),
+                    rep::ERR_SHUTDOWN => "the server is shutting down".into(),
+                    other => format!("the server refused export {export:?} (reply {other:#x})"),
+                };
+                return Err(bad(if msg.trim().is_empty() {
+                    why
+                } else {
+                    format!("{why}: {}", msg.trim())
+                }));
             }
         }
-        Ok(Client {
-            s,
-            size: size.ok_or_else(|| bad("no export size in the server's reply"))?,
-            flags,
-            cookie: 0,
-        })
+    }
+    if info.size == u64::MAX || info.flags & tflags::HAS_FLAGS == 0 {
+        return Err(bad("the server did not give the export's size and flags"));
+    }
+    Ok(info)
+}
+
+/// The error a failed request returns: NBD error values are Linux errno values.
+fn nbd_error(kind: u16, offset: u64, e: u32) -> io::Error {
+    let errno = if e == 0 || e > 4095 {
+        nix::libc::EIO
+    } else {
+        e as i32
+    };
+    let os = io::Error::from_raw_os_error(errno);
+    io::Error::new(
+        os.kind(),
+        format!(
+            "{} at offset {offset}: the server replied {os}",
+            proto::cmd_name(kind)
+        ),
+    )
+}
+
+/// A connected client running one request at a time.
+pub struct Client {
+    s: Stream,
+    info: ExportInfo,
+    cookie: u64,
+}
+
+impl Client {
+    /// Connects to a unix socket and negotiates `export`.
+    pub fn connect_unix(socket: &Path, export: &str) -> io::Result<Client> {
+        let mut s = Stream::Unix(UnixStream::connect(socket)?);
+        let info = negotiate(&mut s, export)?;
+        Ok(Client { s, info, cookie: 0 })
+    }
+
+    /// Connects to the server a URI names and negotiates its export.
+    pub fn connect(uri: &NbdUri) -> io::Result<Client> {
+        let mut s = dial(uri)?;
+        let info = negotiate(&mut s, &uri.export)?;
+        Ok(Client { s, info, cookie: 0 })
     }
 
     /// Export size in bytes.
     pub fn size(&self) -> u64 {
-        self.size
+        self.info.size
     }
 
     /// Transmission flags.
     pub fn flags(&self) -> u16 {
-        self.flags
+        self.info.flags
     }
 
     fn request(
@@ -111,10 +247,7 @@ impl Client {
         self.s.read_exact(&mut h)?;
         match proto::parse_simple_reply(&h) {
             Some((0, c)) if c == self.cookie => Ok(()),
-            Some((e, c)) if c == self.cookie => Err(io::Error::other(format!(
-                "{} at offset {offset}: NBD error {e}",
-                proto::cmd_name(kind)
-            ))),
+            Some((e, c)) if c == self.cookie => Err(nbd_error(kind, offset, e)),
             _ => Err(bad("reply does not match the request")),
         }
     }
@@ -148,4 +281,237 @@ impl Client {
         };
         self.s.write_all(&r.encode())
     }
+}
+
+/// What a waiting request gets: the READ payload (empty for other commands), or the error.
+type Reply = io::Result<Vec<u8>>;
+
+struct Waiter {
+    kind: u16,
+    offset: u64,
+    read_len: u32,
+    tx: Sender<Reply>,
+}
+
+#[derive(Default)]
+struct Pending {
+    next_cookie: u64,
+    waiting: HashMap<u64, Waiter>,
+    /// Why the connection is unusable; set once, never cleared.
+    dead: Option<String>,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    writer: Mutex<Stream>,
+    name: String,
+    /// Set when this side hangs up, so the reader's end is not logged as a failure.
+    closing: AtomicBool,
+}
+
+impl Shared {
+    /// Marks the connection dead and fails every request still waiting.
+    fn die(&self, why: String) {
+        let waiting = {
+            let mut p = lock(&self.pending);
+            if p.dead.is_none() {
+                if !self.closing.load(Ordering::Relaxed) {
+                    tracing::error!("NBD connection to {}: {why}", self.name);
+                }
+                p.dead = Some(why);
+            }
+            std::mem::take(&mut p.waiting)
+        };
+        let why = lock(&self.pending).dead.clone().unwrap_or_default();
+        for (_, w) in waiting {
+            let _ = w.tx.send(Err(lost(&self.name, &why, w.kind, w.offset)));
+        }
+        lock(&self.writer).shutdown(Shutdown::Both);
+    }
+}
+
+fn lost(name: &str, why: &str, kind: u16, offset: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        format!(
+            "{} at offset {offset}: the connection to {name} is lost ({why}); its outcome is unknown",
+            proto::cmd_name(kind)
+        ),
+    )
+}
+
+/// A pipelined connection: requests from many threads in flight at once.
+pub struct Connection {
+    shared: Arc<Shared>,
+    info: ExportInfo,
+    reader: Option<JoinHandle<()>>,
+}
+
+/// A request sent and not yet answered; [`Connection::wait`] collects it.
+pub struct InFlight {
+    rx: Receiver<Reply>,
+}
+
+impl Connection {
+    /// Connects to the server a URI names and negotiates its export.
+    pub fn open(uri: &NbdUri) -> io::Result<Connection> {
+        let mut s = dial(uri)?;
+        let info = negotiate(&mut s, &uri.export)?;
+        let reader = s.try_clone()?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            writer: Mutex::new(s),
+            name: uri.to_string(),
+            closing: AtomicBool::new(false),
+        });
+        let sh = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("nbd-client-reader".into())
+            .spawn(move || read_replies(reader, &sh))?;
+        Ok(Connection {
+            shared,
+            info,
+            reader: Some(reader),
+        })
+    }
+
+    /// What the server said about the export.
+    pub fn info(&self) -> &ExportInfo {
+        &self.info
+    }
+
+    /// Sends a request (with its payload for WRITE) and returns at once.
+    pub fn start(
+        &self,
+        kind: u16,
+        flags: u16,
+        offset: u64,
+        length: u32,
+        payload: &[u8],
+    ) -> io::Result<InFlight> {
+        let (tx, rx) = bounded(1);
+        let cookie = {
+            let mut p = lock(&self.shared.pending);
+            if let Some(why) = &p.dead {
+                return Err(lost(&self.shared.name, why, kind, offset));
+            }
+            p.next_cookie += 1;
+            let c = p.next_cookie;
+            let read_len = if kind == cmd::READ { length } else { 0 };
+            // Registered before the request is sent: the reply may come back at once.
+            p.waiting.insert(
+                c,
+                Waiter {
+                    kind,
+                    offset,
+                    read_len,
+                    tx,
+                },
+            );
+            c
+        };
+        let header = Request {
+            flags,
+            kind,
+            cookie,
+            offset,
+            length,
+        }
+        .encode();
+        let sent = {
+            let mut w = lock(&self.shared.writer);
+            if payload.len() <= 64 << 10 {
+                // One write for header and a small payload: one syscall, one segment.
+                let mut b = Vec::with_capacity(header.len() + payload.len());
+                b.extend_from_slice(&header);
+                b.extend_from_slice(payload);
+                w.write_all(&b)
+            } else {
+                w.write_all(&header).and_then(|()| w.write_all(payload))
+            }
+        };
+        if let Err(e) = sent {
+            // A partial request leaves the stream unusable: fail everything, this one too.
+            self.shared.die(format!("sending a request failed: {e}"));
+        }
+        Ok(InFlight { rx })
+    }
+
+    /// Waits for a request's reply: the READ payload, or empty.
+    pub fn wait(&self, f: InFlight) -> Reply {
+        f.rx.recv().unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("the connection to {} closed", self.shared.name),
+            ))
+        })
+    }
+
+    /// Sends a request and waits for its reply.
+    pub fn call(&self, kind: u16, flags: u16, offset: u64, length: u32, payload: &[u8]) -> Reply {
+        let f = self.start(kind, flags, offset, length, payload)?;
+        self.wait(f)
+    }
+
+    /// Why the connection is unusable, if it is.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.pending).dead.clone()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let disc = Request {
+            flags: 0,
+            kind: cmd::DISC,
+            cookie: u64::MAX,
+            offset: 0,
+            length: 0,
+        }
+        .encode();
+        self.shared.closing.store(true, Ordering::Relaxed);
+        {
+            let mut w = lock(&self.shared.writer);
+            // A polite goodbye; the server may already be gone.
+            let _ = w.write_all(&disc);
+            w.shutdown(Shutdown::Both);
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// The reader thread: hands each reply to the request it answers until the connection ends.
+fn read_replies(mut s: Stream, sh: &Shared) {
+    let why = loop {
+        let mut h = [0u8; proto::SIMPLE_REPLY_LEN];
+        if let Err(e) = s.read_exact(&mut h) {
+            break if e.kind() == io::ErrorKind::UnexpectedEof {
+                "the server closed the connection".to_string()
+            } else {
+                format!("reading a reply: {e}")
+            };
+        }
+        let Some((error, cookie)) = proto::parse_simple_reply(&h) else {
+            break "the server sent a reply with a bad magic (or a structured reply, which was not negotiated)".into();
+        };
+        let Some(w) = lock(&sh.pending).waiting.remove(&cookie) else {
+            break format!("the server replied to cookie {cookie}, which no request carries");
+        };
+        let reply = if error != 0 {
+            // Simple replies carry no payload after an error.
+            Err(nbd_error(w.kind, w.offset, error))
+        } else {
+            let mut data = vec![0u8; w.read_len as usize];
+            if let Err(e) = s.read_exact(&mut data) {
+                let _ =
+                    w.tx.send(Err(lost(&sh.name, "short read payload", w.kind, w.offset)));
+                break format!("reading a {}-byte read payload: {e}", w.read_len);
+            }
+            Ok(data)
+        };
+        let _ = w.tx.send(reply);
+    };
+    sh.die(why);
 }

@@ -199,13 +199,15 @@ pub fn options<S: Read + Write>(
                     rep::INFO,
                     &proto::info_export(e.size(), transmission_flags(&e)),
                 )?;
-                // Our constraints are the protocol's defaults (any alignment is served by
-                // read-modify-write); the preferred size is the ledger's block size.
+                // Any alignment is served (partial blocks are checksummed by read-modify-write)
+                // unless the device itself demands more (an NBD upstream may); the preferred
+                // size is the ledger's block size.
+                let min = e.min_io().max(1);
                 proto::write_option_reply(
                     s,
                     option,
                     rep::INFO,
-                    &proto::info_block_size(1, e.block_size(), MAX_PAYLOAD),
+                    &proto::info_block_size(min, e.block_size().max(min), MAX_PAYLOAD),
                 )?;
                 if requests.contains(&proto::info::DESCRIPTION) {
                     let mut b = proto::info::DESCRIPTION.to_be_bytes().to_vec();

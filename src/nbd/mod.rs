@@ -9,3 +9,4 @@ pub mod proto;
 pub mod server;
 pub mod stream;
 pub mod tls;
+pub mod uri;

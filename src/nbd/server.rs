@@ -488,7 +488,7 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
         // the page cache can satisfy, a write without FUA. Everything that waits for the
         // device (flushes, FUA, zeroing, trims, uncached reads) goes to the workers.
         let fua = req.flags & cflags::FUA != 0;
-        if req.kind == cmd::WRITE && !fua && req.length <= INLINE_WRITE {
+        if req.kind == cmd::WRITE && !fua && req.length <= INLINE_WRITE && export.quick_writes() {
             let r = export.write(req.offset, &payload, false);
             log_failure(&req, &r);
             batch.reply(req.cookie, r.err().map_or(0, |e| e.errno));

@@ -67,7 +67,16 @@ fn from_io(e: &io::Error, what: &str) -> OpError {
     let code = match e.raw_os_error() {
         Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT) | Some(nix::libc::EFBIG) => errno::ENOSPC,
         Some(nix::libc::ENOTSUP) => errno::ENOTSUP,
-        _ => errno::EIO,
+        Some(_) => errno::EIO,
+        // An NBD upstream's errors arrive with a message, their errno kept only as the kind.
+        None => match e.kind() {
+            io::ErrorKind::StorageFull
+            | io::ErrorKind::QuotaExceeded
+            | io::ErrorKind::FileTooLarge => errno::ENOSPC,
+            io::ErrorKind::Unsupported => errno::ENOTSUP,
+            io::ErrorKind::InvalidInput => errno::EINVAL,
+            _ => errno::EIO,
+        },
     };
     OpError::new(code, format!("{what}: {e}"))
 }
@@ -174,6 +183,16 @@ impl Export {
     /// The ledger's block size (the preferred I/O size advertised to clients).
     pub fn block_size(&self) -> u32 {
         self.geo.block_size
+    }
+
+    /// The device's smallest unit of I/O (advertised to clients as the minimum block size).
+    pub fn min_io(&self) -> u32 {
+        self.device.min_io()
+    }
+
+    /// Whether small writes may run on the connection's thread ([`BlockDevice::quick_writes`]).
+    pub fn quick_writes(&self) -> bool {
+        self.device.quick_writes()
     }
 
     /// Read-only export.

@@ -18,3 +18,4 @@ mod powercut;
 mod protocol;
 mod service;
 mod tls;
+mod upstream;

@@ -141,6 +141,14 @@ impl Service {
         log
     }
 
+    /// SIGTERM and wait; returns the exit code and the log.
+    pub fn stop_status(mut self) -> (Option<i32>, String) {
+        let mut c = self.child.take().unwrap();
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).unwrap();
+        let st = wait_timeout(&mut c, Duration::from_secs(60));
+        (st.and_then(|s| s.code()), self.log_text())
+    }
+
     /// SIGKILL (a crash) and wait.
     pub fn kill9(mut self) {
         let mut c = self.child.take().unwrap();
