@@ -82,6 +82,28 @@ pub fn resolve_ledger(device: Option<&str>, ledger: Option<&PathBuf>) -> anyhow:
     }
 }
 
+/// Parses a duration such as `30s`, `10m`, `24h`, `7d`, `1h30m` or `0s` (jiff's friendly
+/// format; a day is 24 hours).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = |e: &dyn std::fmt::Display| {
+        format!("{s:?} is not a duration like 30s, 10m, 24h or 7d ({e})")
+    };
+    let span: jiff::Span = s.trim().parse().map_err(|e| bad(&e))?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| bad(&e))?;
+    std::time::Duration::try_from(d).map_err(|e| bad(&e))
+}
+
+/// A duration as [`parse_duration`] reads it: `24h`, `30s`, `1h 30m`.
+pub fn show_duration(d: std::time::Duration) -> String {
+    match jiff::SignedDuration::try_from(d) {
+        Ok(s) if s.is_zero() => "0s".into(),
+        Ok(s) => format!("{s:#}"),
+        Err(_) => format!("{d:?}"),
+    }
+}
+
 /// Runs a parsed command line and returns the exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {

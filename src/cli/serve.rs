@@ -1,22 +1,33 @@
-//! `lostwrite serve DEVICE`: the write-journal sidecar. An NBD server in front of the device
-//! that records every write in the ledger; SIGTERM or SIGINT ends it cleanly.
+//! `lostwrite serve DEVICE` or `lostwrite serve --config FILE`: the write-journal sidecar. An
+//! NBD server in front of one device, or of every export a TOML file lists (one process per
+//! host), recording every write in each export's ledger; with detection of stale reads, a
+//! background scrubber, an alert hook and Prometheus metrics. SIGTERM or SIGINT ends it
+//! cleanly.
 
-use super::Target;
+use super::parse_duration;
 use lostwrite::block::{validate_block_size, DEFAULT_BLOCK_SIZE};
 use lostwrite::device::BlockDevice;
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use lostwrite::metrics::MetricsServer;
 use lostwrite::nbd::server::{Config, Server};
 use lostwrite::nbd::stream::Listener;
+use lostwrite::service::alert::Alerter;
+use lostwrite::service::detect::Detector;
+use lostwrite::service::scrub::{ScrubOptions, Scrubber};
 use lostwrite::service::{Export, ExportOptions, OnMismatch};
-use std::path::PathBuf;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// When a record must be durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JournalSync {
     /// At every FLUSH and FUA (group commit): a host crash may lose the journal tail after the
     /// last flush, which verify reports as `uncertain`.
+    #[default]
     Flush,
     /// Before every device write: nothing is ever uncertain, at the cost of a journal sync per
     /// write.
@@ -26,8 +37,21 @@ pub enum JournalSync {
 /// Flags of `serve`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[command(flatten)]
-    target: Target,
+    /// The device: a regular file, a block device, or an NBD export
+    /// (nbd+unix:///EXPORT?socket=PATH or nbd://HOST[:PORT]/EXPORT).
+    #[arg(value_name = "DEVICE", required_unless_present = "config")]
+    device: Option<String>,
+    /// The ledger directory [default: DEVICE.ledger beside the device].
+    #[arg(long, value_name = "DIR")]
+    ledger: Option<PathBuf>,
+    /// Serve every export listed in this TOML file (docs/OPERATIONS.md shows one); everything
+    /// else is set there too.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "device", "ledger", "socket", "listen", "export", "read_only", "on_mismatch",
+        "journal_sync", "block_size", "device_moved", "threads", "tls_cert", "metrics",
+        "scrub_rate", "scrub_interval", "on_finding", "on_finding_interval", "no_record",
+    ])]
+    config: Option<PathBuf>,
     /// Listen on this unix socket (mode 0600) [default: DEVICE.sock].
     #[arg(long, value_name = "PATH", conflicts_with = "listen")]
     socket: Option<PathBuf>,
@@ -41,7 +65,8 @@ pub struct Args {
     /// Refuse writes.
     #[arg(long)]
     read_only: bool,
-    /// What a read of a block that lost its latest write does.
+    /// What a read of a block that lost its latest write does: log it, or refuse the read
+    /// with EIO. Either way it is classified and kept in the ledger's findings log.
     #[arg(long, value_enum, default_value_t = OnMismatch::Log)]
     on_mismatch: OnMismatch,
     /// When journal records are made durable.
@@ -68,34 +93,177 @@ pub struct Args {
     /// Also require client certificates signed by this CA (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (and /healthz).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
+    /// Scrub the device in the background at this many MiB/s, reading the media (O_DIRECT).
+    #[arg(long, value_name = "MIB_PER_S")]
+    scrub_rate: Option<f64>,
+    /// Time from the start of one scrub pass to the next, e.g. 24h, 30m, 0s for back to back
+    /// [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "scrub_rate")]
+    scrub_interval: Option<Duration>,
+    /// Run `sh -c CMD` with every new finding as JSON on standard input (to page someone).
+    #[arg(long, value_name = "CMD")]
+    on_finding: Option<String>,
+    /// Run the --on-finding command at most once per this long; findings in between are
+    /// gathered into the next run.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    on_finding_interval: Duration,
     /// Serve without recording anything (to measure what the ledger costs; nothing is
     /// verifiable afterwards).
     #[arg(long, hide = true)]
     no_record: bool,
 }
 
-pub fn run(a: Args) -> anyhow::Result<i32> {
-    let bs = validate_block_size(a.block_size.unwrap_or(DEFAULT_BLOCK_SIZE as u64))?;
-    if a.target.device.contains("://") && a.socket.is_none() && a.listen.is_none() {
+/// The `--config` file: the listener and host-wide settings, then one `[[export]]` table each.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Unix socket to listen on.
+    pub socket: Option<PathBuf>,
+    /// TCP HOST:PORT to listen on (instead of, or with, the socket).
+    pub listen: Option<String>,
+    /// Prometheus endpoint HOST:PORT.
+    pub metrics: Option<String>,
+    /// Alert hook command.
+    pub on_finding: Option<String>,
+    /// Least time between hook runs, e.g. "60s".
+    pub on_finding_interval: Option<String>,
+    /// Worker threads.
+    pub threads: Option<usize>,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA for client certificates (PEM).
+    pub tls_client_ca: Option<PathBuf>,
+    /// The exports.
+    #[serde(default)]
+    pub export: Vec<ExportSpec>,
+}
+
+/// One export of a config file (or of the command line).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    /// Name clients ask for.
+    #[serde(default)]
+    pub name: String,
+    /// Device path or NBD URI.
+    pub device: String,
+    /// Ledger directory [default: DEVICE.ledger].
+    pub ledger: Option<PathBuf>,
+    /// Refuse writes.
+    #[serde(default)]
+    pub read_only: bool,
+    /// "log" or "error".
+    #[serde(default)]
+    pub on_mismatch: OnMismatch,
+    /// "flush" or "strict".
+    #[serde(default)]
+    pub journal_sync: JournalSync,
+    /// Block size of a ledger made now.
+    pub block_size: Option<u64>,
+    /// Accept a device whose identity differs from the ledger's.
+    #[serde(default)]
+    pub device_moved: bool,
+    /// Scrub rate in MiB/s.
+    pub scrub_rate: Option<f64>,
+    /// Time between scrub pass starts, e.g. "24h".
+    pub scrub_interval: Option<String>,
+    /// Do not record (benchmarks only).
+    #[serde(skip)]
+    pub no_record: bool,
+}
+
+impl Args {
+    /// The command line as a one-export config.
+    fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let device = self.device.expect("clap requires DEVICE without --config");
+        if device.contains("://") && self.socket.is_none() && self.listen.is_none() {
+            anyhow::bail!(
+                "{device}: an NBD URI has no path to put a socket beside; give --socket PATH or --listen HOST:PORT"
+            );
+        }
+        let socket = match (&self.socket, &self.listen) {
+            (None, None) => Some(PathBuf::from(format!("{device}.sock"))),
+            (s, _) => s.clone(),
+        };
+        Ok(ServeConfig {
+            socket,
+            listen: self.listen,
+            metrics: self.metrics,
+            on_finding: self.on_finding,
+            on_finding_interval: Some(format!("{}ms", self.on_finding_interval.as_millis())),
+            threads: self.threads,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_client_ca: self.tls_client_ca,
+            export: vec![ExportSpec {
+                name: self.export,
+                device,
+                ledger: self.ledger,
+                read_only: self.read_only,
+                on_mismatch: self.on_mismatch,
+                journal_sync: self.journal_sync,
+                block_size: self.block_size,
+                device_moved: self.device_moved,
+                scrub_rate: self.scrub_rate,
+                scrub_interval: self.scrub_interval.map(|d| format!("{}ms", d.as_millis())),
+                no_record: self.no_record,
+            }],
+        })
+    }
+}
+
+/// Reads and checks a `--config` file.
+pub fn read_config(path: &Path) -> anyhow::Result<ServeConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+    let c: ServeConfig =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+    if c.export.is_empty() {
         anyhow::bail!(
-            "{}: an NBD URI has no path to put a socket beside; give --socket PATH or --listen HOST:PORT",
-            a.target.device
+            "--config {}: no [[export]] tables; list at least one (name, device, ledger)",
+            path.display()
         );
     }
-    let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(c), Some(k)) => Some(lostwrite::nbd::tls::server_config(
-            c,
-            k,
-            a.tls_client_ca.as_deref(),
-        )?),
-        _ => None,
-    };
-    let dev = lostwrite::device::open(&a.target.device, !a.read_only)?;
-    let ledger = if a.no_record {
+    if c.socket.is_none() && c.listen.is_none() {
+        anyhow::bail!(
+            "--config {}: say where to listen: socket = \"PATH\" or listen = \"HOST:PORT\"",
+            path.display()
+        );
+    }
+    let mut names = std::collections::HashSet::new();
+    for e in &c.export {
+        if c.export.len() > 1 && e.name.is_empty() {
+            anyhow::bail!(
+                "--config {}: export of {} has no name; with several exports each needs one",
+                path.display(),
+                e.device
+            );
+        }
+        if !names.insert(e.name.as_str()) {
+            anyhow::bail!(
+                "--config {}: export name {:?} is used twice",
+                path.display(),
+                e.name
+            );
+        }
+    }
+    Ok(c)
+}
+
+/// Opens one export's device and ledger and begins its session.
+fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
+    let bs = validate_block_size(spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE as u64))?;
+    let dev = lostwrite::device::open(&spec.device, !spec.read_only)?;
+    let ledger = if spec.no_record {
         tracing::warn!("--no-record: writes are NOT recorded; nothing served now can be verified");
         None
     } else {
-        let dir = a.target.ledger_dir()?;
+        let dir = super::resolve_ledger(Some(&spec.device), spec.ledger.as_ref())?;
         if !dir.exists() {
             Ledger::create(&dir, dev.identity(), dev.size(), bs, None)?;
             let blocks = dev.size().div_ceil(bs as u64);
@@ -103,13 +271,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 "created ledger {} without a baseline: the device's {blocks} blocks are untracked until written through this service. To track every block from the start, stop now, remove {} and run `lostwrite init --baseline {}`",
                 dir.display(),
                 dir.display(),
-                a.target.device
+                spec.device
             );
         }
         let mut opts = OpenOptions::new(Access::Write);
-        opts.device_moved = a.device_moved;
+        opts.device_moved = spec.device_moved;
         let mut l = Ledger::open(&dir, Some((dev.identity(), dev.size())), opts)?;
-        if a.block_size.is_some() && l.geometry().block_size != bs {
+        if spec.block_size.is_some() && l.geometry().block_size != bs {
             anyhow::bail!(
                 "--block-size {bs}: the ledger {} uses {}-byte blocks, and a ledger's block size cannot change; drop --block-size, or make a new ledger elsewhere with `lostwrite init --block-size {bs}`",
                 dir.display(),
@@ -119,7 +287,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         for w in &l.recovery().warnings {
             tracing::warn!("{w}");
         }
-        let session = l.begin_session(a.journal_sync == JournalSync::Strict)?;
+        let session = l.begin_session(spec.journal_sync == JournalSync::Strict)?;
         let geo = l.geometry();
         let untracked = (0..geo.block_count())
             .filter(|&b| !matches!(l.state(b), BlockState::Tracked { .. }))
@@ -137,53 +305,160 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         );
         Some(l)
     };
-    let export = Arc::new(Export::new(
+    Ok(Export::new(
         Box::new(dev),
         ledger,
         ExportOptions {
-            name: a.export.clone(),
-            read_only: a.read_only,
-            on_mismatch: a.on_mismatch,
+            name: spec.name.clone(),
+            read_only: spec.read_only,
+            on_mismatch: spec.on_mismatch,
         },
-    ));
-    let listener = match (&a.listen, &a.socket) {
-        (Some(addr), _) => {
-            Listener::tcp(addr).map_err(|e| anyhow::anyhow!("--listen {addr}: {e}"))?
+    ))
+}
+
+fn duration(what: &str, s: &Option<String>, default: Duration) -> anyhow::Result<Duration> {
+    match s {
+        None => Ok(default),
+        Some(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("{what}: {e}")),
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let (config, many) = match &a.config {
+        Some(p) => (read_config(p)?, true),
+        None => (a.into_config()?, false),
+    };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => Some(lostwrite::nbd::tls::server_config(
+            c,
+            k,
+            config.tls_client_ca.as_deref(),
+        )?),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+    };
+    let mut exports = Vec::new();
+    let mut scrub = Vec::new();
+    let mut down = Vec::new();
+    for spec in &config.export {
+        let scrub_opts = match spec.scrub_rate {
+            Some(r) if !(r > 0.0 && r.is_finite()) => {
+                anyhow::bail!(
+                    "scrub rate {r} MiB/s for {}: give a number above 0",
+                    spec.device
+                )
+            }
+            Some(r) => Some(ScrubOptions {
+                rate: (r * (1u64 << 20) as f64) as u64,
+                interval: duration(
+                    "scrub interval",
+                    &spec.scrub_interval,
+                    Duration::from_secs(24 * 3600),
+                )?,
+            }),
+            None => None,
+        };
+        match open_export(spec) {
+            Ok(e) => {
+                exports.push(Arc::new(e));
+                scrub.push(scrub_opts);
+            }
+            // With many disks, one that cannot be opened must not keep the others offline.
+            Err(e) if many => {
+                let why = format!(
+                    "export {:?} ({}) is NOT served: {e}",
+                    spec.name, spec.device
+                );
+                tracing::error!("{why}");
+                down.push(why);
+            }
+            Err(e) => return Err(e),
         }
-        (None, sock) => {
-            let path = sock
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("{}.sock", a.target.device)));
-            Listener::unix(&path).map_err(|e| anyhow::anyhow!("socket {}: {e}", path.display()))?
+    }
+    if exports.is_empty() {
+        anyhow::bail!("no export could be opened (see the errors above)");
+    }
+    let mut listeners = Vec::new();
+    if let Some(path) = &config.socket {
+        listeners.push(
+            Listener::unix(path).map_err(|e| anyhow::anyhow!("socket {}: {e}", path.display()))?,
+        );
+    }
+    if let Some(addr) = &config.listen {
+        listeners.push(Listener::tcp(addr).map_err(|e| anyhow::anyhow!("listen {addr}: {e}"))?);
+    }
+    let alerter = match &config.on_finding {
+        Some(cmd) => Some(Alerter::start(
+            cmd.clone(),
+            duration(
+                "on_finding_interval",
+                &config.on_finding_interval,
+                Duration::from_secs(60),
+            )?,
+        )),
+        None => None,
+    };
+    let detectors: Vec<Detector> = exports
+        .iter()
+        .filter(|e| e.ledger().is_some())
+        .map(|e| Detector::start(e, alerter.as_ref().map(|a| a.sink())))
+        .collect();
+    let mut scrubbers = Vec::new();
+    for (e, opts) in exports.iter().zip(&scrub) {
+        if let Some(o) = opts {
+            scrubbers.push(Scrubber::start(e, *o)?);
+            tracing::info!(
+                "export {:?}: scrubbing at {:.1} MiB/s, a pass every {}",
+                e.name(),
+                o.rate as f64 / (1u64 << 20) as f64,
+                super::show_duration(o.interval)
+            );
         }
+    }
+    let metrics = match &config.metrics {
+        Some(addr) => {
+            let m = MetricsServer::start(addr, exports.clone(), down)?;
+            tracing::info!("metrics on http://{}/metrics", m.addr());
+            Some(m)
+        }
+        None => None,
     };
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])?;
-    tracing::info!(
-        "serving {} as export {:?} on {}{}{}",
-        a.target.device,
-        a.export,
-        listener.describe(),
-        if a.read_only { " (read-only)" } else { "" },
-        match (&tls, &a.tls_client_ca) {
-            (Some(_), Some(_)) => ", TLS required, client certificates required",
-            (Some(_), None) => ", TLS required",
-            _ => "",
-        }
-    );
-    let mut config = Config::default();
-    if !export.quick_writes() {
+    for e in &exports {
+        tracing::info!(
+            "serving {} as export {:?}{}",
+            e.device_name(),
+            e.name(),
+            if e.read_only() { " (read-only)" } else { "" }
+        );
+    }
+    for l in &listeners {
+        tracing::info!(
+            "listening on {}{}",
+            l.describe(),
+            match (&tls, &config.tls_client_ca) {
+                (Some(_), Some(_)) => ", TLS required, client certificates required",
+                (Some(_), None) => ", TLS required",
+                _ => "",
+            }
+        );
+    }
+    let mut server_config = Config::default();
+    if exports.iter().any(|e| !e.quick_writes()) {
         // Workers mostly wait for the upstream's replies: enough of them to keep a deep queue.
-        config.workers = config.workers.max(32);
+        server_config.workers = server_config.workers.max(32);
     }
-    if let Some(t) = a.threads {
-        config.workers = t.max(1);
+    if let Some(t) = config.threads {
+        server_config.workers = t.max(1);
     }
-    config.tls = tls;
-    let server = Server::start(vec![export], vec![listener], config);
+    server_config.tls = tls;
+    let server = Server::start(exports, listeners, server_config);
+    sd_notify("READY=1");
     let sig = signals.forever().next();
+    sd_notify("STOPPING=1");
     tracing::info!(
         "signal {}: finishing requests in flight and closing the ledger (a second signal exits at once, leaving the session unclosed)",
         sig.unwrap_or(0)
@@ -197,31 +472,76 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     });
     let exports = server.shutdown();
+    for s in scrubbers {
+        s.stop();
+    }
+    if let Some(m) = metrics {
+        m.stop();
+    }
+    for d in detectors {
+        d.finish();
+    }
+    if let Some(a) = alerter {
+        a.finish();
+    }
     let mut status = 0;
     for e in exports {
         let e =
             Arc::try_unwrap(e).map_err(|_| anyhow::anyhow!("export still in use at shutdown"))?;
         let c = &e.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let summary = format!(
-            "{} writes ({} bytes), {} reads, {} flushes, {} stale reads, {} errors",
-            c.writes.load(std::sync::atomic::Ordering::Relaxed),
-            c.written_bytes.load(std::sync::atomic::Ordering::Relaxed),
-            c.reads.load(std::sync::atomic::Ordering::Relaxed),
-            c.flushes.load(std::sync::atomic::Ordering::Relaxed),
-            c.read_mismatches.load(std::sync::atomic::Ordering::Relaxed),
-            c.errors.load(std::sync::atomic::Ordering::Relaxed),
+            "{} writes ({} bytes), {} reads, {} flushes, {} stale reads, {} findings, {} errors",
+            load(&c.writes),
+            load(&c.written_bytes),
+            load(&c.reads),
+            load(&c.flushes),
+            load(&c.read_mismatches),
+            c.findings.iter().map(load).sum::<u64>(),
+            load(&c.errors),
         );
+        let name = e.name().to_string();
         let failure = e.ledger().and_then(|l| l.session_failure());
-        e.close()?;
+        if let Err(err) = e.close() {
+            tracing::error!("export {name:?}: closing: {err}");
+            status = 1;
+            continue;
+        }
         match failure {
-            None => tracing::info!("closed cleanly: {summary}"),
+            None => tracing::info!("export {name:?} closed cleanly: {summary}"),
             Some(why) => {
                 tracing::error!(
-                    "the session is left unclosed, so the next start and `verify` treat it as a crash: {why}; {summary}"
+                    "export {name:?}: the session is left unclosed, so the next start and `verify` treat it as a crash: {why}; {summary}"
                 );
                 status = 1;
             }
         }
     }
     Ok(status)
+}
+
+/// Tells systemd (Type=notify) how the service stands; nothing without $NOTIFY_SOCKET.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("sd_notify: {e}");
+            return;
+        }
+    };
+    let r = match path.to_str().and_then(|p| p.strip_prefix('@')) {
+        // An abstract socket name.
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        }
+        None => sock.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = r {
+        tracing::warn!("sd_notify {state}: {e}");
+    }
 }

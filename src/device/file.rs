@@ -19,7 +19,13 @@ pub struct FileDevice {
     size: u64,
     is_block: bool,
     identity: DeviceIdentity,
+    /// The same file opened with O_DIRECT, on first use by the scrubber (`None` where the
+    /// filesystem refuses O_DIRECT, tmpfs for one).
+    direct: std::sync::OnceLock<Option<File>>,
 }
+
+/// Alignment O_DIRECT buffers, offsets and lengths get (covers 512- and 4096-byte sectors).
+const DIRECT_ALIGN: usize = 4096;
 
 impl FileDevice {
     /// Opens `path` for reading, and for writing when `writable`.
@@ -81,6 +87,7 @@ impl FileDevice {
             size,
             is_block,
             identity,
+            direct: std::sync::OnceLock::new(),
         })
     }
 
@@ -128,6 +135,55 @@ impl BlockDevice for FileDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
+    }
+
+    fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let direct = self.direct.get_or_init(|| {
+            match OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_DIRECT)
+                .open(&self.path)
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: O_DIRECT refused ({e}); the scrubber reads through the page cache",
+                        self.name
+                    );
+                    None
+                }
+            }
+        });
+        let Some(direct) = direct else {
+            return self.read_at(buf, offset);
+        };
+        // Aligned start, length and buffer (a Vec over-allocated and sliced at an aligned
+        // address: no unsafe needed); a short read is the end of the device.
+        let a = DIRECT_ALIGN as u64;
+        let start = offset / a * a;
+        let end = (offset + buf.len() as u64).div_ceil(a) * a;
+        let len = (end - start) as usize;
+        let mut raw = vec![0u8; len + DIRECT_ALIGN];
+        let skip = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        let aligned = &mut raw[skip..skip + len];
+        let mut got = 0;
+        while got < len {
+            match direct.read_at(&mut aligned[got..], start + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let from = (offset - start) as usize;
+        if got < from + buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("direct read at offset {offset}: the device ends first"),
+            ));
+        }
+        buf.copy_from_slice(&aligned[from..from + buf.len()]);
+        Ok(())
     }
 
     fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {

@@ -44,6 +44,12 @@ pub trait BlockDevice: Send + Sync {
     }
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Reads from the media rather than a cache where the device can (O_DIRECT on a file or
+    /// block device), for the scrubber: a scrub that reads its own page cache misses exactly
+    /// the losses it exists for. Falls back to [`BlockDevice::read_at`].
+    fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_at(buf, offset)
+    }
     /// Reads like [`BlockDevice::read_at`] only if that cannot block (the data is cached);
     /// `Ok(false)` means it would have to wait for the device, and nothing was read.
     fn read_at_nowait(&self, _buf: &mut [u8], _offset: u64) -> io::Result<bool> {
@@ -93,6 +99,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
         (**self).read_at_nowait(buf, offset)
+    }
+    fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_media(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         (**self).write_at(buf, offset, fua)
@@ -212,6 +221,9 @@ impl BlockDevice for Device {
     }
     fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
         self.inner().read_at_nowait(buf, offset)
+    }
+    fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner().read_media(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         self.inner().write_at(buf, offset, fua)

@@ -310,7 +310,9 @@ pub fn collect(ledger: &Ledger, blocks: &HashSet<u64>, crcs: &HashSet<u32>) -> R
     })?;
     if let Some(last) = sessions.get_mut(&current) {
         if current != 0 && !matches!(last.end, SessionEnd::Clean { .. }) {
-            last.end = if ledger.is_live_view() {
+            // Running: read alongside the service, or by the service itself (online
+            // detection), whose own session is not a crash.
+            last.end = if ledger.is_live_view() || ledger.session_id() == Some(current) {
                 SessionEnd::Running
             } else {
                 SessionEnd::Crashed

@@ -705,6 +705,18 @@ impl Ledger {
         *lock_mutex(&self.header)
     }
 
+    /// Bytes the journal's segment files hold now.
+    pub fn journal_bytes(&self) -> u64 {
+        std::fs::read_dir(self.dir.join(JOURNAL_DIR))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// True when opened without the lock while a writer runs.
     pub fn is_live_view(&self) -> bool {
         self._lock.is_none()

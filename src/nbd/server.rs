@@ -276,6 +276,7 @@ fn connection(mut s: Stream, id: u64, shared: &Arc<Shared>) {
                 "connection {id} from {peer}: serving export {:?}",
                 export.name()
             );
+            let _client = ClientCount::new(&export);
             let requests = transmission(s, export, shared, id);
             tracing::info!("connection {id} closed after {requests} requests");
         }
@@ -283,6 +284,22 @@ fn connection(mut s: Stream, id: u64, shared: &Arc<Shared>) {
             tracing::info!("connection {id} from {peer} ended during negotiation: {why}")
         }
         Err(e) => tracing::info!("connection {id} from {peer} failed during negotiation: {e}"),
+    }
+}
+
+/// Counts a connection in transmission on its export until dropped (even by a panic).
+struct ClientCount(Arc<Export>);
+
+impl ClientCount {
+    fn new(e: &Arc<Export>) -> ClientCount {
+        e.counters.clients.fetch_add(1, Ordering::Relaxed);
+        ClientCount(e.clone())
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.counters.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -13,17 +13,24 @@
 //! - a read of whole blocks with no change in flight is checked against the ledger (online
 //!   detection), and with `--on-mismatch error` a stale block is refused with EIO.
 
+pub mod alert;
+pub mod detect;
 pub mod locks;
+pub mod scrub;
 
 use crate::block::{self, Geometry};
 use crate::device::{BlockDevice, TrimOutcome};
 use crate::error::Error;
 use crate::ledger::state::BlockState;
 use crate::ledger::{Ledger, NewContents, Ticket};
+use crate::verify::classify::Found;
+use crate::verify::findings::FindingsLog;
+use detect::{Msg, Suspect};
 use locks::RangeLocks;
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// NBD error values (the protocol's, not the host's errno).
 pub mod errno {
@@ -95,9 +102,11 @@ fn from_ledger(e: Error) -> OpError {
 pub const CHUNK_BLOCKS: u64 = 1 << 16;
 
 /// What to do when a read finds a block that does not hold its latest generation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnMismatch {
     /// Log it and serve the data.
+    #[default]
     Log,
     /// Refuse the read with EIO.
     Error,
@@ -116,8 +125,50 @@ pub struct Counters {
     pub flushes: AtomicU64,
     /// Blocks found stale on read.
     pub read_mismatches: AtomicU64,
+    /// Findings classified, by kind (indexed by `Kind as usize`, in `Kind::ALL` order).
+    pub findings: [AtomicU64; 6],
+    /// Stale blocks not classified because the detection queue was full.
+    pub suspects_dropped: AtomicU64,
+    /// Blocks the scrubber has read and checked.
+    pub scrub_blocks: AtomicU64,
+    /// Where the scrubber's current pass stands (a block number).
+    pub scrub_position: AtomicU64,
+    /// Completed scrub passes.
+    pub scrub_passes: AtomicU64,
+    /// Connections in transmission on this export.
+    pub clients: AtomicU64,
+    /// Time each FLUSH took, device and ledger.
+    pub flush_duration: Histogram,
     /// Requests that failed.
     pub errors: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the FLUSH duration histogram's buckets; a last one is +Inf.
+pub const FLUSH_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A latency histogram with fixed buckets, updated without locks.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is above every bound.
+    pub buckets: [AtomicU64; FLUSH_BUCKETS.len() + 1],
+    /// Sum of all observations, in nanoseconds.
+    pub sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = FLUSH_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(FLUSH_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
 }
 
 /// One export.
@@ -130,6 +181,8 @@ pub struct Export {
     on_mismatch: OnMismatch,
     locks: RangeLocks,
     fast_zero_unsupported: AtomicBool,
+    findings: Option<FindingsLog>,
+    suspects: OnceLock<crossbeam_channel::Sender<Msg>>,
     /// Counters.
     pub counters: Counters,
 }
@@ -157,9 +210,22 @@ impl Export {
             Some(l) => l.geometry(),
             None => Geometry::new(block::DEFAULT_BLOCK_SIZE, device.size()),
         };
+        // Detections are evidence worth keeping, but a findings log that cannot be opened must
+        // not keep the disk from being served: the log says so, loudly.
+        let findings = ledger
+            .as_ref()
+            .and_then(|l| match FindingsLog::open(l.dir()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!("findings will not be kept: {e}");
+                    None
+                }
+            });
         Export {
             name: opts.name,
             device,
+            findings,
+            suspects: OnceLock::new(),
             ledger,
             geo,
             read_only: opts.read_only,
@@ -168,6 +234,11 @@ impl Export {
             fast_zero_unsupported: AtomicBool::new(false),
             counters: Counters::default(),
         }
+    }
+
+    /// The device's name (path or URI), for messages.
+    pub fn device_name(&self) -> &str {
+        self.device.name()
     }
 
     /// Export name.
@@ -198,6 +269,33 @@ impl Export {
     /// Read-only export.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The findings log (with the findings still open), if recording.
+    pub fn findings_log(&self) -> Option<&FindingsLog> {
+        self.findings.as_ref()
+    }
+
+    /// Hands a stale block to the detection thread, if one runs (see [`detect::Detector`]).
+    fn suspect(&self, s: Suspect) {
+        if let Some(tx) = self.suspects.get() {
+            if tx.try_send(Msg::Suspect(s)).is_err() {
+                self.counters
+                    .suspects_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A verification of `block` passed: its open finding, if any, is cleared.
+    fn passed(&self, block: u64, source: &str) {
+        if let Some(f) = &self.findings {
+            if f.any_open() {
+                if let Err(e) = f.cleared(source, block) {
+                    tracing::error!("{e}");
+                }
+            }
+        }
     }
 
     /// The ledger, if recording.
@@ -252,9 +350,20 @@ impl Export {
         let whole = self.whole_blocks(offset, len);
         // A change in flight over these blocks may have recorded its new contents before its
         // device write: the read cannot be judged (it is checked again on later reads).
+        // The states first, then the locks: a change records its new state while holding its
+        // lock, so states read before the locks were seen idle are on the device already.
+        // (Checking the locks first left a window: a change locking and recording in between,
+        // then completing during the read, looked like a stale block.)
         let before: Vec<BlockState> = match &self.ledger {
-            Some(l) if !self.locks.busy(&whole) => whole.clone().map(|b| l.state(b)).collect(),
-            _ => Vec::new(),
+            Some(l) => {
+                let states: Vec<BlockState> = whole.clone().map(|b| l.state(b)).collect();
+                if self.locks.busy(&whole) {
+                    Vec::new()
+                } else {
+                    states
+                }
+            }
+            None => Vec::new(),
         };
         let what = || format!("reading {len} bytes at offset {offset}");
         if nowait {
@@ -279,13 +388,24 @@ impl Export {
                 };
                 let start = (self.geo.offset(b) - offset) as usize;
                 let data = &buf[start..start + self.geo.bytes_in(b)];
-                if block::checksum_padded(data, bs as u32) == crc {
+                let found = block::checksum_padded(data, bs as u32);
+                if found == crc {
+                    self.passed(b, "read");
                     continue;
                 }
                 // A change that began after our snapshot, or is in flight, explains it.
                 if l.state(b) != expected || self.locks.busy(&(b..b + 1)) {
                     continue;
                 }
+                self.suspect(Suspect {
+                    block: b,
+                    expected,
+                    found: Found {
+                        crc: found,
+                        zero: found == l.zero_crc() && block::is_zero(data),
+                    },
+                    source: "read",
+                });
                 self.mismatch(b, generation, "read")?;
             }
         }
@@ -376,6 +496,8 @@ impl Export {
                 .read_at(&mut tmp[..on_dev as usize], start)
                 .map_err(|e| from_io(&e, &format!("reading block {b} to merge a partial write")))?;
             if let Some(l) = &self.ledger {
+                // Counted and logged only: this write gives the block a new generation at
+                // once, so there is nothing left for the detector to classify it against.
                 if let BlockState::Tracked { crc, generation } = l.state(b) {
                     if block::checksum(&tmp) != crc {
                         self.mismatch(b, generation, "read-modify-write")?;
@@ -584,6 +706,7 @@ impl Export {
 
     /// FLUSH: every change completed before this call is durable, device and ledger.
     pub fn flush(&self) -> Result<(), OpError> {
+        let started = std::time::Instant::now();
         let r = match &self.ledger {
             Some(l) => l.flush(|| self.device.flush()).map_err(|e| {
                 let io_errno = e.raw_os_error();
@@ -597,6 +720,7 @@ impl Export {
         };
         if r.is_ok() {
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+            self.counters.flush_duration.observe(started.elapsed());
         }
         self.fail(r)
     }

@@ -4,6 +4,7 @@
 //! of them (classify.rs), and the verdicts become a report (report.rs).
 
 pub mod classify;
+pub mod findings;
 pub mod report;
 
 use crate::block;

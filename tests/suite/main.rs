@@ -14,6 +14,7 @@ mod hostile;
 mod interop;
 mod journal;
 mod nbd_client;
+mod operations;
 mod powercut;
 mod protocol;
 mod service;

@@ -79,13 +79,26 @@ impl Service {
         })
     }
 
+    /// Starts `lostwrite serve --config CONFIG`, which listens on `socket`.
+    pub fn start_config(config: &Path, socket: &Path) -> Service {
+        let args = ["--config", config.to_str().unwrap()];
+        Self::spawn_args(&args, socket, &|| {
+            std::os::unix::net::UnixStream::connect(socket).is_ok()
+        })
+    }
+
     fn spawn(image: &Path, args: &[&str], base: &Path, up: &dyn Fn() -> bool) -> Service {
+        let mut all = vec![image.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Self::spawn_args(&all, base, up)
+    }
+
+    fn spawn_args(args: &[&str], base: &Path, up: &dyn Fn() -> bool) -> Service {
         let log = PathBuf::from(format!("{}.serve.log", base.display()));
         let logf = std::fs::File::create(&log).unwrap();
         let exe = bin().get_program().to_owned();
         let child = Command::new(exe)
             .arg("serve")
-            .arg(image)
             .args(args)
             .env("LOSTWRITE_LOG", "info")
             .stdin(Stdio::null())

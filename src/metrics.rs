@@ -1,0 +1,301 @@
+//! Prometheus metrics for `serve --metrics HOST:PORT`: `GET /metrics` answers in the text
+//! exposition format, encoded by prometheus-client from the exports' own counters at scrape
+//! time (the I/O path only bumps atomics), every series labelled by export; `GET /healthz`
+//! answers 200 while every export can record, 503 naming those that cannot.
+
+use crate::service::{Export, FLUSH_BUCKETS};
+use crate::verify::classify::Kind;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExportLabel {
+    export: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    export: String,
+    kind: String,
+}
+
+struct Exports(Vec<Arc<Export>>);
+
+impl std::fmt::Debug for Exports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|e| e.name()))
+            .finish()
+    }
+}
+
+fn label(e: &Export) -> ExportLabel {
+    ExportLabel {
+        export: e.name().to_string(),
+    }
+}
+
+impl Exports {
+    /// One counter family: a value per export.
+    fn counter(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: impl Fn(&Export) -> u64,
+    ) -> Result<(), std::fmt::Error> {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for e in &self.0 {
+            let l = label(e);
+            m.encode_family(&l)?
+                .encode_counter::<NoLabelSet, _, u64>(&value(e), None)?;
+        }
+        Ok(())
+    }
+
+    /// One gauge family: a value per export.
+    fn gauge(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: impl Fn(&Export) -> f64,
+    ) -> Result<(), std::fmt::Error> {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for e in &self.0 {
+            let l = label(e);
+            m.encode_family(&l)?.encode_gauge(&value(e))?;
+        }
+        Ok(())
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Collector for Exports {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.counter(
+            &mut enc,
+            "writes",
+            "Write requests (WRITE, WRITE_ZEROES, TRIM) completed.",
+            |e| load(&e.counters.writes),
+        )?;
+        self.counter(
+            &mut enc,
+            "written_bytes",
+            "Bytes written by WRITE requests.",
+            |e| load(&e.counters.written_bytes),
+        )?;
+        self.counter(&mut enc, "reads", "Read requests completed.", |e| {
+            load(&e.counters.reads)
+        })?;
+        self.counter(
+            &mut enc,
+            "flushes",
+            "FLUSH requests completed (device and ledger durable).",
+            |e| load(&e.counters.flushes),
+        )?;
+        self.counter(
+            &mut enc,
+            "errors",
+            "Requests answered with an error.",
+            |e| load(&e.counters.errors),
+        )?;
+        self.counter(
+            &mut enc,
+            "read_mismatches",
+            "Blocks a client read that did not hold their latest generation.",
+            |e| load(&e.counters.read_mismatches),
+        )?;
+        self.counter(
+            &mut enc,
+            "scrub_blocks",
+            "Blocks the scrubber has read and checked.",
+            |e| load(&e.counters.scrub_blocks),
+        )?;
+        self.counter(
+            &mut enc,
+            "scrub_passes",
+            "Completed scrub passes over the whole device.",
+            |e| load(&e.counters.scrub_passes),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "findings",
+                "Lost writes detected while serving (reads and scrubs), classified as verify does.",
+                None,
+                MetricType::Counter,
+            )?;
+            for e in &self.0 {
+                for k in Kind::ALL {
+                    let l = KindLabel {
+                        export: e.name().to_string(),
+                        kind: k.name().to_string(),
+                    };
+                    let v = load(&e.counters.findings[k as usize]);
+                    m.encode_family(&l)?
+                        .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+                }
+            }
+        }
+        self.gauge(
+            &mut enc,
+            "findings_open",
+            "Findings in the findings log not yet cleared by a passing verification.",
+            |e| e.findings_log().map_or(0, |f| f.still_open().len()) as f64,
+        )?;
+        self.gauge(
+            &mut enc,
+            "scrub_progress_ratio",
+            "How far the scrubber's current pass has come (0 to 1).",
+            |e| {
+                let blocks = e.size().div_ceil(e.block_size() as u64).max(1);
+                load(&e.counters.scrub_position) as f64 / blocks as f64
+            },
+        )?;
+        self.gauge(
+            &mut enc,
+            "journal_bytes",
+            "Bytes in the ledger's journal segments.",
+            |e| e.ledger().map_or(0, |l| l.journal_bytes()) as f64,
+        )?;
+        self.gauge(
+            &mut enc,
+            "clients",
+            "Client connections in transmission.",
+            |e| load(&e.counters.clients) as f64,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "flush_duration_seconds",
+            "Time a FLUSH took: the device's fdatasync and the ledger's flush record.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for e in &self.0 {
+            let h = &e.counters.flush_duration;
+            let counts: Vec<u64> = h.buckets.iter().map(load).collect();
+            let mut buckets: Vec<(f64, u64)> = FLUSH_BUCKETS
+                .iter()
+                .copied()
+                .zip(counts.iter().copied())
+                .collect();
+            buckets.push((f64::INFINITY, counts[FLUSH_BUCKETS.len()]));
+            let l = label(e);
+            m.encode_family(&l)?.encode_histogram::<NoLabelSet>(
+                load(&h.sum_nanos) as f64 / 1e9,
+                counts.iter().sum(),
+                &buckets,
+                None::<&HashMap<usize, _>>,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The text exposition of every export's metrics.
+pub fn render(exports: &[Arc<Export>]) -> String {
+    let mut registry = Registry::with_prefix("lostwrite");
+    registry.register_collector(Box::new(Exports(exports.to_vec())));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// Why exports cannot record, one line each; empty when all is well.
+pub fn health(exports: &[Arc<Export>]) -> Vec<String> {
+    exports
+        .iter()
+        .filter_map(|e| {
+            let why = e.ledger().and_then(|l| l.session_failure())?;
+            Some(format!("export {:?}: {why}", e.name()))
+        })
+        .collect()
+}
+
+/// The HTTP endpoint.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    handle: Option<JoinHandle<()>>,
+    addr: String,
+}
+
+impl MetricsServer {
+    /// Listens on `addr` (HOST:PORT) and serves `/metrics` and `/healthz` for `exports`;
+    /// `down` names configured exports that could not be opened (health reports them).
+    pub fn start(
+        addr: &str,
+        exports: Vec<Arc<Export>>,
+        down: Vec<String>,
+    ) -> crate::Result<MetricsServer> {
+        let server = tiny_http::Server::http(addr).map_err(|e| {
+            crate::Error::Usage(format!("--metrics {addr}: cannot listen there: {e}"))
+        })?;
+        let bound = server
+            .server_addr()
+            .to_ip()
+            .map_or(addr.to_string(), |a| a.to_string());
+        let server = Arc::new(server);
+        let s = server.clone();
+        let handle = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve(&s, &exports, &down))
+            .map_err(|e| crate::Error::io(addr, "starting the metrics thread", e))?;
+        Ok(MetricsServer {
+            server,
+            handle: Some(handle),
+            addr: bound,
+        })
+    }
+
+    /// The address it listens on (the port filled in when 0 was asked for).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Stops listening and lets go of the exports.
+    pub fn stop(mut self) {
+        self.server.unblock();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve(server: &tiny_http::Server, exports: &[Arc<Export>], down: &[String]) {
+    use tiny_http::{Header, Method, Response};
+    let text =
+        |ct: &str| Header::from_bytes(&b"Content-Type"[..], ct.as_bytes()).expect("a valid header");
+    for req in server.incoming_requests() {
+        let path = req.url().split('?').next().unwrap_or("").to_string();
+        let r = match (req.method(), path.as_str()) {
+            (Method::Get, "/metrics") => Response::from_string(render(exports))
+                .with_header(text("text/plain; version=0.0.4; charset=utf-8")),
+            (Method::Get, "/healthz") => {
+                let mut bad = down.to_vec();
+                bad.extend(health(exports));
+                if bad.is_empty() {
+                    Response::from_string("ok\n").with_header(text("text/plain"))
+                } else {
+                    Response::from_string(bad.join("\n") + "\n")
+                        .with_status_code(503)
+                        .with_header(text("text/plain"))
+                }
+            }
+            (Method::Get, _) => {
+                Response::from_string("not found: try /metrics or /healthz\n").with_status_code(404)
+            }
+            _ => Response::from_string("only GET\n").with_status_code(405),
+        };
+        // A scraper that hung up is its own problem.
+        let _ = req.respond(r);
+    }
+}

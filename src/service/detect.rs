@@ -1,0 +1,165 @@
+//! Online detection, off the I/O path: a block found stale on a read or by the scrubber is sent
+//! here as a [`Suspect`]; this thread classifies it against the journal as `verify` would,
+//! records it in the findings log, counts it by kind, and hands it to the alert hook. The read
+//! that found it has already been answered (or refused with `--on-mismatch error`).
+
+use super::Export;
+use crate::ledger::state::BlockState;
+use crate::verify::classify::Found;
+use crate::verify::report::Finding;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Suspects queued before the read path starts dropping them (and counting the drops).
+pub const QUEUE: usize = 4096;
+
+/// A block that did not hold what the ledger expected when it was read.
+#[derive(Clone, Copy, Debug)]
+pub struct Suspect {
+    /// The block.
+    pub block: u64,
+    /// What the ledger expected when it was read.
+    pub expected: BlockState,
+    /// What was found.
+    pub found: Found,
+    /// What found it: "read", "read-modify-write", "scrub".
+    pub source: &'static str,
+}
+
+pub(super) enum Msg {
+    Suspect(Suspect),
+    Finish,
+}
+
+/// Receives each classified finding (the alert hook, a test).
+pub type Sink = Box<dyn Fn(&str, &Finding) + Send>;
+
+/// The detection thread of one export.
+pub struct Detector {
+    tx: Sender<Msg>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Detector {
+    /// Starts detection for `export` (which then sends its suspects here) and calls `sink`
+    /// with every new finding.
+    pub fn start(export: &Arc<Export>, sink: Option<Sink>) -> Detector {
+        let (tx, rx) = bounded(QUEUE);
+        // A second detector on one export would be a programming error; the first one wins.
+        let _ = export.suspects.set(tx.clone());
+        let weak = Arc::downgrade(export);
+        let handle = std::thread::Builder::new()
+            .name(format!("detect {}", export.name()))
+            .spawn(move || run(weak, rx, sink))
+            .expect("spawning the detection thread");
+        Detector {
+            tx,
+            handle: Some(handle),
+        }
+    }
+
+    /// Classifies everything queued so far, then stops.
+    pub fn finish(mut self) {
+        let _ = self.tx.send(Msg::Finish);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Detector {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self.tx.send(Msg::Finish);
+            let _ = h.join();
+        }
+    }
+}
+
+fn run(export: Weak<Export>, rx: Receiver<Msg>, sink: Option<Sink>) {
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(Msg::Suspect(s)) => s,
+            Ok(Msg::Finish) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                if export.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        // One pass over the journal classifies a whole batch.
+        let mut batch = vec![first];
+        let mut finish = false;
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(Msg::Suspect(s)) => batch.push(s),
+                Ok(Msg::Finish) => {
+                    finish = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(e) = export.upgrade() else { return };
+        classify(&e, batch, sink.as_ref());
+        drop(e);
+        if finish {
+            return;
+        }
+    }
+}
+
+fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
+    let Some(ledger) = e.ledger() else { return };
+    batch.sort_by_key(|s| s.block);
+    batch.dedup_by_key(|s| s.block);
+    // A block written since it was found stale holds something new: nothing to judge.
+    batch.retain(|s| ledger.state(s.block) == s.expected);
+    if batch.is_empty() {
+        return;
+    }
+    let mismatches: Vec<(u64, Found)> = batch.iter().map(|s| (s.block, s.found)).collect();
+    let findings = match crate::verify::classify_all(ledger, &mismatches) {
+        Ok(f) => f,
+        Err(err) => {
+            tracing::error!(
+                export = %e.name(),
+                "classifying {} stale blocks failed: {err}",
+                mismatches.len()
+            );
+            return;
+        }
+    };
+    for (f, s) in findings.iter().zip(&batch) {
+        // A block still stale on the next scrub pass is the same finding, not a new one.
+        let new = match e.findings_log() {
+            Some(log) => log.found(s.source, f).unwrap_or_else(|err| {
+                tracing::error!("{err}");
+                true
+            }),
+            None => true,
+        };
+        if !new {
+            tracing::debug!(export = %e.name(), "block {} is still {} ({})", f.block, f.kind.name(), s.source);
+            continue;
+        }
+        e.counters.findings[f.kind as usize].fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            export = %e.name(),
+            "finding ({}): block {} (offset {}) is {}: {}",
+            s.source,
+            f.block,
+            f.offset,
+            f.kind.name(),
+            f.detail()
+        );
+        if let Some(sink) = sink {
+            sink(e.name(), f);
+        }
+    }
+}

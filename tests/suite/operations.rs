@@ -1,0 +1,437 @@
+//! Continuous operation: online detection with `--on-mismatch error` kept in the findings log,
+//! Prometheus metrics, the alert hook, the background scrubber (classification, no false
+//! findings under a write load, resuming after a restart), and many exports in one process.
+
+use crate::helpers::*;
+use crate::service::{fio, have, run, Service};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BS: u64 = 4096;
+
+/// `GET path` from the metrics endpoint of a service (found in its log); (status, body).
+fn http_get(svc: &Service, path: &str) -> (u32, String) {
+    let log = svc.log_text();
+    let addr = log
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"))
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// The value of one series in a metrics text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn findings_log(ledger: &Path) -> Vec<Value> {
+    std::fs::read_to_string(ledger.join("findings.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn qemu_io(uri: &str, cmds: &[&str]) -> std::process::Output {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for x in cmds {
+        c.arg("-c").arg(x);
+    }
+    c.arg(uri).output().unwrap()
+}
+
+/// The issue's first check: a block written and flushed through the sidecar is changed in the
+/// backing file underneath; a read of it fails, the metric counts it, the finding is in the
+/// log and reaches the hook. Writing the block again and reading it clears the finding.
+#[test]
+fn a_block_changed_underneath_fails_its_read_and_is_logged_counted_and_alerted() {
+    if !have("qemu-io") {
+        return;
+    }
+    let s = Scratch::new(8 << 20);
+    s.init(4096, true);
+    let hook_out = s.dir.path().join("hook.json");
+    let hook = format!("cat > {}", hook_out.display());
+    let svc = Service::start(
+        &s.image,
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--on-mismatch",
+            "error",
+            "--on-finding",
+            &hook,
+            "--on-finding-interval",
+            "1s",
+        ],
+    );
+    let uri = svc.uri();
+    let o = qemu_io(&uri, &["write -P 0x61 8192 4096", "flush"]);
+    assert!(o.status.success(), "{o:?}");
+    s.poke(2, &[0x62; 4096]);
+    let o = qemu_io(&uri, &["read -P 0x61 8192 4096"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains("Input/output error"), "{out}");
+    wait_for("the finding in the log", || {
+        !findings_log(&s.ledger).is_empty()
+    });
+    let (code, m) = http_get(&svc, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(&m, r#"lostwrite_read_mismatches_total{export=""}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"lostwrite_findings_total{export="",kind="corrupt"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"lostwrite_findings_open{export=""}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(m.contains("lostwrite_flush_duration_seconds_bucket"), "{m}");
+    let log = findings_log(&s.ledger);
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(
+        (
+            &log[0]["event"],
+            &log[0]["source"],
+            &log[0]["block"],
+            &log[0]["kind"]
+        ),
+        (
+            &"found".into(),
+            &"read".into(),
+            &2.into(),
+            &"corrupt".into()
+        ),
+        "{log:?}"
+    );
+    wait_for("the hook", || {
+        hook_out.exists() && std::fs::metadata(&hook_out).unwrap().len() > 0
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let alert: Value = serde_json::from_slice(&std::fs::read(&hook_out).unwrap()).unwrap();
+    assert_eq!(alert["findings"][0]["block"], 2, "{alert}");
+    assert_eq!(alert["findings"][0]["kind"], "corrupt", "{alert}");
+    assert_eq!(http_get(&svc, "/healthz").0, 200);
+
+    // Written again, the block reads back right: the verification passes and clears it.
+    let o = qemu_io(&uri, &["write -P 0x63 8192 4096", "read -P 0x63 8192 4096"]);
+    assert!(o.status.success(), "{o:?}");
+    let log = findings_log(&s.ledger);
+    assert_eq!(log.last().unwrap()["event"], "cleared", "{log:?}");
+    let (_, m) = http_get(&svc, "/metrics");
+    assert_eq!(
+        metric(&m, r#"lostwrite_findings_open{export=""}"#),
+        Some(0.0),
+        "{m}"
+    );
+    svc.stop();
+    verify_clean(&s.image);
+}
+
+/// The scrubber finds a block reverted underneath within one pass and classifies it as
+/// `verify` does; `verify` passing afterwards (once the block is put right) clears it.
+#[test]
+fn the_scrubber_finds_a_reverted_block_and_classifies_it_like_verify() {
+    let s = Scratch::new(8 << 20);
+    s.init(4096, true);
+    let old = s.read_block(100, BS as usize);
+    let svc = Service::start(
+        &s.image,
+        &[
+            "--scrub-rate",
+            "64",
+            "--scrub-interval",
+            "0s",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut c = lostwrite::nbd::client::Client::connect_unix(&svc.socket, "").unwrap();
+    c.write(100 * BS, &[0x5a; BS as usize], false).unwrap();
+    c.flush().unwrap();
+    s.poke(100, &old);
+    wait_for("a scrub finding", || !findings_log(&s.ledger).is_empty());
+    let f = &findings_log(&s.ledger)[0];
+    assert_eq!(
+        (&f["source"], &f["block"]),
+        (&"scrub".into(), &100.into()),
+        "{f}"
+    );
+    assert_eq!(
+        (&f["kind"], &f["found_generation"]),
+        (&"reverted".into(), &0.into()),
+        "{f}"
+    );
+    let (_, m) = http_get(&svc, "/metrics");
+    assert!(
+        metric(&m, r#"lostwrite_scrub_blocks_total{export=""}"#).unwrap() >= 2048.0,
+        "{m}"
+    );
+    c.disconnect().unwrap();
+    svc.stop();
+    // verify says the same.
+    let o = bin()
+        .args(["verify", "--json"])
+        .arg(&s.image)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let vf = &v["findings"][0];
+    for k in ["block", "kind", "expected_generation", "found_generation"] {
+        assert_eq!(vf[k], f[k], "{k}: verify {vf} scrub {f}");
+    }
+    // Put right, verified: the finding is cleared.
+    s.poke(100, &[0x5a; BS as usize]);
+    verify_clean(&s.image);
+    assert_eq!(findings_log(&s.ledger).last().unwrap()["event"], "cleared");
+    assert_eq!(findings_log(&s.ledger).last().unwrap()["source"], "verify");
+}
+
+/// Scrub passes back to back under a random-write load: no write in flight (or completed
+/// during a scrub read) may become a finding.
+#[test]
+fn the_scrubber_makes_no_false_finding_under_a_write_load() {
+    if !have("fio") {
+        return;
+    }
+    // A small device scrubbed as fast as it goes: every write overlaps some scrub read.
+    let s = Scratch::new(1 << 20);
+    s.init(4096, true);
+    let svc = Service::start(
+        &s.image,
+        &[
+            "--scrub-rate",
+            "4096",
+            "--scrub-interval",
+            "0s",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    fio(
+        &svc.uri(),
+        &[
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--size=100%",
+            "--time_based",
+            "--runtime=4",
+            "--fsync=32",
+        ],
+    );
+    let (_, m) = http_get(&svc, "/metrics");
+    let passes = metric(&m, r#"lostwrite_scrub_passes_total{export=""}"#).unwrap();
+    assert!(
+        passes >= 100.0,
+        "the scrubber should have run while fio did: {m}"
+    );
+    assert_eq!(
+        metric(&m, r#"lostwrite_read_mismatches_total{export=""}"#),
+        Some(0.0)
+    );
+    let log = svc.stop();
+    assert!(
+        findings_log(&s.ledger).is_empty(),
+        "{:?}\n{log}",
+        findings_log(&s.ledger)
+    );
+    verify_clean(&s.image);
+}
+
+/// Reads racing writes to the same few blocks: online detection must never call a block
+/// stale because a write was recorded but not yet on the device.
+#[test]
+fn reads_racing_writes_are_never_called_stale() {
+    if !have("fio") {
+        return;
+    }
+    let s = Scratch::new(256 << 10);
+    s.init(4096, true);
+    let svc = Service::start(&s.image, &["--metrics", "127.0.0.1:0"]);
+    fio(
+        &svc.uri(),
+        &[
+            "--rw=randrw",
+            "--bs=4k",
+            "--iodepth=16",
+            "--numjobs=2",
+            "--size=100%",
+            "--time_based",
+            "--runtime=3",
+        ],
+    );
+    let (_, m) = http_get(&svc, "/metrics");
+    assert!(
+        metric(&m, r#"lostwrite_reads_total{export=""}"#).unwrap() > 1000.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"lostwrite_read_mismatches_total{export=""}"#),
+        Some(0.0),
+        "{m}"
+    );
+    svc.stop();
+    assert!(
+        findings_log(&s.ledger).is_empty(),
+        "{:?}",
+        findings_log(&s.ledger)
+    );
+}
+
+/// Stopped mid-pass, the scrubber saves where it stood; restarted, it goes on from there.
+#[test]
+fn the_scrubber_resumes_where_it_stopped() {
+    let s = Scratch::new(16 << 20);
+    s.init(4096, true);
+    let svc = Service::start(&s.image, &["--scrub-rate", "4"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    svc.stop();
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(s.ledger.join("scrub.json")).unwrap()).unwrap();
+    let at = st["next_block"].as_u64().unwrap();
+    assert!(at > 0 && at < 4096, "{st}");
+    let svc = Service::start(&s.image, &["--scrub-rate", "4"]);
+    wait_for("the resume message", || {
+        svc.log_text().contains("scrub resumes")
+    });
+    let log = svc.stop();
+    assert!(log.contains(&format!("at block {at}")), "{log}");
+}
+
+/// Two exports in one process, each used by its own fio at once; `nbdinfo --list` shows both;
+/// the metrics carry each export's label; an export whose device is missing is reported by
+/// /healthz and does not stop the others.
+#[test]
+fn two_exports_in_one_process_with_a_third_missing() {
+    if !have("fio") || !have("nbdinfo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let imgs: Vec<PathBuf> = ["a.img", "b.img"].iter().map(|n| d.join(n)).collect();
+    for (i, img) in imgs.iter().enumerate() {
+        random_image(img, 8 << 20, 40 + i as u64);
+        lw_ok(bin().args(["init", "--baseline"]).arg(img));
+    }
+    let sock = d.join("host.sock");
+    let cfg = d.join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "socket = {sock:?}\nmetrics = \"127.0.0.1:0\"\n\n\
+             [[export]]\nname = \"alpha\"\ndevice = {:?}\non_mismatch = \"error\"\n\n\
+             [[export]]\nname = \"beta\"\ndevice = {:?}\n\n\
+             [[export]]\nname = \"gone\"\ndevice = {:?}\n",
+            imgs[0],
+            imgs[1],
+            d.join("missing.img")
+        ),
+    )
+    .unwrap();
+    let svc = Service::start_config(&cfg, &sock);
+    let list = run(Command::new("nbdinfo")
+        .arg("--list")
+        .arg(format!("nbd+unix:///?socket={}", sock.display())));
+    assert!(
+        list.contains("export=\"alpha\"") && list.contains("export=\"beta\""),
+        "{list}"
+    );
+    assert!(!list.contains("gone"), "{list}");
+    std::thread::scope(|sc| {
+        for name in ["alpha", "beta"] {
+            let uri = format!("nbd+unix:///{name}?socket={}", sock.display());
+            sc.spawn(move || {
+                fio(
+                    &uri,
+                    &[
+                        "--rw=randwrite",
+                        "--bs=4k",
+                        "--iodepth=8",
+                        "--size=100%",
+                        "--time_based",
+                        "--runtime=2",
+                        "--end_fsync=1",
+                    ],
+                )
+            });
+        }
+    });
+    let (_, m) = http_get(&svc, "/metrics");
+    for name in ["alpha", "beta"] {
+        let w = metric(&m, &format!("lostwrite_writes_total{{export=\"{name}\"}}")).unwrap();
+        assert!(w > 100.0, "{name}: {m}");
+    }
+    let (code, body) = http_get(&svc, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("gone") && body.contains("missing.img"),
+        "{body}"
+    );
+    let log = svc.stop();
+    assert!(log.contains("export \"alpha\" closed cleanly"), "{log}");
+    assert!(log.contains("export \"beta\" closed cleanly"), "{log}");
+    for img in &imgs {
+        verify_clean(img);
+    }
+}
+
+/// A config file with mistakes is refused before anything is served, naming the mistake.
+#[test]
+fn bad_config_files_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    for (text, why) in [
+        ("socket = \"/tmp/x.sock\"\n", "no [[export]]"),
+        ("[[export]]\ndevice = \"/x\"\n", "where to listen"),
+        ("socket = \"/s\"\n[[export]]\nname = \"a\"\ndevice = \"/x\"\nspeed = 3\n", "speed"),
+        (
+            "socket = \"/s\"\n[[export]]\nname = \"a\"\ndevice = \"/x\"\n[[export]]\nname = \"a\"\ndevice = \"/y\"\n",
+            "used twice",
+        ),
+        ("socket = \"/s\"\n[[export]]\ndevice = \"/x\"\nscrub_rate = 1\nscrub_interval = \"soon\"\n", "soon"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let o = bin().args(["serve", "--config"]).arg(&cfg).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(why), "{text}: {err}");
+    }
+}
