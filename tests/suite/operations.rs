@@ -435,3 +435,34 @@ fn bad_config_files_are_refused_with_the_reason() {
         assert!(err.contains(why), "{text}: {err}");
     }
 }
+
+/// Type=notify: `serve` tells systemd READY=1 once it accepts connections and STOPPING=1 on
+/// SIGTERM.
+#[test]
+fn serve_notifies_systemd_when_ready_and_when_stopping() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let s = Scratch::new(1 << 20);
+    s.init(4096, true);
+    let notify = s.dir.path().join("notify");
+    let rx = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let sock = s.dir.path().join("n.sock");
+    let mut child = Command::new(bin().get_program())
+        .arg("serve")
+        .arg(&s.image)
+        .arg("--socket")
+        .arg(&sock)
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = rx.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let n = rx.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
