@@ -25,14 +25,15 @@ fn log_level(verbose: u8, service: bool) -> LevelFilter {
 fn main() {
     let cli = cli::Cli::parse();
     let service = matches!(cli.command, cli::Command::Serve(_));
+    let json = cli.log_json || std::env::var("LOSTWRITE_LOG_FORMAT").as_deref() == Ok("json");
     let fmt = tracing_subscriber::fmt()
         .with_max_level(log_level(cli.verbose, service))
         .with_writer(std::io::stderr)
         .with_target(false);
-    if service {
-        fmt.init();
-    } else {
-        fmt.without_time().init();
+    match (json, service) {
+        (true, _) => fmt.json().flatten_event(true).init(),
+        (false, true) => fmt.init(),
+        (false, false) => fmt.without_time().init(),
     }
     let code = match cli::run(cli) {
         Ok(code) => code,

@@ -22,6 +22,10 @@ pub struct Cli {
     /// More log output (repeat for more); LOSTWRITE_LOG=debug does the same.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Logs as JSON lines (for journald or a log shipper); LOSTWRITE_LOG_FORMAT=json does the
+    /// same.
+    #[arg(long, global = true)]
+    pub log_json: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,

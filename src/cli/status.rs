@@ -1,13 +1,19 @@
-//! `lostwrite status [DEVICE] [--json]`: what a ledger describes and where it stands.
+//! `lostwrite status [DEVICE] [--json]` or `lostwrite status --config FILE`: what each ledger
+//! describes and where it stands: blocks, journal, sessions, the last flush, the scrubber, the
+//! open findings, and, when the service publishes metrics, its clients.
 
 use super::resolve_ledger;
 use lostwrite::clock::rfc3339;
 use lostwrite::ledger::history::{self, SessionEnd};
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions, LOCK_FILE};
-use serde_json::json;
+use lostwrite::service::scrub::ScrubState;
+use lostwrite::verify::findings;
+use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Flags of `status`.
 #[derive(clap::Args, Debug)]
@@ -18,14 +24,89 @@ pub struct Args {
     /// The ledger directory.
     #[arg(long, value_name = "DIR")]
     ledger: Option<PathBuf>,
+    /// Every export of a `serve --config` file (with live figures from its metrics endpoint).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["device", "ledger"])]
+    config: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let dir = resolve_ledger(a.device.as_deref(), a.ledger.as_ref())?;
-    let l = Ledger::open(&dir, None, OpenOptions::new(Access::Live))?;
+    let targets: Vec<(String, PathBuf)> = match &a.config {
+        Some(p) => {
+            let c = super::serve::read_config(p)?;
+            let mut t = Vec::new();
+            for e in &c.export {
+                t.push((
+                    e.name.clone(),
+                    resolve_ledger(Some(&e.device), e.ledger.as_ref())?,
+                ));
+            }
+            t
+        }
+        None => vec![(
+            String::new(),
+            resolve_ledger(a.device.as_deref(), a.ledger.as_ref())?,
+        )],
+    };
+    let live = match &a.config {
+        Some(p) => super::serve::read_config(p)?
+            .metrics
+            .and_then(|addr| scrape(&addr)),
+        None => None,
+    };
+    let mut all = Vec::new();
+    let mut status = 0;
+    for (name, dir) in &targets {
+        match one(dir, name, live.as_deref()) {
+            Ok(v) => all.push(v),
+            // With many exports, one unreadable ledger must not hide the others.
+            Err(e) if a.config.is_some() => {
+                status = 2;
+                all.push(json!({"export": name, "ledger": dir.display().to_string(), "error": format!("{e:#}")}));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if a.json {
+        let out = if a.config.is_some() {
+            Value::Array(all)
+        } else {
+            all.remove(0)
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for (i, v) in all.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", human(v));
+        }
+    }
+    Ok(status)
+}
+
+/// The metrics text of a running service, if it answers.
+fn scrape(addr: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// One series' value from a metrics text.
+fn series(text: &str, name: &str, export: &str) -> Option<f64> {
+    let key = format!("{name}{{export=\"{export}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn one(dir: &Path, export: &str, live: Option<&str>) -> anyhow::Result<Value> {
+    let l = Ledger::open(dir, None, OpenOptions::new(Access::Live))?;
     let meta = l.meta();
     let geo = l.geometry();
     let hist = history::collect(&l, &HashSet::new(), &HashSet::new())?;
@@ -58,59 +139,135 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         };
         format!("session {} opened {}, {end}", s.id, rfc3339(s.open_time))
     });
+    let last_flush = hist
+        .sessions
+        .values()
+        .flat_map(|s| s.flushes.iter())
+        .map(|&(_, t)| t)
+        .max()
+        .map(rfc3339);
     let crashed = hist.sessions.values().filter(|s| s.crashed()).count();
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "ledger": dir.display().to_string(),
-                "device": meta.identity.path,
-                "device_size": meta.device_size,
-                "block_size": meta.block_size,
-                "blocks_total": geo.block_count(),
-                "blocks_tracked": tracked,
-                "blocks_untracked": untracked,
-                "blocks_unknown": unknown,
-                "created": rfc3339(meta.created),
-                "baseline": hist.baseline.map(|(_, t)| rfc3339(t)),
-                "journal_segments": hist.end.segments.len(),
-                "journal_bytes": journal_bytes,
-                "records": records,
-                "sessions": hist.sessions.len() - 1,
-                "sessions_crashed": crashed,
-                "last_session": last_desc,
-                "service_running": l.is_live_view(),
-            }))?
+    let scrub = ScrubState::load(dir);
+    let scrubbed = dir.join(lostwrite::service::scrub::SCRUB_FILE).exists();
+    let (entries, _) = findings::read(dir)?;
+    let open = findings::open_findings(&entries);
+    let open_list: Vec<Value> = open
+        .values()
+        .take(20)
+        .map(|f| json!({"block": f.block, "kind": f.kind, "detail": f.detail()}))
+        .collect();
+    let clients = live.and_then(|m| series(m, "lostwrite_clients", export));
+    Ok(json!({
+        "export": export,
+        "ledger": dir.display().to_string(),
+        "device": meta.identity.path,
+        "device_size": meta.device_size,
+        "block_size": meta.block_size,
+        "blocks_total": geo.block_count(),
+        "blocks_tracked": tracked,
+        "blocks_untracked": untracked,
+        "blocks_unknown": unknown,
+        "created": rfc3339(meta.created),
+        "software": meta.software,
+        "baseline": hist.baseline.map(|(_, t)| rfc3339(t)),
+        "journal_segments": hist.end.segments.len(),
+        "journal_bytes": journal_bytes,
+        "records": records,
+        "sessions": hist.sessions.len() - 1,
+        "sessions_crashed": crashed,
+        "last_session": last_desc,
+        "last_flush": last_flush,
+        "service_running": l.is_live_view(),
+        "clients": clients,
+        "scrub": scrubbed.then(|| json!({
+            "passes": scrub.passes,
+            "progress": scrub.next_block as f64 / geo.block_count().max(1) as f64,
+            "pass_started": scrub.pass_started,
+            "last_pass_ended": scrub.last_pass_ended,
+        })),
+        "findings_open": open.len(),
+        "findings": open_list,
+    }))
+}
+
+fn human(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let mut o = String::new();
+    if let Some(e) = v.get("error") {
+        return format!(
+            "export   {}\nledger   {}\nERROR    {}\n",
+            s("export"),
+            s("ledger"),
+            e.as_str().unwrap_or("")
         );
-        return Ok(0);
     }
-    println!("ledger   {}", dir.display());
-    println!(
-        "device   {} ({} bytes, {} blocks of {} bytes)",
-        meta.identity.path,
-        meta.device_size,
-        geo.block_count(),
-        meta.block_size
-    );
-    println!("created  {} by {}", rfc3339(meta.created), meta.software);
-    match hist.baseline {
-        Some((_, t)) => println!("baseline {}", rfc3339(t)),
-        None => println!("baseline none (blocks are tracked from their first write through serve)"),
+    if !s("export").is_empty() {
+        o += &format!("export   {}\n", s("export"));
     }
-    println!(
-        "blocks   {tracked} tracked, {untracked} untracked, {unknown} unknown (failed writes)"
+    o += &format!("ledger   {}\n", s("ledger"));
+    o += &format!(
+        "device   {} ({} bytes, {} blocks of {} bytes)\n",
+        s("device"),
+        n("device_size"),
+        n("blocks_total"),
+        n("block_size")
     );
-    println!(
-        "journal  {} segment(s), {} bytes, {records} records",
-        hist.end.segments.len(),
-        journal_bytes
+    o += &format!("created  {} by {}\n", s("created"), s("software"));
+    o += &match v["baseline"].as_str() {
+        Some(t) => format!("baseline {t}\n"),
+        None => "baseline none (blocks are tracked from their first write through serve)\n".into(),
+    };
+    o += &format!(
+        "blocks   {} tracked, {} untracked, {} unknown (failed writes)\n",
+        n("blocks_tracked"),
+        n("blocks_untracked"),
+        n("blocks_unknown")
     );
-    println!(
-        "sessions {} ({crashed} crashed){}",
-        hist.sessions.len() - 1,
-        last_desc
+    o += &format!(
+        "journal  {} segment(s), {} bytes, {} records\n",
+        n("journal_segments"),
+        n("journal_bytes"),
+        n("records")
+    );
+    o += &format!(
+        "sessions {} ({} crashed){}\n",
+        n("sessions"),
+        n("sessions_crashed"),
+        v["last_session"]
+            .as_str()
             .map(|d| format!("; last: {d}"))
             .unwrap_or_default()
     );
-    Ok(0)
+    o += &format!(
+        "flushed  {}\n",
+        v["last_flush"].as_str().unwrap_or("never through serve")
+    );
+    if let Some(c) = v["clients"].as_f64() {
+        o += &format!("clients  {c}\n");
+    }
+    let sc = &v["scrub"];
+    o += &if sc.is_null() {
+        "scrub    never\n".to_string()
+    } else {
+        format!(
+            "scrub    {} passes done; current pass {:.1}%{}\n",
+            sc["passes"],
+            sc["progress"].as_f64().unwrap_or(0.0) * 100.0,
+            sc["last_pass_ended"]
+                .as_str()
+                .map(|t| format!("; last pass ended {t}"))
+                .unwrap_or_default()
+        )
+    };
+    o += &format!("findings {} open\n", n("findings_open"));
+    for f in v["findings"].as_array().into_iter().flatten() {
+        o += &format!(
+            "  block {}: {} ({})\n",
+            f["block"],
+            f["kind"].as_str().unwrap_or(""),
+            f["detail"].as_str().unwrap_or("")
+        );
+    }
+    o
 }

@@ -353,10 +353,16 @@ fn two_exports_in_one_process_with_a_third_missing() {
     }
     let sock = d.join("host.sock");
     let cfg = d.join("host.toml");
+    // A fixed port (found free just now), so that `status --config` can read the metrics too.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(
         &cfg,
         format!(
-            "socket = {sock:?}\nmetrics = \"127.0.0.1:0\"\n\n\
+            "socket = {sock:?}\nmetrics = \"127.0.0.1:{port}\"\n\n\
              [[export]]\nname = \"alpha\"\ndevice = {:?}\non_mismatch = \"error\"\n\n\
              [[export]]\nname = \"beta\"\ndevice = {:?}\n\n\
              [[export]]\nname = \"gone\"\ndevice = {:?}\n",
@@ -404,6 +410,33 @@ fn two_exports_in_one_process_with_a_third_missing() {
     assert!(
         body.contains("gone") && body.contains("missing.img"),
         "{body}"
+    );
+    // status --config: every export, live, the missing one as an error (exit 2).
+    let o = bin()
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let st = st.as_array().unwrap();
+    assert_eq!(st.len(), 3, "{st:?}");
+    for (i, name) in ["alpha", "beta"].iter().enumerate() {
+        assert_eq!(st[i]["export"], *name);
+        assert_eq!(st[i]["service_running"], true, "{:?}", st[i]);
+        assert_eq!(st[i]["clients"], 0.0, "{:?}", st[i]);
+        assert!(st[i]["last_flush"].is_string(), "{:?}", st[i]);
+        assert_eq!(st[i]["findings_open"], 0);
+    }
+    assert!(
+        st[2]["error"].as_str().unwrap().contains("missing.img"),
+        "{:?}",
+        st[2]
     );
     let log = svc.stop();
     assert!(log.contains("export \"alpha\" closed cleanly"), "{log}");
@@ -465,4 +498,33 @@ fn serve_notifies_systemd_when_ready_and_when_stopping() {
     let n = rx.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
+}
+
+/// `--log-json`: every log line of the service is a JSON object with a level and a message
+/// (structured fields such as `export` included), for journald or a log shipper.
+#[test]
+fn serve_logs_json_lines_when_asked() {
+    let s = Scratch::new(1 << 20);
+    s.init(4096, true);
+    let svc = Service::start(
+        &s.image,
+        &["--log-json", "--scrub-rate", "64", "--scrub-interval", "1h"],
+    );
+    wait_for("a scrub pass", || {
+        svc.log_text().contains("scrub pass 1 done")
+    });
+    let log = svc.stop();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() >= 4, "{log}");
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["message"].is_string()));
+    let pass = lines
+        .iter()
+        .find(|l| l["message"].as_str().unwrap().contains("scrub pass 1 done"))
+        .unwrap();
+    assert_eq!(pass["export"], "", "{pass}");
 }
