@@ -117,6 +117,12 @@ impl Collector for Exports {
         )?;
         self.counter(
             &mut enc,
+            "suspects_dropped",
+            "Stale blocks a read found but the detection queue had no room to classify.",
+            |e| load(&e.counters.suspects_dropped),
+        )?;
+        self.counter(
+            &mut enc,
             "scrub_blocks",
             "Blocks the scrubber has read and checked.",
             |e| load(&e.counters.scrub_blocks),
@@ -215,27 +221,25 @@ pub fn health(exports: &[Arc<Export>]) -> Vec<String> {
     exports
         .iter()
         .filter_map(|e| {
-            let why = e.ledger().and_then(|l| l.session_failure())?;
+            let why = e
+                .ledger()
+                .and_then(|l| l.session_failure())
+                .or_else(|| e.device_failure())?;
             Some(format!("export {:?}: {why}", e.name()))
         })
         .collect()
 }
 
-/// The HTTP endpoint.
-pub struct MetricsServer {
-    server: Arc<tiny_http::Server>,
-    handle: Option<JoinHandle<()>>,
+/// The HTTP endpoint, bound but not yet serving (so a port in use is found before any ledger
+/// is opened).
+pub struct MetricsListener {
+    server: tiny_http::Server,
     addr: String,
 }
 
-impl MetricsServer {
-    /// Listens on `addr` (HOST:PORT) and serves `/metrics` and `/healthz` for `exports`;
-    /// `down` names configured exports that could not be opened (health reports them).
-    pub fn start(
-        addr: &str,
-        exports: Vec<Arc<Export>>,
-        down: Vec<String>,
-    ) -> crate::Result<MetricsServer> {
+impl MetricsListener {
+    /// Listens on `addr` (HOST:PORT; port 0 picks one).
+    pub fn bind(addr: &str) -> crate::Result<MetricsListener> {
         let server = tiny_http::Server::http(addr).map_err(|e| {
             crate::Error::Usage(format!("--metrics {addr}: cannot listen there: {e}"))
         })?;
@@ -243,15 +247,8 @@ impl MetricsServer {
             .server_addr()
             .to_ip()
             .map_or(addr.to_string(), |a| a.to_string());
-        let server = Arc::new(server);
-        let s = server.clone();
-        let handle = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || serve(&s, &exports, &down))
-            .map_err(|e| crate::Error::io(addr, "starting the metrics thread", e))?;
-        Ok(MetricsServer {
+        Ok(MetricsListener {
             server,
-            handle: Some(handle),
             addr: bound,
         })
     }
@@ -261,6 +258,33 @@ impl MetricsServer {
         &self.addr
     }
 
+    /// Serves `/metrics` and `/healthz` for `exports`; `down` names configured exports that
+    /// could not be opened (health reports them).
+    pub fn start(
+        self,
+        exports: Vec<Arc<Export>>,
+        down: Vec<String>,
+    ) -> crate::Result<MetricsServer> {
+        let server = Arc::new(self.server);
+        let s = server.clone();
+        let handle = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve(&s, &exports, &down))
+            .map_err(|e| crate::Error::io(&self.addr, "starting the metrics thread", e))?;
+        Ok(MetricsServer {
+            server,
+            handle: Some(handle),
+        })
+    }
+}
+
+/// The HTTP endpoint, serving.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
     /// Stops listening and lets go of the exports.
     pub fn stop(mut self) {
         self.server.unblock();

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The cost of putting `lostwrite serve` in front of an NBD upstream: one qcow2 image (fully
-# preallocated) exported by `qemu-nbd -t -e 16 -f qcow2`, driven by fio's nbd engine straight
-# at qemu-nbd, through `lostwrite serve nbd+unix:///?socket=...` (recording), and through
-# `serve --no-record` (the proxy alone), in alternating rounds (A B C A B C ...) on the same
-# image. Prints a markdown table of medians and ratios to fio straight at qemu-nbd.
+# The cost of putting `lostwrite serve` in front of an NBD upstream: fully preallocated qcow2
+# images, each exported by its own `qemu-nbd -t -e 8 -f qcow2`, driven by fio's nbd engine
+# straight at qemu-nbd, through `lostwrite serve nbd+unix:///?socket=...` (recording), and
+# through `serve --no-record` (the proxy alone), in alternating rounds (A B C A B C ...). Prints a markdown table of medians and ratios to fio straight at qemu-nbd.
 #
 #   tools/bench-proxy.sh [WORKDIR=/var/tmp/lostwrite-proxy]
 #   RUNTIME=8 ROUNDS=5 SIZE_MIB=1024 tools/bench-proxy.sh
@@ -27,18 +26,21 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.1; done; echo "no socket $1" >&2; exit 2; }
 
-rm -rf disk.qcow2 ledger ./*.sock
-qemu-img create -q -f qcow2 -o preallocation=full disk.qcow2 "${size_mib}M"
-# -e 16: fio opens up to two connections, and each serve four (qemu-nbd allows multi-conn).
-qemu-nbd -t -e 16 -f qcow2 -k "$work/upstream.sock" disk.qcow2 & pids+=($!)
-wait_sock upstream.sock
-up="nbd+unix:///?socket=$work/upstream.sock"
-"$bin" init --baseline --ledger ledger "$up" >/dev/null
-"$bin" serve --ledger ledger --socket "$work/serve.sock" "$up" 2>serve.log & pids+=($!)
-"$bin" serve --no-record --socket "$work/norecord.sock" "$up" 2>norecord.log & pids+=($!)
+rm -rf ./*.qcow2 ledger ./*.sock
+# Each path has its own image and its own qemu-nbd: a write that reached one image behind the
+# recording sidecar's back would be a lost write in its eyes (and would cost it the detection).
+for s in direct serve norecord; do
+  qemu-img create -q -f qcow2 -o preallocation=full "$s.qcow2" "${size_mib}M"
+  qemu-nbd -t -e 8 -f qcow2 -k "$work/$s-up.sock" "$s.qcow2" & pids+=($!)
+  wait_sock "$s-up.sock"
+done
+up() { echo "nbd+unix:///?socket=$work/$1-up.sock"; }
+"$bin" init --baseline --ledger ledger "$(up serve)" >/dev/null
+"$bin" serve --ledger ledger --socket "$work/serve.sock" "$(up serve)" 2>serve.log & pids+=($!)
+"$bin" serve --no-record --socket "$work/norecord.sock" "$(up norecord)" 2>norecord.log & pids+=($!)
 wait_sock serve.sock
 wait_sock norecord.sock
-ln -sf upstream.sock direct.sock
+ln -sf direct-up.sock direct.sock
 
 source "$top/tools/bench-lib.sh"
 machine_line

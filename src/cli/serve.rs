@@ -9,7 +9,7 @@ use lostwrite::block::{validate_block_size, DEFAULT_BLOCK_SIZE};
 use lostwrite::device::BlockDevice;
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
-use lostwrite::metrics::MetricsServer;
+use lostwrite::metrics::MetricsListener;
 use lostwrite::nbd::server::{Config, Server};
 use lostwrite::nbd::stream::Listener;
 use lostwrite::service::alert::Alerter;
@@ -337,17 +337,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         (None, None) => None,
         _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
     };
-    let mut exports = Vec::new();
+    // Everything that can fail for reasons of configuration or of the host (bad values, a
+    // socket or port in use) is checked before any ledger is opened: a session begun and then
+    // abandoned would count as a crash and weaken later verdicts.
     let mut scrub = Vec::new();
-    let mut down = Vec::new();
     for spec in &config.export {
-        let scrub_opts = match spec.scrub_rate {
-            Some(r) if !(r > 0.0 && r.is_finite()) => {
-                anyhow::bail!(
-                    "scrub rate {r} MiB/s for {}: give a number above 0",
-                    spec.device
-                )
-            }
+        scrub.push(match spec.scrub_rate {
+            Some(r) if !(r >= 1.0 / 1024.0 && r.is_finite()) => anyhow::bail!(
+                "scrub rate {r} MiB/s for {}: give at least 1/1024 MiB/s",
+                spec.device
+            ),
             Some(r) => Some(ScrubOptions {
                 rate: (r * (1u64 << 20) as f64) as u64,
                 interval: duration(
@@ -357,11 +356,49 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 )?,
             }),
             None => None,
-        };
+        });
+    }
+    let alert_interval = duration(
+        "on_finding_interval",
+        &config.on_finding_interval,
+        Duration::from_secs(60),
+    )?;
+    let mut listeners = Vec::new();
+    let cleanup = |ls: &[Listener]| ls.iter().for_each(|l| l.cleanup());
+    if let Some(path) = &config.socket {
+        listeners.push(
+            Listener::unix(path).map_err(|e| anyhow::anyhow!("socket {}: {e}", path.display()))?,
+        );
+    }
+    if let Some(addr) = &config.listen {
+        match Listener::tcp(addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                cleanup(&listeners);
+                anyhow::bail!("listen {addr}: {e}");
+            }
+        }
+    }
+    let metrics_listener = match config.metrics.as_deref().map(MetricsListener::bind) {
+        None => None,
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            cleanup(&listeners);
+            return Err(e.into());
+        }
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let mut exports = Vec::new();
+    let mut scrub_of = Vec::new();
+    let mut down = Vec::new();
+    for (spec, scrub_opts) in config.export.iter().zip(scrub) {
         match open_export(spec) {
             Ok(e) => {
                 exports.push(Arc::new(e));
-                scrub.push(scrub_opts);
+                scrub_of.push(scrub_opts);
             }
             // With many disks, one that cannot be opened must not keep the others offline.
             Err(e) if many => {
@@ -372,41 +409,32 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 tracing::error!("{why}");
                 down.push(why);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                cleanup(&listeners);
+                return Err(e);
+            }
         }
     }
     if exports.is_empty() {
+        cleanup(&listeners);
         anyhow::bail!("no export could be opened (see the errors above)");
     }
-    let mut listeners = Vec::new();
-    if let Some(path) = &config.socket {
-        listeners.push(
-            Listener::unix(path).map_err(|e| anyhow::anyhow!("socket {}: {e}", path.display()))?,
-        );
-    }
-    if let Some(addr) = &config.listen {
-        listeners.push(Listener::tcp(addr).map_err(|e| anyhow::anyhow!("listen {addr}: {e}"))?);
-    }
-    let alerter = match &config.on_finding {
-        Some(cmd) => Some(Alerter::start(
-            cmd.clone(),
-            duration(
-                "on_finding_interval",
-                &config.on_finding_interval,
-                Duration::from_secs(60),
-            )?,
-        )),
-        None => None,
-    };
+    let alerter = config
+        .on_finding
+        .as_ref()
+        .map(|cmd| Alerter::start(cmd.clone(), alert_interval));
     let detectors: Vec<Detector> = exports
         .iter()
         .filter(|e| e.ledger().is_some())
         .map(|e| Detector::start(e, alerter.as_ref().map(|a| a.sink())))
         .collect();
     let mut scrubbers = Vec::new();
-    for (e, opts) in exports.iter().zip(&scrub) {
+    for (e, opts) in exports.iter().zip(&scrub_of) {
         if let Some(o) = opts {
-            scrubbers.push(Scrubber::start(e, *o)?);
+            match Scrubber::start(e, *o) {
+                Ok(s) => scrubbers.push(s),
+                Err(err) => tracing::error!("export {:?}: NOT scrubbed: {err}", e.name()),
+            }
             tracing::info!(
                 "export {:?}: scrubbing at {:.1} MiB/s, a pass every {}",
                 e.name(),
@@ -415,18 +443,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             );
         }
     }
-    let metrics = match &config.metrics {
-        Some(addr) => {
-            let m = MetricsServer::start(addr, exports.clone(), down)?;
+    let metrics = match metrics_listener {
+        Some(m) => {
             tracing::info!("metrics on http://{}/metrics", m.addr());
-            Some(m)
+            Some(m.start(exports.clone(), down)?)
         }
         None => None,
     };
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
     for e in &exports {
         tracing::info!(
             "serving {} as export {:?}{}",

@@ -42,6 +42,14 @@ pub trait BlockDevice: Send + Sync {
     fn quick_writes(&self) -> bool {
         true
     }
+    /// Why the device can no longer be used (a lost NBD connection), if it cannot.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+    /// Whether `write_zeroes` with `fast_only` can work, when known before trying.
+    fn can_fast_zero(&self) -> Option<bool> {
+        None
+    }
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Reads from the media rather than a cache where the device can (O_DIRECT on a file or
@@ -93,6 +101,12 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn quick_writes(&self) -> bool {
         (**self).quick_writes()
+    }
+    fn failure(&self) -> Option<String> {
+        (**self).failure()
+    }
+    fn can_fast_zero(&self) -> Option<bool> {
+        (**self).can_fast_zero()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_at(buf, offset)
@@ -215,6 +229,12 @@ impl BlockDevice for Device {
     }
     fn quick_writes(&self) -> bool {
         self.inner().quick_writes()
+    }
+    fn failure(&self) -> Option<String> {
+        self.inner().failure()
+    }
+    fn can_fast_zero(&self) -> Option<bool> {
+        self.inner().can_fast_zero()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.inner().read_at(buf, offset)

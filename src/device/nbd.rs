@@ -172,10 +172,9 @@ impl NbdDevice {
 }
 
 fn unsupported(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!("{what}: not supported by the upstream export"),
-    )
+    // The raw errno is what the service looks for (as from fallocate on a file).
+    let _ = what;
+    io::Error::from_raw_os_error(nix::libc::ENOTSUP)
 }
 
 impl BlockDevice for NbdDevice {
@@ -193,6 +192,14 @@ impl BlockDevice for NbdDevice {
 
     fn quick_writes(&self) -> bool {
         false
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.conns.iter().find_map(|c| c.failure())
+    }
+
+    fn can_fast_zero(&self) -> Option<bool> {
+        Some(self.info.has(tflags::SEND_WRITE_ZEROES) && self.info.has(tflags::SEND_FAST_ZERO))
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+/// How long a request may wait to be written before the connection is declared dead.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Largest payload asked of a server that states no maximum (the spec's default).
 pub const DEFAULT_MAX_PAYLOAD: u32 = 32 << 20;
 
@@ -173,6 +176,12 @@ pub fn negotiate(s: &mut Stream, export: &str) -> io::Result<ExportInfo> {
     if info.size == u64::MAX || info.flags & tflags::HAS_FLAGS == 0 {
         return Err(bad("the server did not give the export's size and flags"));
     }
+    if info.size > i64::MAX as u64 || info.size % info.min_block as u64 != 0 {
+        return Err(bad(format!(
+            "the export's size of {} bytes is not a whole number of its {}-byte blocks (or too large)",
+            info.size, info.min_block
+        )));
+    }
     Ok(info)
 }
 
@@ -304,6 +313,8 @@ struct Pending {
 struct Shared {
     pending: Mutex<Pending>,
     writer: Mutex<Stream>,
+    /// Another handle on the socket, to shut it down without waiting for a stuck writer.
+    killer: Stream,
     name: String,
     /// Set when this side hangs up, so the reader's end is not logged as a failure.
     closing: AtomicBool,
@@ -326,7 +337,7 @@ impl Shared {
         for (_, w) in waiting {
             let _ = w.tx.send(Err(lost(&self.name, &why, w.kind, w.offset)));
         }
-        lock(&self.writer).shutdown(Shutdown::Both);
+        self.killer.shutdown(Shutdown::Both);
     }
 }
 
@@ -357,9 +368,14 @@ impl Connection {
     pub fn open(uri: &NbdUri) -> io::Result<Connection> {
         let mut s = dial(uri)?;
         let info = negotiate(&mut s, &uri.export)?;
+        // A server that stops reading must not hold a writer (and everything behind it)
+        // forever: the write fails, and the connection with it.
+        s.set_write_timeout(Some(WRITE_TIMEOUT))?;
         let reader = s.try_clone()?;
+        let killer = s.try_clone()?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
+            killer,
             writer: Mutex::new(s),
             name: uri.to_string(),
             closing: AtomicBool::new(false),
@@ -470,12 +486,11 @@ impl Drop for Connection {
         }
         .encode();
         self.shared.closing.store(true, Ordering::Relaxed);
-        {
-            let mut w = lock(&self.shared.writer);
-            // A polite goodbye; the server may already be gone.
+        // A polite goodbye unless a writer is stuck; the server may already be gone.
+        if let Ok(mut w) = self.shared.writer.try_lock() {
             let _ = w.write_all(&disc);
-            w.shutdown(Shutdown::Both);
         }
+        self.shared.killer.shutdown(Shutdown::Both);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }

@@ -48,15 +48,15 @@ impl NbdUri {
         let (scheme, rest) = spec
             .split_once("://")
             .ok_or_else(|| format!("{spec}: not a URI (expected nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH)"))?;
+        if rest.contains('#') {
+            return Err(format!(
+                "{spec}: a fragment (#...) has no meaning in an NBD URI (write # in a path as %23)"
+            ));
+        }
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
         };
-        if rest.contains('#') {
-            return Err(format!(
-                "{spec}: a fragment (#...) has no meaning in an NBD URI"
-            ));
-        }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
@@ -127,9 +127,19 @@ fn split_host_port(authority: &str) -> Result<(String, u16), String> {
         let (h, after) = rest
             .split_once(']')
             .ok_or("an IPv6 address opened with [ must close with ]")?;
-        (h, after.strip_prefix(':'))
+        match after {
+            "" => (h, None),
+            a => (
+                h,
+                Some(a.strip_prefix(':').ok_or_else(|| {
+                    format!("{a:?} after the IPv6 address: only :PORT may follow ]")
+                })?),
+            ),
+        }
+    } else if authority.matches(':').count() > 1 {
+        return Err("an IPv6 address goes in brackets: nbd://[::1]:10809/EXPORT".into());
     } else {
-        match authority.rsplit_once(':') {
+        match authority.split_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
         }
@@ -199,6 +209,9 @@ mod tests {
             ("nbd://h/x?socket=/s", "belongs to nbd+unix"),
             ("nbd://h/x?bogus=1", "unknown query"),
             ("http://h/x", "unknown scheme"),
+            ("nbd://::1/x", "brackets"),
+            ("nbd://[::1]x/e", "only :PORT"),
+            ("nbd+unix:///e?socket=/a#b", "fragment"),
         ] {
             let e = NbdUri::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

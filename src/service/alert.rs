@@ -11,6 +11,7 @@ use super::detect::Sink;
 use crate::verify::report::Finding;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,11 +127,13 @@ fn invoke(cmd: &str, findings: &[(String, Box<Finding>)], dropped: u64) {
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
     let input = serde_json::json!({ "host": host, "findings": list, "dropped": dropped });
+    // Its own process group, so a run that overstays is killed with everything it started.
     let child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn();
     let mut child = match child {
         Ok(c) => c,
@@ -139,9 +142,13 @@ fn invoke(cmd: &str, findings: &[(String, Box<Finding>)], dropped: u64) {
             return;
         }
     };
+    // Fed from a thread: a hook that does not read its input must not stall this one (the
+    // pipe holds 64 KiB). The writer ends when the hook exits or is killed.
     if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its input is its own business.
-        let _ = stdin.write_all(input.to_string().as_bytes());
+        let text = input.to_string();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(text.as_bytes());
+        });
     }
     let t = Instant::now();
     loop {
@@ -158,6 +165,8 @@ fn invoke(cmd: &str, findings: &[(String, Box<Finding>)], dropped: u64) {
                 return;
             }
             Ok(None) if t.elapsed() > RUN_TIMEOUT => {
+                let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+                let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.kill();
                 let _ = child.wait();
                 tracing::error!("--on-finding {cmd:?} ran over {RUN_TIMEOUT:?} and was killed");

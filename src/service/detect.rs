@@ -116,6 +116,8 @@ fn run(export: Weak<Export>, rx: Receiver<Msg>, sink: Option<Sink>) {
 
 fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
     let Some(ledger) = e.ledger() else { return };
+    // The newest suspect of each block is the one to judge.
+    batch.reverse();
     batch.sort_by_key(|s| s.block);
     batch.dedup_by_key(|s| s.block);
     // A block written since it was found stale holds something new: nothing to judge.

@@ -236,6 +236,11 @@ impl Export {
         }
     }
 
+    /// Why the device can no longer be used, if it cannot (see [`BlockDevice::failure`]).
+    pub fn device_failure(&self) -> Option<String> {
+        self.device.failure()
+    }
+
     /// The device's name (path or URI), for messages.
     pub fn device_name(&self) -> &str {
         self.device.name()
@@ -277,9 +282,16 @@ impl Export {
     }
 
     /// Hands a stale block to the detection thread, if one runs (see [`detect::Detector`]).
+    /// A client's read never waits for it (a full queue drops and counts the block); the
+    /// scrubber, which has time, waits for room.
     fn suspect(&self, s: Suspect) {
         if let Some(tx) = self.suspects.get() {
-            if tx.try_send(Msg::Suspect(s)).is_err() {
+            let sent = if s.source == "scrub" {
+                tx.send(Msg::Suspect(s)).is_ok()
+            } else {
+                tx.try_send(Msg::Suspect(s)).is_ok()
+            };
+            if !sent {
                 self.counters
                     .suspects_dropped
                     .fetch_add(1, Ordering::Relaxed);
@@ -413,14 +425,20 @@ impl Export {
     }
 
     fn mismatch(&self, block: u64, generation: u32, how: &str) -> Result<(), OpError> {
-        self.counters
+        let n = self
+            .counters
             .read_mismatches
             .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            export = %self.name,
-            "block {block} (offset {}) does not hold generation {generation} on {how}: a lost or misplaced write (run `lostwrite verify` after stopping the service)",
-            self.geo.offset(block)
-        );
+        // A device restored from an old snapshot makes every read stale: the first ones are
+        // logged each, then one in a thousand (the metrics and the findings log count them all).
+        if n < 100 || n % 1000 == 0 {
+            tracing::warn!(
+                export = %self.name,
+                "block {block} (offset {}) does not hold generation {generation} on {how}: a lost or misplaced write ({} stale reads so far; run `lostwrite verify` after stopping the service)",
+                self.geo.offset(block),
+                n + 1
+            );
+        }
         if self.on_mismatch == OnMismatch::Error && how == "read" {
             return Err(OpError::new(
                 errno::EIO,
@@ -635,7 +653,12 @@ impl Export {
         if len == 0 {
             return Ok(());
         }
-        if fast_only && self.fast_zero_unsupported.load(Ordering::Relaxed) {
+        // Refused before anything is recorded where the device says it cannot (an NBD upstream
+        // without FAST_ZERO); a file learns it on its first attempt.
+        if fast_only
+            && (self.fast_zero_unsupported.load(Ordering::Relaxed)
+                || self.device.can_fast_zero() == Some(false))
+        {
             return Err(OpError::new(
                 errno::ENOTSUP,
                 "fast zeroing is not supported here",
@@ -646,7 +669,10 @@ impl Export {
             let ticket = self.record(blocks.start, &new)?;
             let r = self.device.write_zeroes(off, n, may_trim, fast_only);
             if fast_only
-                && r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(nix::libc::ENOTSUP)
+                && r.as_ref().err().is_some_and(|e| {
+                    e.raw_os_error() == Some(nix::libc::ENOTSUP)
+                        || e.kind() == io::ErrorKind::Unsupported
+                })
             {
                 self.fast_zero_unsupported.store(true, Ordering::Relaxed);
             }

@@ -50,11 +50,11 @@ pub enum Entry {
     },
 }
 
-/// The log, open for appending, with the findings still open.
+/// The log, open for appending, with the findings still open (and what found each).
 pub struct FindingsLog {
     path: PathBuf,
     file: Mutex<File>,
-    open: Mutex<BTreeMap<u64, Finding>>,
+    open: Mutex<BTreeMap<u64, (String, Finding)>>,
     open_count: AtomicUsize,
 }
 
@@ -95,11 +95,20 @@ pub fn read(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
 
 /// The findings still open after replaying `entries`, by block.
 pub fn open_findings(entries: &[Entry]) -> BTreeMap<u64, Finding> {
+    open_with_source(entries)
+        .into_iter()
+        .map(|(b, (_, f))| (b, f))
+        .collect()
+}
+
+fn open_with_source(entries: &[Entry]) -> BTreeMap<u64, (String, Finding)> {
     let mut open = BTreeMap::new();
     for e in entries {
         match e {
-            Entry::Found { finding, .. } => {
-                open.insert(finding.block, finding.clone());
+            Entry::Found {
+                finding, source, ..
+            } => {
+                open.insert(finding.block, (source.clone(), finding.clone()));
             }
             Entry::Cleared { block, .. } => {
                 open.remove(block);
@@ -113,16 +122,31 @@ impl FindingsLog {
     /// Opens (creating if needed) the log of the ledger in `dir`.
     pub fn open(dir: &Path) -> Result<FindingsLog> {
         let path = dir.join(FINDINGS_FILE);
+        let existed = path.exists();
         let (entries, warnings) = read(dir)?;
         for w in warnings {
             tracing::warn!("{w}");
         }
-        let open = open_findings(&entries);
+        let open = open_with_source(&entries);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .ctx(&path, "opening the findings log for appending")?;
+        // A torn last line is cut off, so the next entry starts on a line of its own.
+        let len = file.metadata().ctx(&path, "stat")?.len();
+        if len > 0 {
+            let text = std::fs::read(&path).ctx(&path, "reading the findings log")?;
+            if text.last() != Some(&b'\n') {
+                let keep = text.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+                file.set_len(keep as u64)
+                    .and_then(|()| file.sync_data())
+                    .ctx(&path, "cutting a torn last line")?;
+            }
+        }
+        if !existed {
+            crate::ledger::writer::sync_dir(dir)?;
+        }
         Ok(FindingsLog {
             path,
             file: Mutex::new(file),
@@ -145,7 +169,7 @@ impl FindingsLog {
     /// open. Returns whether it was new.
     pub fn found(&self, source: &str, f: &Finding) -> Result<bool> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.get(&f.block).is_some_and(|o| {
+        if open.get(&f.block).is_some_and(|(_, o)| {
             (o.kind, o.expected_generation, o.found_generation)
                 == (f.kind, f.expected_generation, f.found_generation)
         }) {
@@ -156,19 +180,23 @@ impl FindingsLog {
             source: source.into(),
             finding: f.clone(),
         })?;
-        open.insert(f.block, f.clone());
+        open.insert(f.block, (source.to_string(), f.clone()));
         self.open_count.store(open.len(), Ordering::Relaxed);
         Ok(true)
     }
 
     /// Clears the open finding of `block`, if there is one, because a verification passed.
+    /// A client's read (which the page cache may serve) clears only what a read found: a
+    /// finding of the scrubber, which read the media, waits for a scrub or `verify`.
     pub fn cleared(&self, source: &str, block: u64) -> Result<bool> {
         if self.open_count.load(Ordering::Relaxed) == 0 {
             return Ok(false);
         }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if !open.contains_key(&block) {
-            return Ok(false);
+        match open.get(&block) {
+            None => return Ok(false),
+            Some((by, _)) if source == "read" && by != "read" => return Ok(false),
+            Some(_) => {}
         }
         self.append(&Entry::Cleared {
             time: crate::clock::rfc3339(crate::clock::now()),
@@ -187,7 +215,12 @@ impl FindingsLog {
 
     /// The open findings, by block.
     pub fn still_open(&self) -> BTreeMap<u64, Finding> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(b, (_, f))| (*b, f.clone()))
+            .collect()
     }
 }
 
@@ -216,4 +249,54 @@ pub fn clear_verified(
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::classify::Kind;
+
+    fn finding(block: u64) -> Finding {
+        Finding {
+            block,
+            offset: block * 4096,
+            kind: Kind::Reverted,
+            expected_generation: 2,
+            expected_time: None,
+            found_generation: Some(1),
+            found_time: None,
+            lost: Vec::new(),
+            belongs_to: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_torn_line_is_cut_and_reads_clear_only_what_reads_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FindingsLog::open(dir.path()).unwrap();
+        assert!(log.found("scrub", &finding(7)).unwrap());
+        assert!(
+            !log.found("scrub", &finding(7)).unwrap(),
+            "the same finding twice"
+        );
+        assert!(log.found("read", &finding(9)).unwrap());
+        // The page cache may serve a right copy of what the media lost.
+        assert!(!log.cleared("read", 7).unwrap());
+        assert!(log.cleared("read", 9).unwrap());
+        drop(log);
+        // A crash mid-append leaves half a line.
+        let path = dir.path().join(FINDINGS_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"event\":\"found\",\"ti").unwrap();
+        let (_, warnings) = read(dir.path()).unwrap();
+        assert!(warnings[0].contains("torn last line"), "{warnings:?}");
+        let log = FindingsLog::open(dir.path()).unwrap();
+        assert_eq!(log.still_open().keys().copied().collect::<Vec<_>>(), [7]);
+        assert!(log.cleared("scrub", 7).unwrap());
+        let (entries, warnings) = read(dir.path()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(entries.len(), 4);
+        assert!(open_findings(&entries).is_empty());
+    }
 }

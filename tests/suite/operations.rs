@@ -528,3 +528,33 @@ fn serve_logs_json_lines_when_asked() {
         .unwrap();
     assert_eq!(pass["export"], "", "{pass}");
 }
+
+/// A start that fails after the ledger could have been opened (here: the metrics port is
+/// taken) opens no session: nothing is left behind that would count as a crash.
+#[test]
+fn a_failed_start_leaves_no_crashed_session_behind() {
+    let s = Scratch::new(1 << 20);
+    s.init(4096, true);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let sock = s.dir.path().join("x.sock");
+    let o = bin()
+        .arg("serve")
+        .arg(&s.image)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--metrics", &addr])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--metrics") && err.contains(&addr), "{err}");
+    assert!(!sock.exists(), "the socket is removed again");
+    let st: Value =
+        serde_json::from_str(&lw_ok(bin().args(["status", "--json"]).arg(&s.image))).unwrap();
+    assert_eq!(
+        (st["sessions"].as_u64(), st["sessions_crashed"].as_u64()),
+        (Some(0), Some(0)),
+        "{st}"
+    );
+}

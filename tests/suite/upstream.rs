@@ -394,6 +394,15 @@ fn nbdkit_upstream_constraints_are_honoured() {
         .args(["-c", "read -P 0x22 65536 4096"])
         .arg(svc.uri()));
     assert!(!out.contains("fail") && !out.contains("error"), "{out}");
+    // A fast zeroing the upstream cannot do is refused before anything is recorded: the
+    // block keeps its contents and stays tracked.
+    let o = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -z -n 1048576 4096"])
+        .arg(svc.uri())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains("not supported"), "{out}");
     let log = svc.stop();
     assert!(log.contains("1 connection(s)"), "{log}");
     let raw = std::fs::read(&img).unwrap();
@@ -406,6 +415,11 @@ fn nbdkit_upstream_constraints_are_honoured() {
             .arg(&ledger)
             .arg(up.uri()),
     );
+    let st: Value = serde_json::from_str(&lw_ok(
+        bin().args(["status", "--json", "--ledger"]).arg(&ledger),
+    ))
+    .unwrap();
+    assert_eq!(st["blocks_unknown"], 0, "{st}");
     // Without recording there is no ledger to name.
     let plain = Service::start_on(
         Path::new(&up.uri()),
