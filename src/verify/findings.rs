@@ -156,11 +156,19 @@ impl FindingsLog {
     }
 
     fn append(&self, e: &Entry) -> Result<()> {
-        let mut line = serde_json::to_vec(e).expect("entries serialise");
-        line.push(b'\n');
+        self.append_all(std::slice::from_ref(e))
+    }
+
+    fn append_all(&self, entries: &[Entry]) -> Result<()> {
+        let mut lines = Vec::new();
+        for e in entries {
+            serde_json::to_writer(&mut lines, e).expect("entries serialise");
+            lines.push(b'\n');
+        }
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        // One write per line with O_APPEND: lines from several processes never interleave.
-        f.write_all(&line)
+        // One write with O_APPEND: lines from several processes never interleave; one sync
+        // for a whole batch.
+        f.write_all(&lines)
             .and_then(|()| f.sync_data())
             .ctx(&self.path, "appending to the findings log")
     }
@@ -168,21 +176,39 @@ impl FindingsLog {
     /// Records a finding unless the same one (block, kind, expected generation) is already
     /// open. Returns whether it was new.
     pub fn found(&self, source: &str, f: &Finding) -> Result<bool> {
+        Ok(self.found_all(&[(source, f)])?[0])
+    }
+
+    /// Records a batch of findings with one write and one sync; says which were new.
+    pub fn found_all(&self, items: &[(&str, &Finding)]) -> Result<Vec<bool>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.get(&f.block).is_some_and(|(_, o)| {
-            (o.kind, o.expected_generation, o.found_generation)
-                == (f.kind, f.expected_generation, f.found_generation)
-        }) {
-            return Ok(false);
+        let time = crate::clock::rfc3339(crate::clock::now());
+        let mut new = Vec::with_capacity(items.len());
+        let mut entries = Vec::new();
+        for &(source, f) in items {
+            let same = open.get(&f.block).is_some_and(|(_, o)| {
+                (o.kind, o.expected_generation, o.found_generation)
+                    == (f.kind, f.expected_generation, f.found_generation)
+            });
+            new.push(!same);
+            if !same {
+                entries.push(Entry::Found {
+                    time: time.clone(),
+                    source: source.into(),
+                    finding: f.clone(),
+                });
+            }
         }
-        self.append(&Entry::Found {
-            time: crate::clock::rfc3339(crate::clock::now()),
-            source: source.into(),
-            finding: f.clone(),
-        })?;
-        open.insert(f.block, (source.to_string(), f.clone()));
+        if !entries.is_empty() {
+            self.append_all(&entries)?;
+        }
+        for (&(source, f), &n) in items.iter().zip(&new) {
+            if n {
+                open.insert(f.block, (source.to_string(), f.clone()));
+            }
+        }
         self.open_count.store(open.len(), Ordering::Relaxed);
-        Ok(true)
+        Ok(new)
     }
 
     /// Clears the open finding of `block`, if there is one, because a verification passed.
