@@ -173,8 +173,8 @@ impl FindingsLog {
             .ctx(&self.path, "appending to the findings log")
     }
 
-    /// Records a finding unless the same one (block, kind, expected generation) is already
-    /// open. Returns whether it was new.
+    /// Records a finding unless one for the same lost write (block and expected generation)
+    /// is already open. Returns whether it was new.
     pub fn found(&self, source: &str, f: &Finding) -> Result<bool> {
         Ok(self.found_all(&[(source, f)])?[0])
     }
@@ -186,10 +186,11 @@ impl FindingsLog {
         let mut new = Vec::with_capacity(items.len());
         let mut entries = Vec::new();
         for &(source, f) in items {
-            let same = open.get(&f.block).is_some_and(|(_, o)| {
-                (o.kind, o.expected_generation, o.found_generation)
-                    == (f.kind, f.expected_generation, f.found_generation)
-            });
+            // The same lost write is the same finding, however it is classified this time
+            // (after a crash, say, a reverted block may come out uncertain).
+            let same = open
+                .get(&f.block)
+                .is_some_and(|(_, o)| o.expected_generation == f.expected_generation);
             new.push(!same);
             if !same {
                 entries.push(Entry::Found {
