@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side timing of `lostwrite verify` and `lostwrite init --baseline` against `cat IMAGE >
-# /dev/null` on the same image with a hot page cache (hyperfine, alternating runs).
+# /dev/null` on the same image with a hot page cache (hyperfine, alternating runs), then, cold
+# (page cache dropped before each run), `verify` against an O_DIRECT read of the image.
 #
 #   tools/bench-scan.sh [SIZE_GIB=1] [WORKDIR=/var/tmp/lostwrite-bench]
+#   COLD=0 tools/bench-scan.sh 8     (hot only; the cold runs drop the page cache, as root)
 #
 # Prints hyperfine's table and the ratios (lostwrite time / cat time). Needs hyperfine
 # (apt-get install hyperfine) and a release build (cargo build --release).
@@ -34,3 +36,24 @@ cat = r["cat"]["median"]
 for k in ("verify", "baseline"):
     print(f"{k:9s} median {r[k]['median']*1000:7.1f} ms   cat {cat*1000:7.1f} ms   ratio {r[k]['median']/cat:.2f}")
 PY
+
+# Cold: the page cache dropped before every run (root only), `verify` against reading the
+# device with O_DIRECT, the physical limit of a scan.
+if [ "${COLD:-1}" = 1 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "cold runs skipped: dropping the page cache needs root (COLD=0 to silence)" >&2
+    exit 0
+  fi
+  echo "cold: page cache dropped before each run (sync; echo 3 > /proc/sys/vm/drop_caches)"
+  hyperfine --runs "${COLD_RUNS:-5}" --prepare 'sync; echo 3 > /proc/sys/vm/drop_caches' \
+    --export-json "$work/scan-cold.json" \
+    -n direct "dd if=$img of=/dev/null bs=1M iflag=direct status=none" \
+    -n verify "$bin verify $img"
+  python3 - "$work/scan-cold.json" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+d = r["direct"]["median"]
+v = r["verify"]["median"]
+print(f"verify cold median {v*1000:7.1f} ms   O_DIRECT read {d*1000:7.1f} ms   ratio {v/d:.2f}")
+PY
+fi

@@ -593,6 +593,9 @@ fn a_device_restored_underneath_is_recorded_in_full_and_logged_in_brief() {
         .count();
     assert_eq!(found, 1024);
     let warn_lines = log.lines().filter(|l| l.contains("WARN")).count();
-    assert!(warn_lines < 300, "{warn_lines} warning lines for one incident");
+    assert!(
+        warn_lines < 300,
+        "{warn_lines} warning lines for one incident"
+    );
     assert!(log.contains("more new findings in this batch"), "{log}");
 }
