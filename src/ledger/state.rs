@@ -12,7 +12,7 @@ use super::mapped::{MappedFile, PAGE};
 use super::record::{Generation, Lsn};
 use crate::error::{Error, Result};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// "LWSTATE\0".
 pub const MAGIC: [u8; 8] = *b"LWSTATE\0";
@@ -165,6 +165,10 @@ pub struct StateTable {
     map: MappedFile,
     block_count: u64,
     dirty: Vec<AtomicU64>,
+    /// Every page is marked dirty (from `clear` until the next `seal_dirty`): a full replay
+    /// then stores entries without a locked read-modify-write each, which waited for every
+    /// store's cache miss and was three quarters of a replay's time.
+    all_dirty: AtomicBool,
 }
 
 impl StateTable {
@@ -198,6 +202,7 @@ impl StateTable {
             map,
             block_count,
             dirty,
+            all_dirty: AtomicBool::new(false),
         }
     }
 
@@ -245,6 +250,9 @@ impl StateTable {
     /// Sets block `b`'s state and marks its page for resealing.
     pub fn set(&self, block: u64, s: BlockState) {
         self.entries()[block as usize].store(s.encode().to_le(), Ordering::Release);
+        if self.all_dirty.load(Ordering::Acquire) {
+            return;
+        }
         let page = block / ENTRIES_PER_PAGE;
         self.dirty[(page / 64) as usize].fetch_or(1 << (page % 64), Ordering::AcqRel);
     }
@@ -277,6 +285,7 @@ impl StateTable {
 
     /// Recomputes the check values of pages changed since the last seal.
     pub fn seal_dirty(&self) {
+        self.all_dirty.store(false, Ordering::SeqCst);
         for (i, w) in self.dirty.iter().enumerate() {
             let mut bits = w.swap(0, Ordering::AcqRel);
             while bits != 0 {
@@ -287,7 +296,9 @@ impl StateTable {
         }
     }
 
-    /// Sets every entry to untracked (before a rebuild).
+    /// Sets every entry to untracked (before a rebuild). The caller has the table to itself
+    /// until the next `seal_dirty` (recovery in `open`, `rebuild_state`): until then `set`
+    /// leaves the dirty marks alone, as every page is marked already.
     pub fn clear(&self) {
         for e in self.entries() {
             e.store(0, Ordering::Relaxed);
@@ -295,6 +306,7 @@ impl StateTable {
         for p in 0..self.map.pages() {
             self.dirty[p / 64].fetch_or(1 << (p % 64), Ordering::AcqRel);
         }
+        self.all_dirty.store(true, Ordering::Release);
     }
 
     /// Writes changed entries to the file and waits.
