@@ -156,7 +156,8 @@ fn thousands_of_connections_opened_and_dropped() {
     drop(c);
     // Connection threads go away with their connections.
     let t = std::time::Instant::now();
-    while threads(svc.pid()) > before + 2 && t.elapsed() < std::time::Duration::from_secs(20) {
+    // Generous: with the whole suite running on two cores, 3,000 exits can take a while.
+    while threads(svc.pid()) > before + 2 && t.elapsed() < std::time::Duration::from_secs(60) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(
