@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let targets: Vec<(String, PathBuf)> = match &a.config {
+    let (targets, live): (Vec<(String, PathBuf)>, _) = match &a.config {
         Some(p) => {
             let c = super::serve::read_config(p)?;
             let mut t = Vec::new();
@@ -43,18 +43,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     resolve_ledger(Some(&e.device), e.ledger.as_ref())?,
                 ));
             }
-            t
+            (t, c.metrics.and_then(|addr| scrape(&addr)))
         }
-        None => vec![(
-            String::new(),
-            resolve_ledger(a.device.as_deref(), a.ledger.as_ref())?,
-        )],
-    };
-    let live = match &a.config {
-        Some(p) => super::serve::read_config(p)?
-            .metrics
-            .and_then(|addr| scrape(&addr)),
-        None => None,
+        None => (
+            vec![(
+                String::new(),
+                resolve_ledger(a.device.as_deref(), a.ledger.as_ref())?,
+            )],
+            None,
+        ),
     };
     let mut all = Vec::new();
     let mut status = 0;

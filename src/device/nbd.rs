@@ -171,9 +171,8 @@ impl NbdDevice {
     }
 }
 
-fn unsupported(what: &str) -> io::Error {
-    // The raw errno is what the service looks for (as from fallocate on a file).
-    let _ = what;
+/// ENOTSUP with its raw errno, which is what the service looks for (as from fallocate).
+fn unsupported() -> io::Error {
     io::Error::from_raw_os_error(nix::libc::ENOTSUP)
 }
 
@@ -257,7 +256,7 @@ impl BlockDevice for NbdDevice {
         let piece = MAX_RANGE / self.info.min_block as u64 * self.info.min_block as u64;
         if self.info.has(tflags::SEND_WRITE_ZEROES) {
             if fast_only && !self.info.has(tflags::SEND_FAST_ZERO) {
-                return Err(unsupported("fast zeroing"));
+                return Err(unsupported());
             }
             let mut flags = if may_trim { 0 } else { cflags::NO_HOLE };
             if fast_only {
@@ -273,7 +272,7 @@ impl BlockDevice for NbdDevice {
             );
         }
         if fast_only {
-            return Err(unsupported("fast zeroing"));
+            return Err(unsupported());
         }
         let step = (self.info.max_payload as u64).min(len).max(1);
         let zeroes = vec![0u8; step as usize];

@@ -412,10 +412,7 @@ impl Export {
                 self.suspect(Suspect {
                     block: b,
                     expected,
-                    found: Found {
-                        crc: found,
-                        zero: found == l.zero_crc() && block::is_zero(data),
-                    },
+                    found: Found::of(found, data, l.zero_crc()),
                     source: "read",
                 });
                 self.mismatch(b, generation, "read")?;

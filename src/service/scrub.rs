@@ -168,15 +168,13 @@ fn run(export: Weak<Export>, dir: PathBuf, opts: ScrubOptions, stopped: Receiver
                     "scrub: reading {len} bytes at offset {offset} (block {first}): {err}; going on"
                 ),
             }
-            e.counters.scrub_blocks.fetch_add(n, Ordering::Relaxed);
-            drop(e);
             read_bytes += len as u64;
             st.next_block = first + n;
-            if let Some(e) = export.upgrade() {
-                e.counters
-                    .scrub_position
-                    .store(st.next_block, Ordering::Relaxed);
-            }
+            e.counters.scrub_blocks.fetch_add(n, Ordering::Relaxed);
+            e.counters
+                .scrub_position
+                .store(st.next_block, Ordering::Relaxed);
+            drop(e);
             if saved.elapsed() >= SAVE_EVERY {
                 st.save(&dir);
                 saved = Instant::now();
@@ -257,10 +255,7 @@ fn scrub_chunk(e: &Export, first: u64, n: u64, buf: &mut [u8]) -> std::io::Resul
         e.suspect(Suspect {
             block: b,
             expected,
-            found: Found {
-                crc: found,
-                zero: found == l.zero_crc() && block::is_zero(data),
-            },
+            found: Found::of(found, data, l.zero_crc()),
             source: "scrub",
         });
     }

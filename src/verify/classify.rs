@@ -66,6 +66,17 @@ pub struct Found {
     pub zero: bool,
 }
 
+impl Found {
+    /// What a block with checksum `crc` and contents `data` holds (`zero_crc`: the checksum
+    /// of an all-zero block, so the byte check runs only when it can matter).
+    pub fn of(crc: u32, data: &[u8], zero_crc: u32) -> Found {
+        Found {
+            crc,
+            zero: crc == zero_crc && crate::block::is_zero(data),
+        }
+    }
+}
+
 /// A generation the device no longer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Lost {

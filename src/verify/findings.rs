@@ -62,11 +62,19 @@ pub struct FindingsLog {
 /// warning for each damaged line other than a torn last one.
 pub fn read(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
     let path = dir.join(FINDINGS_FILE);
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(e) => return Err(Error::io(&path, "reading the findings log", e)),
-    };
+    Ok(parse(&path, &read_bytes(&path)?))
+}
+
+/// The log's bytes (none when it does not exist).
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(path, "reading the findings log", e)),
+    }
+}
+
+fn parse(path: &Path, text: &[u8]) -> (Vec<Entry>, Vec<String>) {
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
     let complete = text.ends_with(b"\n");
@@ -90,7 +98,7 @@ pub fn read(dir: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
         }
         offset += line.len() + 1;
     }
-    Ok((entries, warnings))
+    (entries, warnings)
 }
 
 /// The findings still open after replaying `entries`, by block.
@@ -123,7 +131,8 @@ impl FindingsLog {
     pub fn open(dir: &Path) -> Result<FindingsLog> {
         let path = dir.join(FINDINGS_FILE);
         let existed = path.exists();
-        let (entries, warnings) = read(dir)?;
+        let text = read_bytes(&path)?;
+        let (entries, warnings) = parse(&path, &text);
         for w in warnings {
             tracing::warn!("{w}");
         }
@@ -134,15 +143,11 @@ impl FindingsLog {
             .open(&path)
             .ctx(&path, "opening the findings log for appending")?;
         // A torn last line is cut off, so the next entry starts on a line of its own.
-        let len = file.metadata().ctx(&path, "stat")?.len();
-        if len > 0 {
-            let text = std::fs::read(&path).ctx(&path, "reading the findings log")?;
-            if text.last() != Some(&b'\n') {
-                let keep = text.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
-                file.set_len(keep as u64)
-                    .and_then(|()| file.sync_data())
-                    .ctx(&path, "cutting a torn last line")?;
-            }
+        if !text.is_empty() && text.last() != Some(&b'\n') {
+            let keep = text.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+            file.set_len(keep as u64)
+                .and_then(|()| file.sync_data())
+                .ctx(&path, "cutting a torn last line")?;
         }
         if !existed {
             crate::ledger::writer::sync_dir(dir)?;

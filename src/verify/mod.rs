@@ -65,14 +65,7 @@ pub fn run(ledger: &Ledger, dev: &dyn BlockDevice, opts: &Options) -> Result<Rep
                         if found == crc {
                             t.ok += 1;
                         } else {
-                            let z = found == zero && block::is_zero(blk);
-                            t.mismatches.push((
-                                b,
-                                Found {
-                                    crc: found,
-                                    zero: z,
-                                },
-                            ));
+                            t.mismatches.push((b, Found::of(found, blk, zero)));
                         }
                     }
                     BlockState::Untracked { .. } => t.untracked += 1,
