@@ -129,7 +129,8 @@ pub struct ServeConfig {
     /// Alert hook command.
     pub on_finding: Option<String>,
     /// Least time between hook runs, e.g. "60s".
-    pub on_finding_interval: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub on_finding_interval: Option<Duration>,
     /// Worker threads.
     pub threads: Option<usize>,
     /// TLS certificate chain (PEM).
@@ -171,7 +172,8 @@ pub struct ExportSpec {
     /// Scrub rate in MiB/s.
     pub scrub_rate: Option<f64>,
     /// Time between scrub pass starts, e.g. "24h".
-    pub scrub_interval: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub scrub_interval: Option<Duration>,
     /// Do not record (benchmarks only).
     #[serde(skip)]
     pub no_record: bool,
@@ -195,7 +197,7 @@ impl Args {
             listen: self.listen,
             metrics: self.metrics,
             on_finding: self.on_finding,
-            on_finding_interval: Some(format!("{}ms", self.on_finding_interval.as_millis())),
+            on_finding_interval: Some(self.on_finding_interval),
             threads: self.threads,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
@@ -210,7 +212,7 @@ impl Args {
                 block_size: self.block_size,
                 device_moved: self.device_moved,
                 scrub_rate: self.scrub_rate,
-                scrub_interval: self.scrub_interval.map(|d| format!("{}ms", d.as_millis())),
+                scrub_interval: self.scrub_interval,
                 no_record: self.no_record,
             }],
         })
@@ -316,11 +318,11 @@ fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
     ))
 }
 
-fn duration(what: &str, s: &Option<String>, default: Duration) -> anyhow::Result<Duration> {
-    match s {
-        None => Ok(default),
-        Some(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("{what}: {e}")),
-    }
+/// A duration in a config file, read as the command line reads one ("30s", "24h").
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -349,20 +351,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             ),
             Some(r) => Some(ScrubOptions {
                 rate: (r * (1u64 << 20) as f64) as u64,
-                interval: duration(
-                    "scrub interval",
-                    &spec.scrub_interval,
-                    Duration::from_secs(24 * 3600),
-                )?,
+                interval: spec
+                    .scrub_interval
+                    .unwrap_or(Duration::from_secs(24 * 3600)),
             }),
             None => None,
         });
     }
-    let alert_interval = duration(
-        "on_finding_interval",
-        &config.on_finding_interval,
-        Duration::from_secs(60),
-    )?;
+    let alert_interval = config
+        .on_finding_interval
+        .unwrap_or(Duration::from_secs(60));
     let mut listeners = Vec::new();
     let cleanup = |ls: &[Listener]| ls.iter().for_each(|l| l.cleanup());
     if let Some(path) = &config.socket {
