@@ -66,7 +66,7 @@ impl Service {
         let mut args = vec!["--listen", addr];
         args.extend_from_slice(extra);
         Self::spawn(image, &args, log_base, &|| {
-            std::net::TcpStream::connect(addr).is_ok()
+            std::net::TcpStream::connect(addr).is_ok_and(greets)
         })
     }
 
@@ -75,7 +75,7 @@ impl Service {
         let mut all = vec!["--socket", socket.to_str().unwrap()];
         all.extend_from_slice(args);
         Self::spawn(image, &all, socket, &|| {
-            std::os::unix::net::UnixStream::connect(socket).is_ok()
+            std::os::unix::net::UnixStream::connect(socket).is_ok_and(greets)
         })
     }
 
@@ -83,7 +83,7 @@ impl Service {
     pub fn start_config(config: &Path, socket: &Path) -> Service {
         let args = ["--config", config.to_str().unwrap()];
         Self::spawn_args(&args, socket, &|| {
-            std::os::unix::net::UnixStream::connect(socket).is_ok()
+            std::os::unix::net::UnixStream::connect(socket).is_ok_and(greets)
         })
     }
 
@@ -167,6 +167,31 @@ impl Service {
         let mut c = self.child.take().unwrap();
         kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL).unwrap();
         let _ = c.wait();
+    }
+}
+
+/// True once the server has sent the NBD greeting: serve binds its sockets before it opens
+/// its exports and starts its threads, so a connect alone only says the socket is bound.
+fn greets<S: std::io::Read + SocketTimeout>(mut s: S) -> bool {
+    s.timeout(Duration::from_secs(1));
+    let mut magic = [0u8; 8];
+    s.read_exact(&mut magic).is_ok() && &magic == b"NBDMAGIC"
+}
+
+/// Read timeouts on either kind of stream.
+trait SocketTimeout {
+    fn timeout(&self, d: Duration);
+}
+
+impl SocketTimeout for std::net::TcpStream {
+    fn timeout(&self, d: Duration) {
+        let _ = self.set_read_timeout(Some(d));
+    }
+}
+
+impl SocketTimeout for std::os::unix::net::UnixStream {
+    fn timeout(&self, d: Duration) {
+        let _ = self.set_read_timeout(Some(d));
     }
 }
 
