@@ -188,8 +188,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "opened": rfc3339(s.open_time),
             "end": session_end(s),
             "strict": s.strict,
-            "flushes": s.flushes.len(),
+            "flushes": s.flush_count(),
         }));
+    }
+    if let Some((lsn, t)) = hist.compacted {
+        notes.push(format!(
+            "history through LSN {lsn} ({}) is compacted: of it, each block keeps only its latest change (the first generation listed)",
+            rfc3339(t)
+        ));
     }
     for n in &notes {
         text.push_str(&format!("note: {n}\n"));
@@ -202,6 +208,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 "block_size": geo.block_size,
                 "blocks": out_blocks,
                 "sessions": sessions,
+                "compacted_through_lsn": hist.compacted.map(|c| c.0),
+                "compacted_through_time": hist.compacted.map(|c| rfc3339(c.1)),
             }))?
         );
     } else {

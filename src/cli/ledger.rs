@@ -1,8 +1,9 @@
-//! `lostwrite ledger check|dump`: the ledger itself.
+//! `lostwrite ledger check|dump|compact`: the ledger itself.
 
 use super::resolve_ledger;
 use lostwrite::clock::rfc3339;
 use lostwrite::ledger::check::check;
+use lostwrite::ledger::compact::Retention;
 use lostwrite::ledger::record::Record;
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
 use std::io::Write;
@@ -55,6 +56,22 @@ enum Op {
         #[arg(long, value_name = "BLOCK")]
         block: Option<u64>,
     },
+    /// Fold journal history older than --retain, or beyond --retain-bytes, into each block's
+    /// latest change, and delete the folded segments (offline: not while `serve` holds the
+    /// ledger; a running service compacts with its own --retain).
+    Compact {
+        #[command(flatten)]
+        at: Where,
+        /// Keep every record younger than this, e.g. 30d (0s folds everything).
+        #[arg(long, value_name = "DURATION", value_parser = super::parse_duration)]
+        retain: Option<std::time::Duration>,
+        /// Keep the journal within this many bytes, e.g. 10G.
+        #[arg(long, value_name = "BYTES", value_parser = super::parse_size)]
+        retain_bytes: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -74,6 +91,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rep)?);
             } else {
+                for n in &rep.notes {
+                    println!("note: {n}");
+                }
                 for w in &rep.warnings {
                     println!("warning: {w}");
                 }
@@ -110,6 +130,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut err: Option<std::io::Error> = None;
+            if let Some(f) = l.fold().filter(|_| !json) {
+                writeln!(
+                    out,
+                    "# records through LSN {} ({}) are compacted: {} blocks' latest changes in {}",
+                    f.header.through_lsn,
+                    rfc3339(f.header.through_time),
+                    f.header.entry_count,
+                    f.path.display()
+                )?;
+            }
             l.scan_journal(from, &mut |e| {
                 if block.is_some() && e.record.block().is_some() && e.record.block() != block {
                     return Ok(());
@@ -138,7 +168,81 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             out.flush()?;
             Ok(0)
         }
+        Op::Compact {
+            at,
+            retain,
+            retain_bytes,
+            json,
+        } => {
+            let dir = resolve_ledger(at.device.as_deref(), at.ledger.as_ref())?;
+            compact(
+                &dir,
+                Retention {
+                    age: retain,
+                    bytes: retain_bytes,
+                },
+                json,
+            )
+        }
     }
+}
+
+fn compact(dir: &std::path::Path, keep: Retention, json: bool) -> anyhow::Result<i32> {
+    if keep.is_none() {
+        anyhow::bail!(
+            "say how much history to keep: --retain DURATION (e.g. 30d; 0s folds everything) and/or --retain-bytes BYTES (e.g. 10G)"
+        );
+    }
+    let l = Ledger::open(dir, None, OpenOptions::new(Access::Write))?;
+    for w in &l.recovery().warnings {
+        eprintln!("compact: {w}");
+    }
+    let before = l.journal_bytes();
+    let now = lostwrite::clock::now();
+    // Offline, the segment last written may be folded too, so it is sealed (the next writer
+    // appends to a new one); the limits then decide what is folded.
+    if keep.age.is_some() || keep.bytes.is_some_and(|b| b < before) {
+        l.seal_segment()?;
+    }
+    let mut done = Vec::new();
+    while let Some(c) = l.compact(keep, now, true)? {
+        done.push(c);
+    }
+    let after = l.journal_bytes();
+    let fold = l.fold();
+    if json {
+        let last = done.last();
+        println!(
+            "{}",
+            serde_json::json!({
+                "ledger": dir.display().to_string(),
+                "journal_bytes_before": before,
+                "journal_bytes_after": after,
+                "segments_folded": done.iter().map(|c| c.segments.1 - c.segments.0 + 1).sum::<u64>(),
+                "compacted_through_lsn": fold.as_ref().map(|f| f.header.through_lsn),
+                "compacted_through_time": fold.as_ref().map(|f| rfc3339(f.header.through_time)),
+                "compacted_blocks": fold.as_ref().map(|f| f.header.entry_count),
+                "folded_now": last.is_some(),
+            })
+        );
+    } else if done.is_empty() {
+        println!(
+            "ledger {}: nothing to fold (the journal's {before} bytes are all within the retention)",
+            dir.display()
+        );
+    } else {
+        let f = fold.as_ref().expect("a compaction installs a fold");
+        println!(
+            "ledger {}: folded {} journal segment(s); journal {before} -> {after} bytes; history through LSN {} ({}) is now each block's latest change ({} blocks)",
+            dir.display(),
+            done.iter().map(|c| c.segments.1 - c.segments.0 + 1).sum::<u64>(),
+            f.header.through_lsn,
+            rfc3339(f.header.through_time),
+            f.header.entry_count
+        );
+    }
+    drop(l);
+    Ok(0)
 }
 
 fn describe(r: &Record) -> String {

@@ -37,7 +37,7 @@ pub enum Command {
     /// Create a ledger for a device, optionally recording every block now as generation 0.
     Init(init::Args),
     /// Serve a device over NBD, recording every write in its ledger (the sidecar).
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Hold a device against its ledger and classify every block that lost its latest write.
     Verify(verify::Args),
     /// Forensics after an incident: the window of lost writes, the files that own the damaged
@@ -45,7 +45,7 @@ pub enum Command {
     Report(report::Args),
     /// Show every recorded generation of some blocks.
     History(history::Args),
-    /// Check or dump the ledger itself.
+    /// Check, dump or compact the ledger itself.
     Ledger(ledger::Args),
     /// Summarise a ledger: device, sessions, journal, tracked blocks.
     Status(status::Args),
@@ -99,6 +99,25 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from(d).map_err(|e| bad(&e))
 }
 
+/// Parses a byte count such as `4096`, `512K`, `64M`, `10G`, `1T` or `64MiB` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let bad = || format!("{s:?} is not a size like 4096, 512K, 64M, 10G or 1T");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" | "kb" => 10,
+        "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        "t" | "tib" | "tb" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// A duration as [`parse_duration`] reads it: `24h`, `30s`, `1h 30m`.
 pub fn show_duration(d: std::time::Duration) -> String {
     match jiff::SignedDuration::try_from(d) {
@@ -112,7 +131,7 @@ pub fn show_duration(d: std::time::Duration) -> String {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Init(a) => init::run(a),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Verify(a) => verify::run(a),
         Command::Report(a) => report::run(a),
         Command::History(a) => history::run(a),

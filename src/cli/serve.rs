@@ -7,6 +7,7 @@
 use super::parse_duration;
 use lostwrite::block::{validate_block_size, DEFAULT_BLOCK_SIZE};
 use lostwrite::device::BlockDevice;
+use lostwrite::ledger::compact::Retention;
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
 use lostwrite::metrics::MetricsListener;
@@ -14,6 +15,7 @@ use lostwrite::nbd::server::{Config, Server};
 use lostwrite::nbd::stream::Listener;
 use lostwrite::service::alert::Alerter;
 use lostwrite::service::detect::Detector;
+use lostwrite::service::retain::Retainer;
 use lostwrite::service::scrub::{ScrubOptions, Scrubber};
 use lostwrite::service::{Export, ExportOptions, OnMismatch};
 use serde::Deserialize;
@@ -50,6 +52,7 @@ pub struct Args {
         "device", "ledger", "socket", "listen", "export", "read_only", "on_mismatch",
         "journal_sync", "block_size", "device_moved", "threads", "tls_cert", "metrics",
         "scrub_rate", "scrub_interval", "on_finding", "on_finding_interval", "no_record",
+        "retain", "retain_bytes",
     ])]
     config: Option<PathBuf>,
     /// Listen on this unix socket (mode 0600) [default: DEVICE.sock].
@@ -110,6 +113,13 @@ pub struct Args {
     /// gathered into the next run.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
     on_finding_interval: Duration,
+    /// Keep the journal's record-by-record history for this long (e.g. 30d); older history is
+    /// folded into each block's latest change (docs/OPERATIONS.md, "Retention").
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    retain: Option<Duration>,
+    /// Keep the journal within about this many bytes (e.g. 10G), folding the oldest history.
+    #[arg(long, value_name = "BYTES", value_parser = super::parse_size)]
+    retain_bytes: Option<u64>,
     /// Serve without recording anything (to measure what the ledger costs; nothing is
     /// verifiable afterwards).
     #[arg(long, hide = true)]
@@ -174,9 +184,25 @@ pub struct ExportSpec {
     /// Time between scrub pass starts, e.g. "24h".
     #[serde(default, deserialize_with = "de_duration")]
     pub scrub_interval: Option<Duration>,
+    /// Journal history to keep, e.g. "30d".
+    #[serde(default, deserialize_with = "de_duration")]
+    pub retain: Option<Duration>,
+    /// Journal bytes to keep, e.g. "10G" or 10737418240.
+    #[serde(default, deserialize_with = "de_size")]
+    pub retain_bytes: Option<u64>,
     /// Do not record (benchmarks only).
     #[serde(skip)]
     pub no_record: bool,
+}
+
+impl ExportSpec {
+    /// The retention it asks for.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            age: self.retain,
+            bytes: self.retain_bytes,
+        }
+    }
 }
 
 impl Args {
@@ -213,6 +239,8 @@ impl Args {
                 device_moved: self.device_moved,
                 scrub_rate: self.scrub_rate,
                 scrub_interval: self.scrub_interval,
+                retain: self.retain,
+                retain_bytes: self.retain_bytes,
                 no_record: self.no_record,
             }],
         })
@@ -278,6 +306,7 @@ fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
         }
         let mut opts = OpenOptions::new(Access::Write);
         opts.device_moved = spec.device_moved;
+        opts.segment_bytes = spec.retention().segment_bytes();
         let mut l = Ledger::open(&dir, Some((dev.identity(), dev.size())), opts)?;
         if spec.block_size.is_some() && l.geometry().block_size != bs {
             anyhow::bail!(
@@ -316,6 +345,23 @@ fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
             on_mismatch: spec.on_mismatch,
         },
     ))
+}
+
+/// A byte count in a config file: an integer, or a string as the command line reads one.
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Bytes(n)) => Ok(Some(n)),
+        Some(Size::Text(t)) => super::parse_size(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 /// A duration in a config file, read as the command line reads one ("30s", "24h").
@@ -391,12 +437,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     ])?;
     let mut exports = Vec::new();
     let mut scrub_of = Vec::new();
+    let mut retain_of = Vec::new();
     let mut down = Vec::new();
     for (spec, scrub_opts) in config.export.iter().zip(scrub) {
         match open_export(spec) {
             Ok(e) => {
                 exports.push(Arc::new(e));
                 scrub_of.push(scrub_opts);
+                retain_of.push(spec.retention());
             }
             // With many disks, one that cannot be opened must not keep the others offline.
             Err(e) if many => {
@@ -439,6 +487,29 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 o.rate as f64 / (1u64 << 20) as f64,
                 super::show_duration(o.interval)
             );
+        }
+    }
+    let mut retainers = Vec::new();
+    for (e, keep) in exports.iter().zip(&retain_of) {
+        if keep.is_none() || e.ledger().is_none() {
+            continue;
+        }
+        match Retainer::start(e, *keep) {
+            Ok(r) => {
+                tracing::info!(
+                    "export {:?}: retaining {}{}{} of journal history",
+                    e.name(),
+                    keep.age.map(super::show_duration).unwrap_or_default(),
+                    if keep.age.is_some() && keep.bytes.is_some() {
+                        " and at most "
+                    } else {
+                        ""
+                    },
+                    keep.bytes.map(|b| format!("{b} bytes")).unwrap_or_default()
+                );
+                retainers.push(r);
+            }
+            Err(err) => tracing::error!("export {:?}: NO retention: {err}", e.name()),
         }
     }
     let metrics = match metrics_listener {
@@ -495,6 +566,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let exports = server.shutdown();
     for s in scrubbers {
         s.stop();
+    }
+    for r in retainers {
+        r.stop();
     }
     if let Some(m) = metrics {
         m.stop();

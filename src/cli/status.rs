@@ -116,7 +116,7 @@ fn one(dir: &Path, export: &str, live: Option<&str>) -> anyhow::Result<Value> {
         }
     }
     let journal_bytes: u64 = hist.end.segments.iter().map(|s| s.file_len).sum();
-    let records = hist.end.next_lsn - 1;
+    let records = hist.end.next_lsn - 1 - hist.compacted.map_or(0, |c| c.0);
     let last = hist.sessions.values().next_back().filter(|s| s.id != 0);
     let writer = if l.is_live_view() {
         std::fs::read_to_string(dir.join(LOCK_FILE))
@@ -170,6 +170,8 @@ fn one(dir: &Path, export: &str, live: Option<&str>) -> anyhow::Result<Value> {
         "journal_segments": hist.end.segments.len(),
         "journal_bytes": journal_bytes,
         "records": records,
+        "compacted_through_lsn": hist.compacted.map(|c| c.0),
+        "compacted_through": hist.compacted.map(|c| rfc3339(c.1)),
         "sessions": hist.sessions.len() - 1,
         "sessions_crashed": crashed,
         "last_session": last_desc,
@@ -222,10 +224,17 @@ fn human(v: &Value) -> String {
         n("blocks_unknown")
     );
     o += &format!(
-        "journal  {} segment(s), {} bytes, {} records\n",
+        "journal  {} segment(s), {} bytes, {} records{}\n",
         n("journal_segments"),
         n("journal_bytes"),
-        n("records")
+        n("records"),
+        match v["compacted_through"].as_str() {
+            Some(t) => format!(
+                "; history through LSN {} ({t}) compacted",
+                n("compacted_through_lsn")
+            ),
+            None => String::new(),
+        }
     );
     o += &format!(
         "sessions {} ({} crashed){}\n",

@@ -4,9 +4,12 @@
 //! fresh replay of the whole journal.
 
 use super::baseline::Baseline;
+use super::fold::Fold;
 use super::meta::Meta;
 use super::state::{StateHeader, StateTable};
-use super::{apply, lock, reader, BASELINE_FILE, JOURNAL_DIR, META_FILE, STATE_FILE};
+use super::{
+    apply, journal_start, lock, reader, Replay, BASELINE_FILE, JOURNAL_DIR, META_FILE, STATE_FILE,
+};
 use crate::block::{self, Geometry};
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -30,6 +33,8 @@ pub struct CheckReport {
     pub problems: Vec<Problem>,
     /// Notes that are not damage (a torn tail left by a crash).
     pub warnings: Vec<String>,
+    /// Facts about the ledger worth knowing (history folded by retention).
+    pub notes: Vec<String>,
     /// Journal segments read.
     pub segments: usize,
     /// Records read.
@@ -143,17 +148,60 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
     // A fresh replay of the whole journal, and the file's own view brought up to date.
     let fresh = StateTable::anonymous(n)?;
     let jdir = dir.join(JOURNAL_DIR);
+    let fold = match Fold::read(dir, &meta.ledger_id) {
+        Ok(f) => f,
+        Err(e) => {
+            rep.add(e);
+            return Ok(rep);
+        }
+    };
+    let replay = Replay {
+        state: &fresh,
+        baseline: baseline.as_ref(),
+        zero_crc: zero,
+        jdir: &jdir,
+        ledger_id: &meta.ledger_id,
+        start: journal_start(fold.as_ref()),
+    };
+    if let Err(e) = replay.seed(fold.as_ref()) {
+        rep.add(e);
+        return Ok(rep);
+    }
+    let mut state = state;
+    if let Some(f) = &fold {
+        rep.notes.push(format!(
+            "history through LSN {} is compacted in {} ({} blocks' latest changes); the journal resumes at segment {}",
+            f.header.through_lsn,
+            f.path.display(),
+            f.header.entry_count,
+            f.header.next_segment
+        ));
+        if header.is_some_and(|h| h.checkpoint_lsn < f.header.through_lsn) {
+            rep.warnings.push(
+                "the state table was checkpointed before the compacted history ends: the next writer rebuilds it".into(),
+            );
+            state = None;
+        }
+    }
     let ckpt = header.map_or(0, |h| h.checkpoint_lsn);
     let protected = header.map_or((0, 0), |h| h.checkpoint_pos);
     let mut records = 0u64;
-    let scanned = reader::scan(&jdir, &meta.ledger_id, 1, protected, &mut |e| {
-        records += 1;
-        apply(&fresh, baseline.as_ref(), zero, e.lsn, e.record, &jdir)?;
-        if let (Some(s), true) = (&state, e.lsn > ckpt) {
-            apply(s, baseline.as_ref(), zero, e.lsn, e.record, &jdir)?;
-        }
-        Ok(())
-    });
+    let scanned = reader::scan(
+        &jdir,
+        &meta.ledger_id,
+        replay.start,
+        u64::MAX,
+        replay.start.lsn,
+        protected,
+        &mut |e| {
+            records += 1;
+            apply(&fresh, baseline.as_ref(), zero, e.lsn, e.record, &jdir)?;
+            if let (Some(s), true) = (&state, e.lsn > ckpt) {
+                apply(s, baseline.as_ref(), zero, e.lsn, e.record, &jdir)?;
+            }
+            Ok(())
+        },
+    );
     rep.records = records;
     match scanned {
         Ok(end) => {

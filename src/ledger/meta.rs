@@ -10,8 +10,12 @@ use std::path::Path;
 
 /// "LWLEDGER".
 pub const MAGIC: [u8; 8] = *b"LWLEDGER";
-/// Ledger format version written by this build (docs/FORMAT.md keeps the history).
-pub const FORMAT_VERSION: u32 = 1;
+/// Newest ledger format version this build reads and writes (docs/FORMAT.md keeps the
+/// history).
+pub const FORMAT_VERSION: u32 = 2;
+/// Version of a new ledger: version 2 adds only the compacted history, so a ledger is marked 2
+/// when it is first compacted and older builds keep reading the ones that never were.
+pub const NEW_LEDGER_VERSION: u32 = 1;
 
 /// What the metadata file holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +32,9 @@ pub struct Meta {
     pub created: Micros,
     /// The software that made it.
     pub software: String,
+    /// Format version of the file (not part of the encoded body).
+    #[serde(skip)]
+    pub version: u32,
 }
 
 impl Meta {
@@ -37,7 +44,7 @@ impl Meta {
         codec::encode_into(self, &mut body);
         let mut out = Vec::with_capacity(body.len() + 20);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         out.extend_from_slice(&body);
         let crc = crc32fast::hash(&out);
@@ -75,18 +82,19 @@ impl Meta {
                 "metadata checksum mismatch",
             ));
         }
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(Error::damaged(
                 path,
                 8,
                 format!(
-                    "ledger format version {version}; this build reads version {FORMAT_VERSION}"
+                    "ledger format version {version}; this build reads versions 1 to {FORMAT_VERSION} (a newer lostwrite wrote it)"
                 ),
             ));
         }
         let mut body = &b[16..16 + len];
-        let meta: Meta = codec::decode_next(&mut body)
+        let mut meta: Meta = codec::decode_next(&mut body)
             .map_err(|e| Error::damaged(path, 16, format!("undecodable metadata: {e}")))?;
+        meta.version = version;
         Ok(meta)
     }
 }

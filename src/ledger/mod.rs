@@ -25,6 +25,8 @@
 pub mod baseline;
 pub mod check;
 pub mod codec;
+pub mod compact;
+pub mod fold;
 pub mod frame;
 pub mod history;
 mod lock;
@@ -41,13 +43,14 @@ use crate::clock;
 use crate::device::{BlockDevice, DeviceIdentity};
 use crate::error::{Error, IoContext, Result};
 use baseline::Baseline;
+use fold::{Fold, FoldChange, FoldEntry};
 use meta::Meta;
-use reader::{JournalEnd, TornTail};
+use reader::{JournalEnd, Start, TornTail};
 use record::{Generation, Lsn, Record, SessionOpen};
 use state::{BlockState, StateHeader, StateTable};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use writer::JournalWriter;
 
 pub use lock::LOCK_FILE;
@@ -173,7 +176,38 @@ pub struct Ledger {
     journal: Option<JournalWriter>,
     session: Option<Session>,
     recovery: Recovery,
+    /// The compacted history, if retention has folded any segments.
+    fold: Mutex<Option<Fold>>,
+    /// Held shared by whoever reads the journal, exclusively while compaction swaps the
+    /// compacted history and deletes the segments it folded.
+    gate: RwLock<()>,
+    /// Last record time of sealed segments (they never change), for retention decisions.
+    segment_times: Mutex<BTreeMap<u64, clock::Micros>>,
     _lock: Option<lock::LedgerLock>,
+}
+
+/// Where the journal starts given the compacted history.
+fn journal_start(fold: Option<&Fold>) -> Start {
+    fold.map_or(Start::ORIGIN, |f| Start {
+        segment: f.header.next_segment,
+        lsn: f.header.through_lsn + 1,
+        prev: (f.header.chain_crc, f.header.chain_len),
+    })
+}
+
+/// The record a fold entry stands for.
+fn fold_record(e: &FoldEntry) -> Record {
+    let (block, generation) = (e.block, e.generation);
+    match e.change {
+        FoldChange::Write(crc) => Record::Write {
+            block,
+            generation,
+            crc,
+        },
+        FoldChange::Zero => Record::Zero { block, generation },
+        FoldChange::Trim => Record::Trim { block, generation },
+        FoldChange::Failed => Record::Failed { block, generation },
+    }
 }
 
 fn lock_mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -293,6 +327,7 @@ impl Ledger {
             identity: identity.clone(),
             created: clock::now(),
             software: concat!("lostwrite ", env!("CARGO_PKG_VERSION")).into(),
+            version: meta::NEW_LEDGER_VERSION,
         };
         let meta_path = t.join(META_FILE);
         std::fs::write(&meta_path, meta.encode()).ctx(&meta_path, "writing ledger metadata")?;
@@ -465,6 +500,14 @@ impl Ledger {
         };
         let jdir = dir.join(JOURNAL_DIR);
         let mut recovery = Recovery::default();
+        let mut fold = if live {
+            None
+        } else {
+            Fold::read(dir, &meta.ledger_id)?
+        };
+        if writable {
+            tidy_after_compaction(dir, fold.as_ref())?;
+        }
 
         // What the table claims, and whether it is believable.
         let mut rebuild: Option<String> = replaced;
@@ -495,13 +538,9 @@ impl Ledger {
         // Why the table must be rebuilt from the whole journal although it is not damaged.
         let mut recover: Option<String> = None;
         if live {
-            end = Some(reader::scan(
-                &jdir,
-                &meta.ledger_id,
-                Lsn::MAX,
-                (0, 0),
-                &mut |_| Ok(()),
-            )?);
+            let (f, e) = scan_live(dir, &meta.ledger_id, Lsn::MAX, &mut |_, _| Ok(()))?;
+            fold = f;
+            end = Some(e);
         } else if let Some(h) = header {
             if !h.clean {
                 // A writer died with the table half-updated. After a host crash the table may
@@ -515,6 +554,14 @@ impl Ledger {
                     (p + 1) * 512,
                     state.check_offset(p)
                 ));
+            } else if fold
+                .as_ref()
+                .is_some_and(|f| h.checkpoint_lsn < f.header.through_lsn)
+            {
+                recover = Some(
+                    "the state table was checkpointed before the oldest retained journal record"
+                        .into(),
+                );
             } else {
                 let from = Replay {
                     state: &state,
@@ -522,6 +569,7 @@ impl Ledger {
                     zero_crc,
                     jdir: &jdir,
                     ledger_id: &meta.ledger_id,
+                    start: journal_start(fold.as_ref()),
                 };
                 let (e, n) = from.run(h.checkpoint_lsn + 1, protected, &mut sessions)?;
                 recovery.replayed = n;
@@ -541,15 +589,16 @@ impl Ledger {
                 tracing::info!("{why}; rebuilding the state table from the journal");
             }
             state.clear();
-            sessions = SessionTrack::default();
             let all = Replay {
                 state: &state,
                 baseline: baseline.as_ref(),
                 zero_crc,
                 jdir: &jdir,
                 ledger_id: &meta.ledger_id,
+                start: journal_start(fold.as_ref()),
             };
-            let (e, n) = all.run(1, protected, &mut sessions)?;
+            sessions = all.seed(fold.as_ref())?;
+            let (e, n) = all.run(all.start.lsn, protected, &mut sessions)?;
             recovery.replayed = n;
             end = Some(e);
         }
@@ -637,6 +686,9 @@ impl Ledger {
             journal,
             session: None,
             recovery,
+            fold: Mutex::new(fold),
+            gate: RwLock::new(()),
+            segment_times: Mutex::new(BTreeMap::new()),
             _lock: lock,
         };
         if writable {
@@ -729,18 +781,50 @@ impl Ledger {
         from: Lsn,
         visit: &mut dyn FnMut(reader::Entry<'_>) -> Result<()>,
     ) -> Result<JournalEnd> {
-        let protected = if self.is_live_view() {
-            (0, 0)
-        } else {
-            self.header().checkpoint_pos
-        };
+        self.scan_history(&mut |_| Ok(()), from, visit)
+    }
+
+    /// Reads the whole history consistently: first the compacted history (`folded` gets it, or
+    /// `None`), then every retained journal record with LSN >= `from`. Compaction in this
+    /// process waits until it is done; a live view retries when a running service compacted
+    /// in between.
+    pub fn scan_history(
+        &self,
+        folded: &mut dyn FnMut(Option<&Fold>) -> Result<()>,
+        from: Lsn,
+        visit: &mut dyn FnMut(reader::Entry<'_>) -> Result<()>,
+    ) -> Result<JournalEnd> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if self.is_live_view() {
+            let mut seen_fold = false;
+            let (_, end) = scan_live(&self.dir, &self.meta.ledger_id, from, &mut |f, e| {
+                if !seen_fold {
+                    seen_fold = true;
+                    folded(f)?;
+                }
+                match e {
+                    Some(e) => visit(e),
+                    None => Ok(()),
+                }
+            })?;
+            return Ok(end);
+        }
+        let fold = lock_mutex(&self.fold).clone();
+        folded(fold.as_ref())?;
         reader::scan(
             &self.dir.join(JOURNAL_DIR),
             &self.meta.ledger_id,
+            journal_start(fold.as_ref()),
+            u64::MAX,
             from,
-            protected,
+            self.header().checkpoint_pos,
             visit,
         )
+    }
+
+    /// The compacted history's header and sessions, if retention folded any segments.
+    pub fn fold(&self) -> Option<Fold> {
+        lock_mutex(&self.fold).clone()
     }
 
     // ---- recording (writer only) ----
@@ -1077,15 +1161,17 @@ impl Ledger {
         }
         let jdir = self.dir.join(JOURNAL_DIR);
         self.state.clear();
-        let mut sessions = SessionTrack::default();
+        let fold = self.fold();
         let all = Replay {
             state: &self.state,
             baseline: self.baseline.as_ref(),
             zero_crc: self.zero_crc,
             jdir: &jdir,
             ledger_id: &self.meta.ledger_id,
+            start: journal_start(fold.as_ref()),
         };
-        let (end, _) = all.run(1, (0, 0), &mut sessions)?;
+        let mut sessions = all.seed(fold.as_ref())?;
+        let (end, _) = all.run(all.start.lsn, (0, 0), &mut sessions)?;
         let mut h = self.header();
         h.checkpoint_lsn = end.next_lsn - 1;
         h.last_session = sessions.last;
@@ -1102,9 +1188,43 @@ struct Replay<'a> {
     zero_crc: u32,
     jdir: &'a Path,
     ledger_id: &'a [u8; 16],
+    start: Start,
 }
 
 impl Replay<'_> {
+    /// Puts the state at the fold point into the (cleared) table: the folded baseline, then each
+    /// block's latest folded change. Returns the sessions as they stood there.
+    fn seed(&self, fold: Option<&Fold>) -> Result<SessionTrack> {
+        let Some(f) = fold else {
+            return Ok(SessionTrack::default());
+        };
+        if f.header.baseline_lsn != 0 {
+            let all = Record::Baseline { blocks: u64::MAX };
+            apply(
+                self.state,
+                self.baseline,
+                self.zero_crc,
+                f.header.baseline_lsn,
+                &all,
+                &f.path,
+            )?;
+        }
+        f.entries(&mut |e| {
+            apply(
+                self.state,
+                self.baseline,
+                self.zero_crc,
+                e.lsn,
+                &fold_record(e),
+                &f.path,
+            )
+        })?;
+        Ok(SessionTrack {
+            last: f.header.last_session,
+            open: f.header.session_open,
+        })
+    }
+
     /// Applies every record from LSN `from` on, following sessions; returns where the journal
     /// ends and how many records were applied.
     fn run(
@@ -1114,20 +1234,110 @@ impl Replay<'_> {
         sessions: &mut SessionTrack,
     ) -> Result<(JournalEnd, u64)> {
         let mut n = 0u64;
-        let end = reader::scan(self.jdir, self.ledger_id, from, protected, &mut |e| {
-            n += 1;
-            sessions.see(e.record);
-            apply(
-                self.state,
-                self.baseline,
-                self.zero_crc,
-                e.lsn,
-                e.record,
-                self.jdir,
-            )
-        })?;
+        let end = reader::scan(
+            self.jdir,
+            self.ledger_id,
+            self.start,
+            u64::MAX,
+            from,
+            protected,
+            &mut |e| {
+                n += 1;
+                sessions.see(e.record);
+                apply(
+                    self.state,
+                    self.baseline,
+                    self.zero_crc,
+                    e.lsn,
+                    e.record,
+                    self.jdir,
+                )
+            },
+        )?;
         Ok((end, n))
     }
+}
+
+/// What [`scan_live`] hands its records to: the fold with each record (the fold alone once,
+/// before the first).
+type LiveVisitor<'a> = dyn FnMut(Option<&Fold>, Option<reader::Entry<'_>>) -> Result<()> + 'a;
+
+/// Reads the journal of a ledger a running service holds, from its compacted history on,
+/// handing `visit` the fold once (with no entry) and then each record. A service compacting
+/// between reading the fold and reading the segments shows as a missing segment: the read starts
+/// again with the new fold, a few times.
+fn scan_live(
+    dir: &Path,
+    ledger_id: &[u8; 16],
+    from: Lsn,
+    visit: &mut LiveVisitor<'_>,
+) -> Result<(Option<Fold>, JournalEnd)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let fold = Fold::read(dir, ledger_id)?;
+        let start = journal_start(fold.as_ref());
+        // A failed attempt has visited nothing: the fold is handed over only with the first
+        // record, or at the end when no record follows.
+        let mut buffered = true;
+        let r = reader::scan(
+            &dir.join(JOURNAL_DIR),
+            ledger_id,
+            start,
+            u64::MAX,
+            from,
+            (0, 0),
+            &mut |e| {
+                if buffered {
+                    buffered = false;
+                    visit(fold.as_ref(), None)?;
+                }
+                visit(fold.as_ref(), Some(e))
+            },
+        );
+        match r {
+            Ok(end) => {
+                if buffered {
+                    visit(fold.as_ref(), None)?;
+                }
+                return Ok((fold, end));
+            }
+            Err(Error::Damaged { .. }) if buffered && attempt < 5 => {
+                let now = Fold::read(dir, ledger_id)?;
+                if journal_start(now.as_ref()) == start {
+                    return r.map(|end| (fold, end));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes what an interrupted compaction left: its temporary file, and segments the compacted
+/// history already covers.
+fn tidy_after_compaction(dir: &Path, fold: Option<&Fold>) -> Result<()> {
+    let tmp = dir.join(format!("{}.tmp", fold::FOLD_FILE));
+    if tmp.exists() {
+        std::fs::remove_file(&tmp).ctx(&tmp, "removing an unfinished compacted history")?;
+    }
+    let Some(f) = fold else { return Ok(()) };
+    let jdir = dir.join(JOURNAL_DIR);
+    let mut removed = false;
+    for n in reader::list_segments(&jdir)? {
+        if n < f.header.next_segment {
+            let p = segment::path(&jdir, n);
+            tracing::info!(
+                "removing journal segment {} (compacted, its removal was interrupted)",
+                p.display()
+            );
+            std::fs::remove_file(&p).ctx(&p, "removing a compacted segment")?;
+            removed = true;
+        }
+    }
+    if removed {
+        writer::sync_dir(&jdir)?;
+    }
+    Ok(())
 }
 
 /// Most out-of-order completed ranges one flush record lists.

@@ -29,6 +29,8 @@ pub struct SegmentInfo {
     pub file_len: u64,
     /// CRC-32 of the valid bytes (what the next segment's header must name).
     pub content_crc: u32,
+    /// Time of its last valid frame (0 if it has none).
+    pub last_time: Micros,
 }
 
 /// A torn tail: bytes at the end of the last segment that do not form whole, valid frames and
@@ -71,6 +73,28 @@ pub struct Entry<'a> {
     pub record: &'a Record,
 }
 
+/// Where the journal begins: segment 1 at LSN 1, or, after retention folded the oldest segments
+/// into the compacted history, the first segment it kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// Number of the first segment.
+    pub segment: u64,
+    /// LSN of its first record.
+    pub lsn: Lsn,
+    /// What its header must name as its predecessor: content CRC-32 and byte length (both 0
+    /// for segment 1).
+    pub prev: (u32, u64),
+}
+
+impl Start {
+    /// A journal that starts at its beginning.
+    pub const ORIGIN: Start = Start {
+        segment: 1,
+        lsn: 1,
+        prev: (0, 0),
+    };
+}
+
 /// Lists segment numbers present in `journal_dir`, sorted.
 pub fn list_segments(journal_dir: &Path) -> Result<Vec<u64>> {
     let rd = std::fs::read_dir(journal_dir).ctx(journal_dir, "listing journal segments")?;
@@ -89,14 +113,19 @@ pub fn list_segments(journal_dir: &Path) -> Result<Vec<u64>> {
 /// LSN >= `decode_from` (frames wholly below it are checked but not decoded).
 /// `protected` is the journal position (segment, offset) known synced by a checkpoint: invalid
 /// bytes before it are damage even in the last segment.
+/// Segments numbered below `start.segment` (folded, left behind by an interrupted compaction)
+/// are skipped; reading stops after segment `last_segment`.
 pub fn scan(
     journal_dir: &Path,
     ledger_id: &[u8; 16],
+    start: Start,
+    last_segment: u64,
     decode_from: Lsn,
     protected: (u64, u64),
     visit: &mut dyn FnMut(Entry<'_>) -> Result<()>,
 ) -> Result<JournalEnd> {
-    let numbers = list_segments(journal_dir)?;
+    let mut numbers = list_segments(journal_dir)?;
+    numbers.retain(|&n| n >= start.segment);
     if numbers.is_empty() {
         return Err(Error::damaged(
             journal_dir,
@@ -105,21 +134,30 @@ pub fn scan(
         ));
     }
     let mut segments: Vec<SegmentInfo> = Vec::with_capacity(numbers.len());
-    let mut next_lsn: Lsn = 1;
+    let mut next_lsn: Lsn = start.lsn;
     let mut last_time = 0;
     let mut torn = None;
     for (i, &number) in numbers.iter().enumerate() {
+        if number > last_segment {
+            break;
+        }
         let path = segment::path(journal_dir, number);
         let is_last = i + 1 == numbers.len();
-        let expected_number = segments.last().map_or(1, |s| s.number + 1);
+        let expected_number = segments.last().map_or(start.segment, |s| s.number + 1);
         if number != expected_number {
             return Err(Error::damaged(
                 &path,
                 0,
-                format!(
-                    "segment {number} follows segment {} : segment {expected_number} is missing",
-                    expected_number - 1
-                ),
+                if segments.is_empty() {
+                    format!(
+                        "the journal starts at segment {number}, but segment {expected_number} is missing"
+                    )
+                } else {
+                    format!(
+                        "segment {number} follows segment {} : segment {expected_number} is missing",
+                        expected_number - 1
+                    )
+                },
             ));
         }
         let buf = std::fs::read(&path).ctx(&path, "reading journal segment")?;
@@ -142,7 +180,10 @@ pub fn scan(
             }
             Err(why) => return Err(Error::damaged(&path, 0, why)),
         };
-        check_header(&header, &path, ledger_id, number, next_lsn, segments.last())?;
+        let prev = segments
+            .last()
+            .map_or(start.prev, |p| (p.content_crc, p.valid_len));
+        check_header(&header, &path, ledger_id, number, next_lsn, prev)?;
         let mut pos = segment::HEADER_LEN;
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&buf[..pos]);
@@ -219,6 +260,11 @@ pub fn scan(
             valid_len: pos.min(buf.len()) as u64,
             file_len: buf.len() as u64,
             content_crc: hasher.finalize(),
+            last_time: if pos > segment::HEADER_LEN {
+                last_time
+            } else {
+                0
+            },
         });
         if torn.is_some() {
             break;
@@ -238,7 +284,7 @@ fn check_header(
     ledger_id: &[u8; 16],
     number: u64,
     next_lsn: Lsn,
-    prev: Option<&SegmentInfo>,
+    (crc, len): (u32, u64),
 ) -> Result<()> {
     if h.version != JOURNAL_VERSION {
         return Err(Error::damaged(
@@ -277,13 +323,12 @@ fn check_header(
             ),
         ));
     }
-    let (crc, len) = prev.map_or((0, 0), |p| (p.content_crc, p.valid_len));
     if (h.prev_crc, h.prev_len) != (crc, len) {
         return Err(Error::damaged(
             path,
             48,
             format!(
-                "the chain is broken: this segment names a predecessor of {} bytes with checksum {:08x}, but segment {} has {len} bytes with checksum {crc:08x} (a segment was replaced or reverted)",
+                "the chain is broken: this segment names a predecessor of {} bytes with checksum {:08x}, but segment {} had {len} bytes with checksum {crc:08x} (a segment was replaced or reverted, or the compacted history belongs to another journal)",
                 h.prev_len,
                 h.prev_crc,
                 number - 1

@@ -41,6 +41,8 @@ struct Appender {
     hasher: crc32fast::Hasher,
     next_lsn: Lsn,
     buf: Vec<u8>,
+    /// Time of the segment's first frame (for a resumed segment: when it was resumed).
+    first_time: Option<Micros>,
 }
 
 struct SyncState {
@@ -58,6 +60,9 @@ pub struct JournalWriter {
     sync: Mutex<SyncState>,
     synced_hint: AtomicU64,
     cv: Condvar,
+    /// Segments started so far, for whoever waits to compact sealed ones.
+    rolls: Mutex<u64>,
+    rolled: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,6 +140,7 @@ impl JournalWriter {
                 hasher: crc32fast::Hasher::new_with_initial_len(resume.content_crc, resume.offset),
                 next_lsn: resume.next_lsn,
                 buf: Vec::with_capacity(64 << 10),
+                first_time: (resume.offset > segment::HEADER_LEN as u64).then(crate::clock::now),
             }),
             sync: Mutex::new(SyncState {
                 synced,
@@ -143,6 +149,8 @@ impl JournalWriter {
             }),
             synced_hint: AtomicU64::new(synced),
             cv: Condvar::new(),
+            rolls: Mutex::new(0),
+            rolled: Condvar::new(),
         })
     }
 
@@ -182,6 +190,7 @@ impl JournalWriter {
             ));
         }
         a.hasher.update(&buf);
+        a.first_time.get_or_insert(time);
         a.offset += buf.len() as u64;
         a.next_lsn += records.len() as u64;
         a.buf = buf;
@@ -207,7 +216,37 @@ impl JournalWriter {
         a.segment += 1;
         a.offset = segment::HEADER_LEN as u64;
         a.hasher = hasher;
+        a.first_time = None;
+        *lock(&self.rolls) += 1;
+        self.rolled.notify_all();
         Ok(())
+    }
+
+    /// Seals the current segment (synced) and starts the next, so retention can fold it.
+    /// Nothing happens when the current segment holds no frame; returns whether it rolled.
+    pub fn seal(&self) -> Result<bool> {
+        self.check_poison()?;
+        let mut a = lock(&self.app);
+        if a.offset <= segment::HEADER_LEN as u64 {
+            return Ok(false);
+        }
+        self.rollover(&mut a)?;
+        Ok(true)
+    }
+
+    /// Time of the current segment's first frame, if it has one.
+    pub fn segment_started(&self) -> Option<Micros> {
+        lock(&self.app).first_time
+    }
+
+    /// Waits until a segment is started after the `seen`-th, or `timeout`; returns the count.
+    pub fn wait_roll(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let g = lock(&self.rolls);
+        let (g, _) = self
+            .rolled
+            .wait_timeout_while(g, timeout, |n| *n <= seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *g
     }
 
     /// The LSN the next record will get.

@@ -16,6 +16,7 @@
 pub mod alert;
 pub mod detect;
 pub mod locks;
+pub mod retain;
 pub mod scrub;
 
 use crate::block::{self, Geometry};

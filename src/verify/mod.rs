@@ -131,7 +131,14 @@ pub fn classify_all(ledger: &Ledger, mismatches: &[(u64, Found)]) -> Result<Vec<
             .and_then(|hits| hits.iter().filter(|e| e.block != b).max_by_key(|e| e.lsn));
         let last_durable = events.iter().rev().find(|e| e.durable).map_or(0, |e| e.lsn);
         let crash_could_explain = lossy.iter().any(|&end| end > last_durable);
-        let v = classify::classify(events, found, zero, other, crash_could_explain);
+        let mut v = classify::classify(events, found, zero, other, crash_could_explain);
+        if let (Some((_, t)), classify::Kind::Corrupt, None) = (hist.compacted, v.kind, &v.note) {
+            // Older generations than the first retained one were folded away.
+            v.note = Some(format!(
+                "matches nothing in the history retained since {} (older history was compacted: these may be contents from before then)",
+                crate::clock::rfc3339(t)
+            ));
+        }
         let expected = ledger.state(b);
         out.push(Finding::new(b, geo.offset(b), expected, events.last(), v));
     }

@@ -307,8 +307,12 @@ impl Report {
             ),
             _ if failing > 0 => writeln!(
                 out,
-                "FAILED: {failing} block{} no longer hold what the ledger says",
-                if failing == 1 { "" } else { "s" }
+                "FAILED: {failing} {} what the ledger says",
+                if failing == 1 {
+                    "block no longer holds"
+                } else {
+                    "blocks no longer hold"
+                }
             ),
             _ if !self.findings.is_empty() => writeln!(
                 out,

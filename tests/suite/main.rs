@@ -17,6 +17,7 @@ mod nbd_client;
 mod operations;
 mod powercut;
 mod protocol;
+mod retention;
 mod service;
 mod tls;
 mod upstream;
