@@ -17,7 +17,9 @@
 //! `LEDGER_SCALE_FLUSH_EVERY` (writes per FLUSH, default 1024), `LEDGER_SCALE_WORKDIR` (parent
 //! of the temporary directory, default /var/tmp), `LEDGER_SCALE_KEEP=1` (keep the device and
 //! the cleanly closed ledger, and the block list `history-blocks.txt`, for the CLI timings;
-//! the caller deletes the directory printed as `RESULT dir`).
+//! the caller deletes the directory printed as `RESULT dir`), `LEDGER_SCALE_RETAIN_BYTES` (fold
+//! the journal down to this many bytes before the crash, as `serve --retain-bytes` does, so the
+//! reopens replay the compacted history and the retained journal).
 //!
 //! Lines starting with `RESULT` are for the script; the rest is for people. The device writes
 //! themselves are not issued (the device is a sparse file the ledger is made for): this measures
@@ -230,6 +232,40 @@ fn main() {
     println!("RESULT segments {}", segs.len());
     println!("RESULT state_bytes {state_bytes}");
     println!("RESULT build_s {:.1}", build.as_secs_f64());
+    let retain = env_u64("LEDGER_SCALE_RETAIN_BYTES", 0);
+    if retain > 0 {
+        let t = Instant::now();
+        let keep = lostwrite::ledger::compact::Retention {
+            age: None,
+            bytes: Some(retain),
+        };
+        // As `ledger compact` does: passes of at most MAX_PASS_BYTES until within the limit.
+        let mut passes = Vec::new();
+        while let Some(c) = l
+            .compact(keep, lostwrite::clock::now(), true)
+            .expect("compact")
+        {
+            passes.push(c);
+        }
+        let c = passes.last().expect("something to fold");
+        let fold = std::fs::metadata(ledger.join("compacted"))
+            .expect("stat compacted")
+            .len();
+        let left = file_bytes(&journal_files(&ledger));
+        println!(
+            "  folded segments {}..={} in {} passes, {:.1} s: compacted history {fold} bytes ({} blocks), journal left {left} bytes",
+            passes[0].segments.0,
+            c.segments.1,
+            passes.len(),
+            t.elapsed().as_secs_f64(),
+            c.entries
+        );
+        println!("RESULT retain_bytes {retain}");
+        println!("RESULT fold_s {:.1}", t.elapsed().as_secs_f64());
+        println!("RESULT fold_bytes {fold}");
+        println!("RESULT fold_entries {}", c.entries);
+        println!("RESULT journal_left {left}");
+    }
     // A crash: the process ends with its session open (as after kill -9; the page cache keeps
     // what it wrote). The state table's header says "not clean".
     drop(l);

@@ -183,6 +183,8 @@ pub struct Ledger {
     gate: RwLock<()>,
     /// Last record time of sealed segments (they never change), for retention decisions.
     segment_times: Mutex<BTreeMap<u64, clock::Micros>>,
+    /// A compaction pass stopped at its size cap: the next one goes on with the same batch.
+    fold_pending: std::sync::atomic::AtomicBool,
     _lock: Option<lock::LedgerLock>,
 }
 
@@ -689,6 +691,7 @@ impl Ledger {
             fold: Mutex::new(fold),
             gate: RwLock::new(()),
             segment_times: Mutex::new(BTreeMap::new()),
+            fold_pending: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         };
         if writable {

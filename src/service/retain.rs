@@ -77,16 +77,18 @@ fn run(export: Weak<Export>, keep: Retention, stopped: Receiver<()>) {
             }
             l.compact(keep, now, false)
         })();
+        let more = matches!(&result, Ok(Some(c)) if c.more);
         match result {
             Ok(Some(c)) => {
                 backoff = Duration::ZERO;
                 tracing::info!(
-                    "export {:?}: retention folded journal segments {}..={} (through LSN {}, {}) into the compacted history: {} bytes freed, {} blocks' latest changes kept",
+                    "export {:?}: retention folded journal segments {}..={} (through LSN {}, {}) into the compacted history in {} ms: {} bytes freed, {} blocks' latest changes kept",
                     e.name(),
                     c.segments.0,
                     c.segments.1,
                     c.through_lsn,
                     clock::rfc3339(c.through_time),
+                    c.took.as_millis(),
                     c.freed,
                     c.entries
                 );
@@ -103,7 +105,9 @@ fn run(export: Weak<Export>, keep: Retention, stopped: Receiver<()>) {
                 );
             }
         }
-        if backoff.is_zero() {
+        if more {
+            continue;
+        } else if backoff.is_zero() {
             seen = l.wait_segment(seen, Duration::from_secs(1));
         } else {
             drop(e);

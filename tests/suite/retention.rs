@@ -580,3 +580,57 @@ fn ledger_compact_refuses_without_a_limit_and_while_served() {
     );
     assert!(out.contains("nothing to fold"), "{out}");
 }
+
+/// Retention set per export in a `serve --config` file (as a string and as a number of bytes)
+/// reaches each export's ledger.
+#[test]
+fn retention_in_a_config_file_applies_per_export() {
+    if !have("fio") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let imgs: Vec<std::path::PathBuf> = ["a.img", "b.img"].iter().map(|n| d.join(n)).collect();
+    for (i, img) in imgs.iter().enumerate() {
+        random_image(img, 8 << 20, 70 + i as u64);
+        lw_ok(bin().args(["init", "--baseline"]).arg(img));
+    }
+    let sock = d.join("host.sock");
+    let cfg = d.join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "socket = {sock:?}\n\n\
+             [[export]]\nname = \"a\"\ndevice = {:?}\nretain_bytes = \"1M\"\n\n\
+             [[export]]\nname = \"b\"\ndevice = {:?}\nretain_bytes = 1048576\nretain = \"1h\"\n",
+            imgs[0], imgs[1]
+        ),
+    )
+    .unwrap();
+    let svc = Service::start_config(&cfg, &sock);
+    for name in ["a", "b"] {
+        fio(
+            &format!("nbd+unix:///{name}?socket={}", sock.display()),
+            &[
+                "--rw=randwrite",
+                "--bs=4k",
+                "--iodepth=16",
+                "--size=8m",
+                "--io_size=400m",
+                "--fsync=256",
+            ],
+        );
+    }
+    let log = svc.stop();
+    for img in &imgs {
+        let ledger = img.with_extension("img.ledger");
+        assert!(ledger.join("compacted").exists(), "{log}");
+        let journal = dir_bytes(&ledger.join("journal"));
+        assert!(journal <= 3 << 20, "{}: {journal} bytes", ledger.display());
+        verify_clean(img);
+    }
+    assert!(
+        log.contains("export \"b\": retaining 1h and at most 1048576 bytes"),
+        "{log}"
+    );
+}
