@@ -11,6 +11,15 @@ workloads=(
   "read-1m-qd4|--rw=read --bs=1m --iodepth=4"
 )
 
+# ONLY=name1,name2 keeps only those workloads.
+if [ -n "${ONLY:-}" ]; then
+  kept=()
+  for w in "${workloads[@]}"; do
+    case ",$ONLY," in *",${w%%|*},"*) kept+=("$w");; esac
+  done
+  workloads=("${kept[@]}")
+fi
+
 machine_line() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
 }

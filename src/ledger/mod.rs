@@ -156,11 +156,24 @@ struct Inflight {
     completed: Vec<(Lsn, Lsn)>,
 }
 
+/// Flushes run in rounds, one at a time: a FLUSH that arrives while a round runs waits for the
+/// next round, which begins after it arrived and so covers it; every FLUSH waiting then shares
+/// that one round (one device sync, one journal record) instead of running its own in turn.
+#[derive(Default)]
+struct FlushRounds {
+    started: u64,
+    done: u64,
+    running: bool,
+    /// Rounds that failed, and why (the session is poisoned after any of them).
+    failed: Vec<(u64, String)>,
+}
+
 struct Session {
     id: u64,
     strict: bool,
     inflight: Mutex<Inflight>,
-    flush_serial: Mutex<()>,
+    flushes: Mutex<FlushRounds>,
+    flushed: std::sync::Condvar,
     device_failure: Mutex<Option<String>>,
 }
 
@@ -881,7 +894,8 @@ impl Ledger {
                 incomplete: BTreeMap::new(),
                 completed: Vec::new(),
             }),
-            flush_serial: Mutex::new(()),
+            flushes: Mutex::new(FlushRounds::default()),
+            flushed: std::sync::Condvar::new(),
             device_failure: Mutex::new(None),
         });
         Ok(id)
@@ -1061,13 +1075,52 @@ impl Ledger {
     /// the device; then a flush record is appended and the journal synced through it. A failed
     /// device flush poisons the session: later writes are refused, and the session will not
     /// close cleanly (its unflushed writes stay non-durable).
+    ///
+    /// Concurrent calls share rounds (see `FlushRounds`): a call may return after another
+    /// caller's `device_flush` ran, so every caller must pass a flush of the same device.
     pub fn flush(&self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
         let (j, s) = self.writer()?;
-        // Flushes run one at a time: a flush that finds nothing new to record must not reply
-        // before the flush that took the completed writes has synced its record; and after a
+        let mut g = lock_mutex(&s.flushes);
+        // The first round to begin after this call covers it.
+        let need = g.started + 1;
+        while g.running && g.done < need {
+            g = s.flushed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        if g.done >= need {
+            return match g.failed.iter().find(|(r, _)| *r == need) {
+                Some((_, why)) => Err(Error::Poisoned {
+                    path: self.dir.clone(),
+                    detail: why.clone(),
+                }),
+                None => Ok(()),
+            };
+        }
+        g.running = true;
+        g.started += 1;
+        let round = g.started;
+        drop(g);
+        let r = self.flush_round(j, s, device_flush);
+        let mut g = lock_mutex(&s.flushes);
+        g.running = false;
+        g.done = round;
+        if let Err(e) = &r {
+            g.failed.push((round, e.to_string()));
+        }
+        s.flushed.notify_all();
+        r
+    }
+
+    /// One flush round: what has completed becomes durable.
+    fn flush_round(
+        &self,
+        j: &JournalWriter,
+        s: &Session,
+        device_flush: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<()> {
+        // Rounds run one at a time: a round that finds nothing new to record must not reply
+        // before the round that took the completed writes has synced its record; and after a
         // failed device sync, a later "successful" one proves nothing (the kernel reports a
-        // writeback error once), so the failure is checked again after waiting.
-        let _one_at_a_time = lock_mutex(&s.flush_serial);
+        // writeback error once), so the failure is checked again here.
         self.writer()?;
         let (covers, extra, changed) = {
             let mut inf = lock_mutex(&s.inflight);

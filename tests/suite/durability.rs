@@ -64,6 +64,77 @@ fn a_flush_that_finds_nothing_new_waits_for_the_flush_that_records_it() {
     assert!(h.events[&4].last().unwrap().durable);
 }
 
+/// FLUSHes that arrive while one runs share the next round: one device sync for all of them,
+/// begun after each arrived, so every write completed before any of them is durable; and when
+/// that shared device sync fails, every one of them fails.
+#[test]
+fn flushes_arriving_together_share_one_round_and_its_outcome() {
+    let s = Scratch::new(1 << 20);
+    s.init(BS as u32, true);
+    let (l, dev) = s.writer(false);
+    let syncs = std::sync::atomic::AtomicUsize::new(0);
+    let started = AtomicBool::new(false);
+    let fail = AtomicBool::new(false);
+    let sync = || {
+        syncs.fetch_add(1, Ordering::SeqCst);
+        started.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        if fail.load(Ordering::SeqCst) {
+            Err(io::Error::from_raw_os_error(nix::libc::EIO))
+        } else {
+            Ok(())
+        }
+    };
+    for round in 0..2 {
+        if round == 1 {
+            fail.store(true, Ordering::SeqCst);
+        }
+        syncs.store(0, Ordering::SeqCst);
+        started.store(false, Ordering::SeqCst);
+        let results: Vec<bool> = std::thread::scope(|sc| {
+            // A first flush holds the device sync while eight writers each write a block and
+            // flush: all eight arrive while it runs, and wait for the round after it.
+            let first = sc.spawn(|| l.flush(sync).is_ok());
+            while !started.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            let (l, dev) = (&l, &dev);
+            let rest: Vec<_> = (0..8u64)
+                .map(|i| {
+                    sc.spawn(move || {
+                        if round == 0 {
+                            write_through(l, dev, 10 + i, &Rng(i).block(BS), false);
+                        }
+                        l.flush(sync).is_ok()
+                    })
+                })
+                .collect();
+            std::iter::once(first)
+                .chain(rest)
+                .map(|h| h.join().unwrap())
+                .collect()
+        });
+        let n = syncs.load(Ordering::SeqCst);
+        if round == 0 {
+            assert!(results.iter().all(|&ok| ok));
+            assert!(
+                n < 9,
+                "{n} device syncs for 9 flushes: the waiting ones did not share"
+            );
+        } else {
+            // Every flush of a failed round reports the failure; none claims durability.
+            assert!(results.iter().all(|&ok| !ok), "{results:?}");
+        }
+    }
+    drop(l);
+    let l = s.open(Access::Read).unwrap();
+    let blocks: HashSet<u64> = (10..18).collect();
+    let h = history::collect(&l, &blocks, &HashSet::new()).unwrap();
+    for b in 10..18 {
+        assert!(h.events[&b].last().unwrap().durable, "block {b}");
+    }
+}
+
 /// A file device whose fdatasync can be made to fail, as a dying disk's does.
 struct Flaky {
     inner: FileDevice,

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The whole performance suite in one command, writing its results into docs/PERFORMANCE.md
+# (between the `bench-all` markers at the top of the file):
+#
+#   1. tools/bench-serve.sh      serve vs serve --no-record vs nbdkit file vs qemu-nbd (fio, nbd)
+#   2. tools/bench-flush.sh      FLUSH p50/p99 under a write load vs nbdkit and raw fdatasync
+#   3. tools/bench-scan.sh 1, 8  verify and init --baseline vs cat (hot) and O_DIRECT (cold)
+#   4. tools/bench-ledger.sh     reopen of 10 M records, history, serve's memory, bytes per write
+#   5. tools/bench-retention.sh  what retention bounds and costs
+#
+#   tools/bench-all.sh                 everything, the scripts' defaults (about an hour)
+#   QUICK=1 tools/bench-all.sh         fewer and shorter rounds, 1 M records (about 15 minutes)
+#   NO_WRITE=1 tools/bench-all.sh      print the section instead of writing it into the doc
+#
+# Run it on an otherwise idle machine (check `uptime`): every figure is a median of alternating
+# rounds, and the section says when, where and with which settings it ran. Needs what the
+# scripts need: fio, nbdkit, qemu-nbd, hyperfine, python3, root for the cold scans, and about
+# 20 GiB free under /var/tmp.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+doc=$top/docs/PERFORMANCE.md
+(cd "$top" && cargo build --release --benches >/dev/null 2>&1) || (cd "$top" && cargo build --release)
+if [ "${QUICK:-0}" = 1 ]; then
+  export RUNTIME=${RUNTIME:-5} ROUNDS=${ROUNDS:-3} RECORDS=${RECORDS:-1000000} RUNS=${RUNS:-3}
+  export SERVE_RUNS=${SERVE_RUNS:-1} WRITES_MIB=${WRITES_MIB:-256} COLD_RUNS=${COLD_RUNS:-3}
+  export WRITES=${WRITES:-262144}
+  scans=(1)
+else
+  scans=(1 8)
+fi
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+# Runs one script; its markdown tables and summary lines go into the section (other lines
+# are named as a list), everything to the terminal.
+run() {
+  local title=$1; shift
+  echo "== $title: $*" >&2
+  printf '\n### %s\n\nCommand: `%s`\n' "$title" "${*#$top/}" >> "$out"
+  "$@" 2>&1 | tee /dev/stderr | python3 -c '
+import re, sys
+keep = re.compile(r"^(\||machine|image|cold|verify|baseline|serve |retention|Ledger)")
+prev_table = False
+for line in sys.stdin:
+    line = line.rstrip("\n")
+    if not keep.match(line):
+        continue
+    table = line.startswith("|")
+    if table != prev_table or not table:
+        print()
+    print(line if table else "- " + line)
+    prev_table = table
+' >> "$out" || true
+}
+
+{
+  echo "<!-- bench-all:begin -->"
+  echo "## The suite's last run (tools/bench-all.sh)"
+  echo
+  echo "Written by \`tools/bench-all.sh\`$([ "${QUICK:-0}" = 1 ] && echo ' with QUICK=1') on $(date -u +%Y-%m-%dT%H:%MZ), commit $(cd "$top" && git rev-parse --short HEAD): $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r); load average at the start: $(cut -d' ' -f1-3 /proc/loadavg). The sections below it explain each figure and what stands in the way of the goals it misses."
+} > "$out"
+run "The sidecar against its peers" "$top/tools/bench-serve.sh"
+run "FLUSH latency under a write load" "$top/tools/bench-flush.sh"
+for g in "${scans[@]}"; do
+  run "Scan of a ${g} GiB image" "$top/tools/bench-scan.sh" "$g"
+done
+run "Ledger at scale" "$top/tools/bench-ledger.sh"
+run "Retention" "$top/tools/bench-retention.sh"
+echo "<!-- bench-all:end -->" >> "$out"
+
+if [ "${NO_WRITE:-0}" = 1 ]; then
+  cat "$out"
+  exit 0
+fi
+python3 - "$doc" "$out" <<'EOF'
+import sys
+doc, new = sys.argv[1], open(sys.argv[2]).read().rstrip("\n") + "\n"
+text = open(doc).read()
+b, e = "<!-- bench-all:begin -->", "<!-- bench-all:end -->"
+if b in text and e in text:
+    text = text[: text.index(b)] + new + text[text.index(e) + len(e) + 1 :]
+else:
+    # After the title and its first paragraph.
+    head, _, rest = text.partition("\n\n")
+    text = head + "\n\n" + new + "\n" + rest
+open(doc, "w").write(text)
+print(f"wrote the suite's section into {doc}", file=sys.stderr)
+EOF

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# FLUSH latency under a write load: fio 4 KiB random writes at QD16 with a FLUSH every 16 writes
+# (`--fsync=16`; with the nbd engine an fsync is an NBD FLUSH), through `lostwrite serve` and
+# through `nbdkit file`, in alternating rounds; against the raw fdatasync latency of the same
+# filesystem: of the device (fio psync 4 KiB random writes to a copy of the image, fdatasync
+# every 16) and of the journal (fio psync 64-byte appends, fdatasync after each, as a journal
+# sync of one FLUSH record). A FLUSH through serve syncs both, one after the other, so its
+# goal is 1.2 × (device p99 + journal p99). Prints a markdown table.
+#
+#   tools/bench-flush.sh [WORKDIR=/var/tmp/lostwrite-bench]
+#   RUNTIME=8 ROUNDS=3 SIZE_MIB=1024 tools/bench-flush.sh
+#
+# Needs fio, nbdkit, python3 and a release build.
+set -euo pipefail
+work=${1:-/var/tmp/lostwrite-bench}
+runtime=${RUNTIME:-8}
+rounds=${ROUNDS:-3}
+size_mib=${SIZE_MIB:-1024}
+top=$(cd "$(dirname "$0")/.." && pwd)
+bin=$top/target/release/lostwrite
+[ -x "$bin" ] || (cd "$top" && cargo build --release)
+for t in fio nbdkit python3; do
+  command -v $t >/dev/null || { echo "$t is missing" >&2; exit 2; }
+done
+mkdir -p "$work/flush"
+cd "$work/flush"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+[ -f base.img ] && [ "$(stat -c %s base.img)" -eq $((size_mib << 20)) ] || head -c $((size_mib << 20)) /dev/urandom > base.img
+for s in serve nbdkit raw; do
+  rm -rf "$s.img" "$s.img.ledger" "$s.sock"
+  cp --sparse=never base.img "$s.img"
+done
+rm -f journal.raw
+"$bin" init --baseline serve.img >/dev/null
+"$bin" serve serve.img --socket serve.sock 2>serve.log & pids+=($!)
+nbdkit -U "$PWD/nbdkit.sock" -f file file=nbdkit.img & pids+=($!)
+for s in serve nbdkit; do
+  for _ in $(seq 100); do [ -S "$s.sock" ] && break; sleep 0.1; done
+done
+
+: > results.tsv
+for r in $(seq "$rounds"); do
+  for s in serve nbdkit; do
+    sync; sleep 1
+    fio --name=f --ioengine=nbd --uri="nbd+unix:///?socket=$PWD/$s.sock" --rw=randwrite --bs=4k \
+      --iodepth=16 --fsync=16 --size="${size_mib}m" --runtime="$runtime" --time_based \
+      --output-format=json --output="fio-$s-$r.json" >/dev/null 2>&1
+    echo "$s fio-$s-$r.json" >> results.tsv
+  done
+  sync; sleep 1
+  fio --name=d --ioengine=psync --filename=raw.img --rw=randwrite --bs=4k --fdatasync=16 \
+    --size="${size_mib}m" --runtime="$runtime" --time_based --output-format=json \
+    --output="fio-device-$r.json" >/dev/null 2>&1
+  echo "device fio-device-$r.json" >> results.tsv
+  fio --name=j --ioengine=psync --filename=journal.raw --rw=write --bs=64 --fdatasync=1 \
+    --size=64m --runtime="$runtime" --time_based --output-format=json \
+    --output="fio-journal-$r.json" >/dev/null 2>&1
+  echo "journal fio-journal-$r.json" >> results.tsv
+done
+
+source "$top/tools/bench-lib.sh"
+machine_line
+echo "image: ${size_mib} MiB per server; ${runtime}s per run, ${rounds} alternating rounds; FLUSH every 16 writes at QD16"
+python3 - <<'EOF'
+import json, statistics
+rows = [l.split() for l in open("results.tsv")]
+def sync_lat(path):
+    j = json.load(open(path))["jobs"][0]
+    s = j["sync"]["lat_ns"]
+    p = s.get("percentile", {})
+    return (p.get("50.000000", 0) / 1e3, p.get("99.000000", 0) / 1e3, s.get("N", 0))
+res = {}
+for name, path in rows:
+    res.setdefault(name, []).append(sync_lat(path))
+med = {k: (statistics.median(v[0] for v in vs), statistics.median(v[1] for v in vs),
+           sum(v[2] for v in vs)) for k, vs in res.items()}
+label = {"serve": "FLUSH through lostwrite serve", "nbdkit": "FLUSH through nbdkit file",
+         "device": "raw fdatasync, device file (psync, every 16 writes)",
+         "journal": "raw fdatasync, 64-byte appends (a journal sync)"}
+print("| what | p50 µs | p99 µs | syncs measured |")
+print("| --- | --- | --- | --- |")
+for k in ("serve", "nbdkit", "device", "journal"):
+    if k in med:
+        p50, p99, n = med[k]
+        print(f"| {label[k]} | {p50:.0f} | {p99:.0f} | {n} |")
+if all(k in med for k in ("serve", "nbdkit", "device", "journal")):
+    goal = 1.2 * (med["device"][1] + med["journal"][1])
+    print(f"\nserve FLUSH p99 / (device p99 + journal p99): {med['serve'][1] / (med['device'][1] + med['journal'][1]):.2f} (goal ≤ 1.2, i.e. p99 ≤ {goal:.0f} µs)")
+    print(f"serve FLUSH p99 / nbdkit FLUSH p99: {med['serve'][1] / med['nbdkit'][1]:.2f} (goal < 1)")
+EOF
