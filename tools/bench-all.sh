@@ -36,7 +36,7 @@ run() {
   local title=$1; shift
   echo "== $title: $*" >&2
   printf '\n### %s\n\nCommand: `%s`\n' "$title" "${*#$top/}" >> "$out"
-  "$@" 2>&1 | tee /dev/stderr | python3 -c '
+  "$@" 2>&1 | tee -a /dev/stderr | python3 -c '
 import re, sys
 keep = re.compile(r"^(\||machine|image|cold|verify|baseline|serve |retention|Ledger)")
 prev_table = False
