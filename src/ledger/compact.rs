@@ -243,12 +243,12 @@ impl Ledger {
             return Ok(None);
         };
         // One pass holds every folded record in memory: at most MAX_PASS_BYTES of journal (the
-        // rest waits for the next pass).
+        // rest waits for the next pass; OpenOptions::fold_pass_bytes may lower it).
         let mut pass = 0u64;
         let mut capped = false;
         for &(n, len) in sealed.iter().filter(|&&(n, _)| n <= upto) {
             pass += len;
-            if pass > MAX_PASS_BYTES && n > start.segment {
+            if pass > self.fold_pass_bytes && n > start.segment {
                 upto = n - 1;
                 capped = true;
                 break;

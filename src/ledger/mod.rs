@@ -91,6 +91,8 @@ pub struct OpenOptions {
     pub device_moved: bool,
     /// Start a new journal segment past this size.
     pub segment_bytes: u64,
+    /// Most journal bytes one compaction pass folds (see [`compact::MAX_PASS_BYTES`]).
+    pub fold_pass_bytes: u64,
 }
 
 impl OpenOptions {
@@ -100,6 +102,7 @@ impl OpenOptions {
             access,
             device_moved: false,
             segment_bytes: segment::DEFAULT_SEGMENT_BYTES,
+            fold_pass_bytes: compact::MAX_PASS_BYTES,
         }
     }
 }
@@ -198,6 +201,7 @@ pub struct Ledger {
     segment_times: Mutex<BTreeMap<u64, clock::Micros>>,
     /// A compaction pass stopped at its size cap: the next one goes on with the same batch.
     fold_pending: std::sync::atomic::AtomicBool,
+    fold_pass_bytes: u64,
     _lock: Option<lock::LedgerLock>,
 }
 
@@ -705,6 +709,7 @@ impl Ledger {
             gate: RwLock::new(()),
             segment_times: Mutex::new(BTreeMap::new()),
             fold_pending: std::sync::atomic::AtomicBool::new(false),
+            fold_pass_bytes: opts.fold_pass_bytes.max(1),
             _lock: lock,
         };
         if writable {

@@ -365,6 +365,27 @@ fn compaction_cut_at_each_step_keeps_the_history_exact() {
     std::fs::remove_file(d4.join("journal/000000000002.seg")).unwrap();
     assert_eq!(histories(&d4, Access::Write), want);
 
+    // Passes capped at three segments' worth of journal: several passes, one history.
+    let d5 = at("passes");
+    let mut opts = OpenOptions::new(Access::Write);
+    opts.fold_pass_bytes = 3 * 4096;
+    let l = Ledger::open(&d5, None, opts).unwrap();
+    l.seal_segment().unwrap();
+    let all = Retention {
+        age: Some(Duration::ZERO),
+        bytes: None,
+    };
+    let mut passes = Vec::new();
+    while let Some(c) = l.compact(all, lostwrite::clock::now(), true).unwrap() {
+        passes.push(c);
+    }
+    drop(l);
+    assert!(passes.len() > 3, "{} passes", passes.len());
+    assert!(passes[..passes.len() - 1].iter().all(|c| c.more));
+    assert!(!passes.last().unwrap().more);
+    let last = passes.last().unwrap().through_lsn;
+    assert_eq!(histories(&d5, Access::Read), cut(&full, last));
+
     // A second compaction folds on top of the first.
     let l = s.open(Access::Write).unwrap();
     l.seal_segment().unwrap();
