@@ -402,6 +402,36 @@ pub fn validate(r: &Request) -> Result<(), OpError> {
     Ok(())
 }
 
+/// Most small WRITEs gathered before they run.
+const MAX_PENDING: usize = 32;
+
+/// Small WRITEs a connection has read and not yet run, with payload buffers to reuse.
+#[derive(Default)]
+struct Pending {
+    writes: Vec<(Request, Vec<u8>)>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Pending {
+    /// Runs the gathered writes (their records in one journal append) and queues the replies.
+    fn run(&mut self, export: &Export, batch: &mut Batch) {
+        if self.writes.is_empty() {
+            return;
+        }
+        let list: Vec<(u64, &[u8])> = self
+            .writes
+            .iter()
+            .map(|(r, p)| (r.offset, p.as_slice()))
+            .collect();
+        let results = export.write_many(&list);
+        for ((req, payload), r) in self.writes.drain(..).zip(results) {
+            log_failure(&req, &r);
+            batch.reply(req.cookie, r.err().map_or(0, |e| e.errno));
+            self.spare.push(payload);
+        }
+    }
+}
+
 /// Replies of requests executed on the connection's own thread, sent in batches: while more
 /// requests are already buffered, replies wait, so a pipelining client gets them in one write.
 struct Batch {
@@ -444,7 +474,14 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
     let mut payload: Vec<u8> = Vec::new();
     let mut count = 0u64;
     let mut wrote = false;
+    // Small WRITEs already read, run together (one journal append) before anything else.
+    let mut pending = Pending::default();
     loop {
+        if !pending.writes.is_empty()
+            && (reader.buffer().len() < proto::REQUEST_LEN || pending.writes.len() >= MAX_PENDING)
+        {
+            pending.run(&export, &mut batch);
+        }
         if reader.buffer().len() < proto::REQUEST_LEN || batch.buf.len() >= Batch::FLUSH_AT {
             batch.flush(&replies);
         }
@@ -506,11 +543,14 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
         // device (flushes, FUA, zeroing, trims, uncached reads) goes to the workers.
         let fua = req.flags & cflags::FUA != 0;
         if req.kind == cmd::WRITE && !fua && req.length <= INLINE_WRITE && export.quick_writes() {
-            let r = export.write(req.offset, &payload, false);
-            log_failure(&req, &r);
-            batch.reply(req.cookie, r.err().map_or(0, |e| e.errno));
+            let spare = pending.spare.pop().unwrap_or_default();
+            pending
+                .writes
+                .push((req, std::mem::replace(&mut payload, spare)));
             continue;
         }
+        // Anything else waits for the writes read before it.
+        pending.run(&export, &mut batch);
         if req.kind == cmd::READ && !fua {
             let at = batch.buf.len();
             batch
@@ -557,6 +597,7 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
             batch.reply(req.cookie, errno::ESHUTDOWN);
         }
     }
+    pending.run(&export, &mut batch);
     batch.flush(&replies);
     inflight.drain();
     // A client that leaves makes its writes durable, as a clean disconnect should.

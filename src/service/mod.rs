@@ -625,6 +625,88 @@ impl Export {
         Ok(())
     }
 
+    /// Several WRITEs without FUA, read together from one connection: the outcome of each, in
+    /// order. Whole-block writes that do not overlap are recorded with one journal append
+    /// ([`Ledger::record_contents_many`]); anything else runs one write at a time.
+    pub fn write_many(&self, writes: &[(u64, &[u8])]) -> Vec<Result<(), OpError>> {
+        let one_by_one = || -> Vec<Result<(), OpError>> {
+            writes
+                .iter()
+                .map(|&(off, data)| self.write(off, data, false))
+                .collect()
+        };
+        let Some(l) = self
+            .ledger
+            .as_ref()
+            .filter(|_| writes.len() > 1 && !self.read_only)
+        else {
+            return one_by_one();
+        };
+        let bs = self.geo.block_size as u64;
+        let step = CHUNK_BLOCKS * bs;
+        let mut ranges: Vec<Range<u64>> = Vec::with_capacity(writes.len());
+        for &(off, data) in writes {
+            let len = data.len() as u64;
+            let fits = len > 0
+                && off % bs == 0
+                && len % bs == 0
+                && self.check_range(off, len, errno::ENOSPC).is_ok()
+                && off / step == (off + len - 1) / step;
+            if !fits {
+                return one_by_one();
+            }
+            ranges.push(self.geo.blocks_of(off, len));
+        }
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_unstable_by_key(|&i| ranges[i].start);
+        if order
+            .windows(2)
+            .any(|w| ranges[w[1]].start < ranges[w[0]].end)
+        {
+            return one_by_one();
+        }
+        // Held in block order, so two connections batching at once cannot deadlock.
+        let _guards: Vec<_> = order
+            .iter()
+            .map(|&i| self.locks.lock(ranges[i].clone()))
+            .collect();
+        let mut news = Vec::with_capacity(writes.len());
+        for (&(off, data), r) in writes.iter().zip(&ranges) {
+            match self.new_contents(r.clone(), off, data.len() as u64, false, Some(data)) {
+                Ok(n) => news.push(n),
+                Err(e) => return vec![self.fail(Err(e)); writes.len()],
+            }
+        }
+        let items: Vec<(u64, &[NewContents])> = ranges
+            .iter()
+            .zip(&news)
+            .map(|(r, n)| (r.start, n.as_slice()))
+            .collect();
+        let tickets = match l.record_contents_many(&items) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = from_ledger(e);
+                return writes.iter().map(|_| self.fail(Err(e.clone()))).collect();
+            }
+        };
+        writes
+            .iter()
+            .zip(tickets)
+            .map(|(&(off, data), t)| {
+                let r = self.device.write_at(data, off, false);
+                let n = data.len();
+                let r = self.finish(&Some(t), r, || format!("writing {n} bytes at offset {off}"));
+                if r.is_ok() {
+                    self.counters.writes.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .written_bytes
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                self.fail(r)
+            })
+            .collect()
+    }
+
     /// WRITE_ZEROES: `may_trim` unless NO_HOLE; `fast_only` for FAST_ZERO.
     pub fn write_zeroes(
         &self,

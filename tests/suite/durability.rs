@@ -177,16 +177,20 @@ fn flaky_export(s: &Scratch) -> (Arc<Export>, Arc<Flaky>) {
         inner: dev,
         fail_flush: AtomicBool::new(false),
     });
-    let e = Export::new(
-        Box::new(flaky.clone()),
+    (Arc::new(export_of(Box::new(flaky.clone()), l)), flaky)
+}
+
+/// A writable export of `dev` recording into `l`.
+fn export_of(dev: Box<dyn BlockDevice>, l: lostwrite::ledger::Ledger) -> Export {
+    Export::new(
+        dev,
         Some(l),
         ExportOptions {
             name: String::new(),
             read_only: false,
             on_mismatch: OnMismatch::Log,
         },
-    );
-    (Arc::new(e), flaky)
+    )
 }
 
 #[test]
@@ -285,4 +289,68 @@ fn one_append_of_more_records_than_a_frame_holds_spans_frames() {
     })
     .unwrap();
     assert_eq!(n, 100_000);
+}
+
+/// WRITEs a connection pipelines run together: their records go to the journal in one append
+/// (one frame), ahead of every device write, and each block gets its next generation. Writes
+/// that overlap, or are not whole blocks, run one at a time, in order, so the last one wins.
+#[test]
+fn pipelined_writes_share_one_journal_append_and_keep_their_order() {
+    let s = Scratch::new(1 << 20);
+    s.init(BS as u32, true);
+    let (l, dev) = s.writer(false);
+    let e = export_of(Box::new(dev), l);
+    let data: Vec<Vec<u8>> = (0..6u64).map(|i| Rng(100 + i).block(2 * BS)).collect();
+    // Whole, disjoint blocks: one append.
+    let batch: Vec<(u64, &[u8])> = (0..6u64)
+        .map(|i| (i * 4 * BS as u64, data[i as usize].as_slice()))
+        .collect();
+    assert!(e.write_many(&batch).iter().all(|r| r.is_ok()));
+    // The same block twice, and an unaligned write: one at a time, the last one wins.
+    let (a, b) = (Rng(7).block(BS), Rng(8).block(BS));
+    let odd = Rng(9).block(100);
+    let mixed: Vec<(u64, &[u8])> = vec![(40 * BS as u64, &a), (40 * BS as u64, &b), (3, &odd)];
+    assert!(e.write_many(&mixed).iter().all(|r| r.is_ok()));
+    // Out of range: refused, like a single write, without refusing the others.
+    let beyond: Vec<(u64, &[u8])> = vec![(1 << 20, &a), (44 * BS as u64, &a)];
+    let r = e.write_many(&beyond);
+    assert!(r[0].is_err() && r[1].is_ok());
+    let e = Arc::try_unwrap(Arc::new(e)).ok().unwrap();
+    e.close().unwrap();
+
+    assert_eq!(s.read_block(40, BS), b);
+    let l = s.open(Access::Read).unwrap();
+    // The journal's frames, each as the blocks its Write records name.
+    let buf = std::fs::read(last_segment(&s.ledger)).unwrap();
+    let id = l.meta().ledger_id;
+    let mut frames: Vec<Vec<u64>> = Vec::new();
+    let mut at = lostwrite::ledger::segment::HEADER_LEN;
+    while at < buf.len() {
+        let f = lostwrite::ledger::frame::parse(&buf[at..], &id).unwrap();
+        let blocks: Vec<u64> = f
+            .records()
+            .unwrap()
+            .iter()
+            .filter_map(|r| match *r {
+                lostwrite::ledger::record::Record::Write { block, .. } => Some(block),
+                _ => None,
+            })
+            .collect();
+        if !blocks.is_empty() {
+            frames.push(blocks);
+        }
+        at += f.len;
+    }
+    let first: Vec<u64> = (0..6u64).flat_map(|i| [i * 4, i * 4 + 1]).collect();
+    assert_eq!(frames[0], first, "the batch was not one frame: {frames:?}");
+    assert!(frames.len() >= 4, "{frames:?}");
+    match l.state(40) {
+        BlockState::Tracked { generation, crc: c } => {
+            assert_eq!(generation, 2);
+            assert_eq!(c, crc(&b));
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(l);
+    verify_clean(&s.image);
 }
