@@ -240,13 +240,9 @@ fn main() {
             bytes: Some(retain),
         };
         // As `ledger compact` does: passes of at most MAX_PASS_BYTES until within the limit.
-        let mut passes = Vec::new();
-        while let Some(c) = l
-            .compact(keep, lostwrite::clock::now(), true)
-            .expect("compact")
-        {
-            passes.push(c);
-        }
+        let passes = l
+            .compact_all(keep, lostwrite::clock::now())
+            .expect("compact");
         let c = passes.last().expect("something to fold");
         let fold = std::fs::metadata(ledger.join("compacted"))
             .expect("stat compacted")

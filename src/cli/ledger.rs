@@ -204,25 +204,23 @@ fn compact(dir: &std::path::Path, keep: Retention, json: bool) -> anyhow::Result
     if keep.age.is_some() || keep.bytes.is_some_and(|b| b < before) {
         l.seal_segment()?;
     }
-    let mut done = Vec::new();
-    while let Some(c) = l.compact(keep, now, true)? {
-        done.push(c);
-    }
+    let done = l.compact_all(keep, now)?;
+    let folded: u64 = done.iter().map(|c| c.segments.1 - c.segments.0 + 1).sum();
     let after = l.journal_bytes();
     let fold = l.fold();
+    drop(l);
     if json {
-        let last = done.last();
         println!(
             "{}",
             serde_json::json!({
                 "ledger": dir.display().to_string(),
                 "journal_bytes_before": before,
                 "journal_bytes_after": after,
-                "segments_folded": done.iter().map(|c| c.segments.1 - c.segments.0 + 1).sum::<u64>(),
+                "segments_folded": folded,
                 "compacted_through_lsn": fold.as_ref().map(|f| f.header.through_lsn),
                 "compacted_through_time": fold.as_ref().map(|f| rfc3339(f.header.through_time)),
                 "compacted_blocks": fold.as_ref().map(|f| f.header.entry_count),
-                "folded_now": last.is_some(),
+                "folded_now": !done.is_empty(),
             })
         );
     } else if done.is_empty() {
@@ -235,13 +233,12 @@ fn compact(dir: &std::path::Path, keep: Retention, json: bool) -> anyhow::Result
         println!(
             "ledger {}: folded {} journal segment(s); journal {before} -> {after} bytes; history through LSN {} ({}) is now each block's latest change ({} blocks)",
             dir.display(),
-            done.iter().map(|c| c.segments.1 - c.segments.0 + 1).sum::<u64>(),
+            folded,
             f.header.through_lsn,
             rfc3339(f.header.through_time),
             f.header.entry_count
         );
     }
-    drop(l);
     Ok(0)
 }
 

@@ -353,6 +353,16 @@ impl Ledger {
         }))
     }
 
+    /// Compacts eagerly, pass after pass, until nothing beyond `keep` is left (what `ledger
+    /// compact` does); returns every pass.
+    pub fn compact_all(&self, keep: Retention, now: Micros) -> Result<Vec<Compacted>> {
+        let mut passes = Vec::new();
+        while let Some(c) = self.compact(keep, now, true)? {
+            passes.push(c);
+        }
+        Ok(passes)
+    }
+
     /// Starts a new journal segment so that everything recorded so far can be folded; returns
     /// false when the current segment holds nothing yet.
     pub fn seal_segment(&self) -> Result<bool> {

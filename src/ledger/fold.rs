@@ -261,6 +261,11 @@ impl FoldHeader {
     }
 }
 
+/// Where a new compacted history is written before it is renamed to [`FOLD_FILE`].
+pub fn tmp_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{FOLD_FILE}.tmp"))
+}
+
 /// An opened compacted-history file: header and sessions in memory, entries streamed.
 #[derive(Debug, Clone)]
 pub struct Fold {
@@ -384,7 +389,7 @@ impl FoldWriter {
     /// Starts the file: `header` (its counts and session checksum are filled in here) and
     /// `sessions`. Entries follow with [`FoldWriter::push`], in block order.
     pub fn create(dir: &Path, mut header: FoldHeader, sessions: &[FoldSession]) -> Result<Self> {
-        let path = dir.join(format!("{FOLD_FILE}.tmp"));
+        let path = tmp_path(dir);
         let mut sb = Vec::new();
         for s in sessions {
             codec::encode_into(s, &mut sb);

@@ -817,16 +817,10 @@ impl Ledger {
     ) -> Result<JournalEnd> {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if self.is_live_view() {
-            let mut seen_fold = false;
-            let (_, end) = scan_live(&self.dir, &self.meta.ledger_id, from, &mut |f, e| {
-                if !seen_fold {
-                    seen_fold = true;
-                    folded(f)?;
-                }
-                match e {
-                    Some(e) => visit(e),
-                    None => Ok(()),
-                }
+            // scan_live hands over the fold alone once, before any record.
+            let (_, end) = scan_live(&self.dir, &self.meta.ledger_id, from, &mut |f, e| match e {
+                None => folded(f),
+                Some(e) => visit(e),
             })?;
             return Ok(end);
         }
@@ -1447,7 +1441,7 @@ fn scan_live(
 /// Removes what an interrupted compaction left: its temporary file, and segments the compacted
 /// history already covers.
 fn tidy_after_compaction(dir: &Path, fold: Option<&Fold>) -> Result<()> {
-    let tmp = dir.join(format!("{}.tmp", fold::FOLD_FILE));
+    let tmp = fold::tmp_path(dir);
     if tmp.exists() {
         std::fs::remove_file(&tmp).ctx(&tmp, "removing an unfinished compacted history")?;
     }

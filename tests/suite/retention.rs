@@ -375,10 +375,7 @@ fn compaction_cut_at_each_step_keeps_the_history_exact() {
         age: Some(Duration::ZERO),
         bytes: None,
     };
-    let mut passes = Vec::new();
-    while let Some(c) = l.compact(all, lostwrite::clock::now(), true).unwrap() {
-        passes.push(c);
-    }
+    let passes = l.compact_all(all, lostwrite::clock::now()).unwrap();
     drop(l);
     assert!(passes.len() > 3, "{} passes", passes.len());
     assert!(passes[..passes.len() - 1].iter().all(|c| c.more));
