@@ -24,16 +24,18 @@ machine_line() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
 }
 
-# run_rounds RESULTS SERVER...: every workload, $rounds times, the servers in turn (A B C A B C),
-# one fio result row each appended to RESULTS.
+# run_rounds RESULTS SERVER...: every workload, $rounds times, the servers in turn, each round
+# starting one server later (A B C, B C A, C A B, ...) so that no server always runs first or
+# right after the same neighbour; one fio result row each appended to RESULTS.
 run_rounds() {
   local results=$1; shift
   : > "$results"
-  local w name args r s
+  local servers=("$@") n=$# w name args r i s
   for w in "${workloads[@]}"; do
     name=${w%%|*}; args=${w#*|}
     for r in $(seq "$rounds"); do
-      for s in "$@"; do
+      for i in $(seq 0 $((n - 1))); do
+        s=${servers[$(( (r - 1 + i) % n ))]}
         # Every run starts with no dirty pages, so one server's writeback does not land on the next.
         sync; sleep 1
         # shellcheck disable=SC2086

@@ -3,6 +3,7 @@
 //! reading requests, a shared pool of workers executing them against the
 //! [`crate::service::Export`], replies written out of order as they complete.
 
+pub mod buffers;
 pub mod client;
 pub mod handshake;
 pub mod proto;

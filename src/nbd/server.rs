@@ -11,6 +11,7 @@
 //! reading, requests already read are executed and answered, and then the caller closes the
 //! exports (device and ledger synced, session closed).
 
+use super::buffers::{Buf, Buffers};
 use super::handshake::{self, Exports, Outcome, MAX_PAYLOAD};
 use super::proto::{self, cflags, cmd, Request};
 use super::stream::{Listener, Stream};
@@ -59,7 +60,8 @@ const MAX_DRAIN: u32 = 64 << 20;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Largest WRITE executed on the connection's own thread; larger ones go to the workers so
-/// that receiving the next request overlaps with copying this one into the page cache.
+/// that receiving the next request overlaps with copying this one into the page cache. Also
+/// the largest READ reply gathered with others into one send.
 const INLINE_WRITE: u32 = 64 << 10;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -73,6 +75,7 @@ struct Shared {
     active: AtomicUsize,
     next_id: AtomicU64,
     jobs: Mutex<Option<Sender<Job>>>,
+    buffers: Arc<Buffers>,
 }
 
 /// A running server.
@@ -109,6 +112,7 @@ impl Server {
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             jobs: Mutex::new(Some(tx)),
+            buffers: Arc::new(Buffers::default()),
         });
         let listeners: Vec<Arc<Listener>> = listeners.into_iter().map(Arc::new).collect();
         let acceptors = listeners
@@ -405,11 +409,10 @@ pub fn validate(r: &Request) -> Result<(), OpError> {
 /// Most small WRITEs gathered before they run.
 const MAX_PENDING: usize = 32;
 
-/// Small WRITEs a connection has read and not yet run, with payload buffers to reuse.
+/// Small WRITEs a connection has read and not yet run.
 #[derive(Default)]
 struct Pending {
-    writes: Vec<(Request, Vec<u8>)>,
-    spare: Vec<Vec<u8>>,
+    writes: Vec<(Request, Buf)>,
 }
 
 impl Pending {
@@ -421,13 +424,13 @@ impl Pending {
         let list: Vec<(u64, &[u8])> = self
             .writes
             .iter()
-            .map(|(r, p)| (r.offset, p.as_slice()))
+            .map(|(r, p)| (r.offset, &p[..]))
             .collect();
         let results = export.write_many(&list);
-        for ((req, payload), r) in self.writes.drain(..).zip(results) {
+        drop(list);
+        for ((req, _payload), r) in self.writes.drain(..).zip(results) {
             log_failure(&req, &r);
             batch.reply(req.cookie, r.err().map_or(0, |e| e.errno));
-            self.spare.push(payload);
         }
     }
 }
@@ -471,7 +474,7 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
     let inflight = Arc::new(Inflight::default());
     let mut reader = BufReader::with_capacity(128 << 10, s);
     let mut batch = Batch { buf: Vec::new() };
-    let mut payload: Vec<u8> = Vec::new();
+    let mut payload = Buf::empty();
     let mut count = 0u64;
     let mut wrote = false;
     // Small WRITEs already read, run together (one journal append) before anything else.
@@ -508,7 +511,6 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
         if req.kind == cmd::DISC {
             break;
         }
-        payload.clear();
         if req.kind == cmd::WRITE {
             if req.length > MAX_DRAIN {
                 tracing::warn!(
@@ -517,13 +519,8 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
                 );
                 break;
             }
-            // Read straight into spare capacity: no zero-filling of a buffer about to be
-            // overwritten (it costs as much as the copy for large writes).
-            payload.reserve(req.length as usize);
-            let got = (&mut reader)
-                .take(req.length as u64)
-                .read_to_end(&mut payload);
-            if !matches!(got, Ok(n) if n == req.length as usize) {
+            payload = shared.buffers.get(req.length as usize);
+            if reader.read_exact(&mut payload).is_err() {
                 tracing::info!("connection {id}: client vanished in a WRITE payload");
                 break;
             }
@@ -543,15 +540,14 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
         // device (flushes, FUA, zeroing, trims, uncached reads) goes to the workers.
         let fua = req.flags & cflags::FUA != 0;
         if req.kind == cmd::WRITE && !fua && req.length <= INLINE_WRITE && export.quick_writes() {
-            let spare = pending.spare.pop().unwrap_or_default();
             pending
                 .writes
-                .push((req, std::mem::replace(&mut payload, spare)));
+                .push((req, std::mem::replace(&mut payload, Buf::empty())));
             continue;
         }
         // Anything else waits for the writes read before it.
         pending.run(&export, &mut batch);
-        if req.kind == cmd::READ && !fua {
+        if req.kind == cmd::READ && !fua && req.length <= INLINE_WRITE {
             let at = batch.buf.len();
             batch
                 .buf
@@ -569,17 +565,40 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
                     continue;
                 }
             }
+        } else if req.kind == cmd::READ && !fua {
+            // A large reply goes out on its own, from a reused buffer: growing the batch for
+            // it would zero-fill (and later free) a fresh buffer every time.
+            let mut buf = shared
+                .buffers
+                .get(proto::SIMPLE_REPLY_LEN + req.length as usize);
+            match export.read_nowait(req.offset, &mut buf[proto::SIMPLE_REPLY_LEN..]) {
+                Ok(true) => {
+                    proto::simple_reply(&mut buf, 0, req.cookie);
+                    batch.flush(&replies);
+                    replies.send(&buf);
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    log_failure(&req, &Err(e.clone()));
+                    batch.reply(req.cookie, e.errno);
+                    continue;
+                }
+            }
         }
         // Replies already made must not wait while this thread waits for a free slot.
         batch.flush(&replies);
         inflight.acquire(shared.config.max_inflight);
         let job = {
             let (export, replies) = (export.clone(), replies.clone());
+            let buffers = shared.buffers.clone();
             let slot = Slot(inflight.clone());
-            let payload = std::mem::take(&mut payload);
+            let payload = std::mem::replace(&mut payload, Buf::empty());
             Box::new(move || {
                 let _slot = slot;
-                let run = std::panic::AssertUnwindSafe(|| execute(&export, req, payload, &replies));
+                let run = std::panic::AssertUnwindSafe(|| {
+                    execute(&export, req, &payload, &replies, &buffers)
+                });
                 if std::panic::catch_unwind(run).is_err() {
                     tracing::error!(
                         "{} at offset {} length {} panicked; answered EIO",
@@ -620,15 +639,22 @@ fn log_failure(req: &Request, r: &Result<(), OpError>) {
     }
 }
 
-fn execute(export: &Export, req: Request, payload: Vec<u8>, replies: &Replies) {
+fn execute(
+    export: &Export,
+    req: Request,
+    payload: &[u8],
+    replies: &Replies,
+    buffers: &Arc<Buffers>,
+) {
     let data_len = if req.kind == cmd::READ {
         req.length as usize
     } else {
         0
     };
-    // A READ's data goes right after the reply header, so the reply is one write.
-    let mut buf = vec![0u8; proto::SIMPLE_REPLY_LEN + data_len];
-    let result = dispatch(export, &req, &payload, &mut buf[proto::SIMPLE_REPLY_LEN..]);
+    // A READ's data goes right after the reply header, so the reply is one write. Only a
+    // successful read (which fills all of it) sends the buffer.
+    let mut buf = buffers.get(proto::SIMPLE_REPLY_LEN + data_len);
+    let result = dispatch(export, &req, payload, &mut buf[proto::SIMPLE_REPLY_LEN..]);
     if result.is_ok() && req.kind == cmd::READ {
         proto::simple_reply(&mut buf, 0, req.cookie);
         return replies.send(&buf);
