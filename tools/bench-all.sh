@@ -7,6 +7,7 @@
 #   3. tools/bench-scan.sh 1, 8  verify and init --baseline vs cat (hot) and O_DIRECT (cold)
 #   4. tools/bench-ledger.sh     reopen of 10 M records, history, serve's memory, bytes per write
 #   5. tools/bench-retention.sh  what retention bounds and costs
+#   then tools/bench-goals.py      the performance goals against this run's figures
 #
 #   tools/bench-all.sh                 everything, the scripts' defaults (about an hour)
 #   QUICK=1 tools/bench-all.sh         fewer and shorter rounds, 1 M records (about 15 minutes)
@@ -65,6 +66,11 @@ for g in "${scans[@]}"; do
 done
 run "Ledger at scale" "$top/tools/bench-ledger.sh"
 run "Retention" "$top/tools/bench-retention.sh"
+{
+  printf '\n### Against the goals\n\n'
+  printf 'Computed from the figures above by `tools/bench-goals.py`. The sections after the suite'"'"'s run say what stands in the way of each goal missed.\n\n'
+  python3 "$top/tools/bench-goals.py" "$out" || echo "(no goals table: $top/tools/bench-goals.py failed)"
+} >> "$out"
 echo "<!-- bench-all:end -->" >> "$out"
 
 if [ "${NO_WRITE:-0}" = 1 ]; then

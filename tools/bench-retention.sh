@@ -31,13 +31,13 @@ dir_bytes() { du -sb --apparent-size "$1" 2>/dev/null | cut -f1; }
 run() {
   local mode=$1 extra=()
   [ "$mode" = retain ] && extra=(--retain-bytes "$retain")
-  rm -rf disk.img disk.img.ledger disk.sock serve.log peak
+  rm -rf disk.img disk.img.ledger disk.sock serve.log peak peak.tmp
   head -c $((size_mib << 20)) /dev/urandom > disk.img
   "$bin" init --baseline disk.img >/dev/null
   "$bin" serve disk.img --socket disk.sock "${extra[@]}" 2>serve.log & local pid=$!
   pids+=("$pid")
   for _ in $(seq 100); do [ -S disk.sock ] && break; sleep 0.1; done
-  ( peak=0; while :; do b=$(dir_bytes disk.img.ledger/journal); [ "${b:-0}" -gt "$peak" ] && peak=$b && echo "$peak" > peak; sleep 0.02; done ) &
+  ( peak=0; while :; do b=$(dir_bytes disk.img.ledger/journal); [ "${b:-0}" -gt "$peak" ] && peak=$b && echo "$peak" > peak.tmp && mv peak.tmp peak; sleep 0.02; done ) &
   local sampler=$!
   sync; sleep 1
   fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$PWD/disk.sock" --rw=randwrite --bs=4k \

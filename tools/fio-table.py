@@ -4,8 +4,10 @@
   fio-table.py row WORKLOAD SERVER FIO.json >> results.tsv
   fio-table.py table results.tsv REF SERVER=LABEL [SERVER=LABEL ...]
 
-`table` prints a markdown table of medians over the alternating rounds, the IOPS min-max, and
-each server's median IOPS as a ratio to the REF server's.
+`table` prints a markdown table of medians over the alternating rounds, the IOPS min-max,
+each server's median IOPS as a ratio to the REF server's, and the median of the ratios taken
+round by round (each round runs every server once, minutes apart at most, so this one is the
+less sensitive to a machine whose speed drifts between rounds).
 """
 import json
 import statistics as st
@@ -26,18 +28,25 @@ def table(path, ref, labels):
     for w, s, iops, mib, p50, p99 in rows:
         by.setdefault((w, s), []).append((float(iops), float(mib), float(p50), float(p99)))
     works = list(dict.fromkeys(r[0] for r in rows))
-    print(f"| workload | server | IOPS (median) | IOPS min–max | MiB/s | p50 µs | p99 µs | IOPS / {labels[ref]} |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| workload | server | IOPS (median) | IOPS min–max | MiB/s | p50 µs | p99 µs "
+          f"| IOPS / {labels[ref]} | same, round by round (median) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for w in works:
         base = st.median(x[0] for x in by[(w, ref)])
+        # Rows are appended round after round, every server once per round.
+        wrows = [r for r in rows if r[0] == w]
+        n = len({r[1] for r in wrows})
+        rounds = [{r[1]: float(r[2]) for r in wrows[i:i + n]} for i in range(0, len(wrows), n)]
         for s, label in labels.items():
             v = by.get((w, s))
             if not v:
                 continue
             med = [st.median(x[i] for x in v) for i in range(4)]
             lo, hi = min(x[0] for x in v), max(x[0] for x in v)
+            paired = [r[s] / r[ref] for r in rounds if s in r and r.get(ref)]
             print(f"| {w} | {label} | {med[0]:.0f} | {lo:.0f}–{hi:.0f} | {med[1]:.1f} "
-                  f"| {med[2]:.0f} | {med[3]:.0f} | {med[0] / base:.2f} |")
+                  f"| {med[2]:.0f} | {med[3]:.0f} | {med[0] / base:.2f} "
+                  f"| {st.median(paired):.2f} |")
 
 
 if __name__ == "__main__":
