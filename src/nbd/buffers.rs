@@ -14,7 +14,19 @@ use std::sync::{Arc, Mutex};
 /// Most bytes the pool keeps for reuse.
 pub const POOL_BYTES: usize = 16 << 20;
 
-/// A pool of byte buffers. Cheap to share: buffers go back to it when dropped.
+/// Requests shorter than this get a buffer of their own: malloc serves them well, and a
+/// reply header must not hold a large pooled buffer for the length of a FLUSH.
+const MIN_POOLED: usize = 4 << 10;
+
+/// Requests longer than this get a buffer of their own, freed after use (rare, and one
+/// would crowd everything else out of the pool).
+const MAX_POOLED: usize = 4 << 20;
+
+/// Size classes: powers of two from `MIN_POOLED` to `MAX_POOLED`.
+const CLASSES: usize = (MAX_POOLED.trailing_zeros() - MIN_POOLED.trailing_zeros() + 1) as usize;
+
+/// A pool of byte buffers in power-of-two size classes. Cheap to share: buffers go back to
+/// it when dropped.
 #[derive(Default)]
 pub struct Buffers {
     free: Mutex<Free>,
@@ -22,28 +34,39 @@ pub struct Buffers {
 
 #[derive(Default)]
 struct Free {
-    bufs: Vec<Vec<u8>>,
+    classes: [Vec<Vec<u8>>; CLASSES],
     bytes: usize,
+}
+
+/// The class of a request of `len` bytes, if pooled.
+fn class(len: usize) -> Option<usize> {
+    (MIN_POOLED..=MAX_POOLED)
+        .contains(&len)
+        .then(|| (len.next_power_of_two().trailing_zeros() - MIN_POOLED.trailing_zeros()) as usize)
 }
 
 impl Buffers {
     /// A buffer of exactly `len` bytes with unspecified contents (zeroes, or an earlier
-    /// request's bytes): the caller overwrites all of it.
+    /// request's bytes): the caller overwrites all of it before using it.
     pub fn get(self: &Arc<Self>, len: usize) -> Buf {
+        let Some(c) = class(len) else {
+            return Buf {
+                v: vec![0u8; len],
+                len,
+                home: None,
+            };
+        };
         let reused = {
             let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            f.bufs.pop().inspect(|v| f.bytes -= v.len())
-        };
-        let v = match reused {
-            Some(mut v) => {
-                if v.len() < len {
-                    v.resize(len, 0);
-                }
-                v
+            let v = f.classes[c].pop();
+            if let Some(v) = &v {
+                f.bytes -= v.len();
             }
-            // Zeroed allocation: fresh pages from the kernel are zero already.
-            None => vec![0u8; len],
+            v
         };
+        // A new buffer is zeroed by the allocator (fresh pages from the kernel), and the
+        // pages past `len` are never touched.
+        let v = reused.unwrap_or_else(|| vec![0u8; MIN_POOLED << c]);
         Buf {
             v,
             len,
@@ -52,11 +75,22 @@ impl Buffers {
     }
 
     fn put(&self, v: Vec<u8>) {
+        let Some(c) = class(v.len()) else { return };
         let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if f.bytes + v.len() <= POOL_BYTES {
-            f.bytes += v.len();
-            f.bufs.push(v);
+        if f.bytes + v.len() > POOL_BYTES {
+            // The workload changed size: what the other classes keep is of no use now.
+            for (i, k) in f.classes.iter_mut().enumerate() {
+                if i != c {
+                    k.clear();
+                }
+            }
+            f.bytes = f.classes[c].iter().map(Vec::len).sum();
+            if f.bytes + v.len() > POOL_BYTES {
+                return;
+            }
         }
+        f.bytes += v.len();
+        f.classes[c].push(v);
     }
 
     /// Bytes kept for reuse now.
@@ -114,29 +148,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_come_back_and_the_pool_stays_bounded() {
+    fn buffers_come_back_by_size_and_the_pool_stays_bounded() {
         let pool = Arc::new(Buffers::default());
         let mut a = pool.get(4096);
         a.fill(7);
         assert_eq!(a.len(), 4096);
         drop(a);
         assert_eq!(pool.kept(), 4096);
-        // Reused and grown: the length asked for, whatever was there before.
-        let b = pool.get(8192);
-        assert_eq!(b.len(), 8192);
-        assert_eq!(pool.kept(), 0);
+        // Another size class does not take it.
+        let b = pool.get(1 << 20);
+        assert_eq!(b.len(), 1 << 20);
+        assert_eq!(pool.kept(), 4096);
         drop(b);
-        assert_eq!(pool.kept(), 8192);
-        // A reused larger buffer still reads as the length asked for.
-        let c = pool.get(100);
-        assert_eq!(c.len(), 100);
+        assert_eq!(pool.kept(), 4096 + (1 << 20));
+        // A request within a class reuses that class's buffer, at the length asked for.
+        let c = pool.get((1 << 20) - 100);
+        assert_eq!(c.len(), (1 << 20) - 100);
+        assert_eq!(pool.kept(), 4096);
         drop(c);
-        // More than the bound in flight at once: only the bound is kept.
-        let many: Vec<Buf> = (0..(POOL_BYTES >> 20) + 4)
-            .map(|_| pool.get(1 << 20))
+        // Small and huge requests are not pooled.
+        drop(pool.get(16));
+        drop(pool.get(32 << 20));
+        assert_eq!(pool.kept(), 4096 + (1 << 20));
+        // More than the bound in flight at once: only the bound is kept, and the class in use
+        // pushes the others out.
+        let many: Vec<Buf> = (0..(POOL_BYTES >> 21) + 4)
+            .map(|_| pool.get(2 << 20))
             .collect();
         drop(many);
-        assert!(pool.kept() <= POOL_BYTES, "kept {}", pool.kept());
-        assert!(pool.kept() >= POOL_BYTES - (1 << 20));
+        assert_eq!(pool.kept(), POOL_BYTES);
     }
 }

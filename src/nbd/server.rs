@@ -60,8 +60,7 @@ const MAX_DRAIN: u32 = 64 << 20;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Largest WRITE executed on the connection's own thread; larger ones go to the workers so
-/// that receiving the next request overlaps with copying this one into the page cache. Also
-/// the largest READ reply gathered with others into one send.
+/// that receiving the next request overlaps with copying this one into the page cache.
 const INLINE_WRITE: u32 = 64 << 10;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -474,7 +473,6 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
     let inflight = Arc::new(Inflight::default());
     let mut reader = BufReader::with_capacity(128 << 10, s);
     let mut batch = Batch { buf: Vec::new() };
-    let mut payload = Buf::empty();
     let mut count = 0u64;
     let mut wrote = false;
     // Small WRITEs already read, run together (one journal append) before anything else.
@@ -511,6 +509,7 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
         if req.kind == cmd::DISC {
             break;
         }
+        let mut payload = Buf::empty();
         if req.kind == cmd::WRITE {
             if req.length > MAX_DRAIN {
                 tracing::warn!(
@@ -547,7 +546,7 @@ fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -
         }
         // Anything else waits for the writes read before it.
         pending.run(&export, &mut batch);
-        if req.kind == cmd::READ && !fua && req.length <= INLINE_WRITE {
+        if req.kind == cmd::READ && !fua && req.length as usize <= Batch::FLUSH_AT {
             let at = batch.buf.len();
             batch
                 .buf
