@@ -911,41 +911,76 @@ impl Ledger {
         count: u64,
         make: impl Fn(u64, Generation) -> (Record, BlockState),
     ) -> Result<Ticket> {
+        let mut t = self.record_ranges(&[(first_block, count)], |_, b, g| make(b, g))?;
+        Ok(t.pop().expect("one range, one ticket"))
+    }
+
+    /// Records changes of several block ranges (first block, count) with one journal append,
+    /// one ticket per range; `make(i, block, generation)` gives the record and new state of a
+    /// block of range `i`. The ranges must not overlap.
+    fn record_ranges(
+        &self,
+        ranges: &[(u64, u64)],
+        make: impl Fn(usize, u64, Generation) -> (Record, BlockState),
+    ) -> Result<Vec<Ticket>> {
         let (j, s) = self.writer()?;
-        let end = first_block
-            .checked_add(count)
-            .filter(|&e| e <= self.geometry.block_count() && count > 0)
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "blocks {first_block}..+{count} are not within the device's {} blocks",
-                    self.geometry.block_count()
-                ))
-            })?;
-        let mut records = Vec::with_capacity(count as usize);
-        let mut generations = Vec::with_capacity(count as usize);
-        for b in first_block..end {
-            let g = self.state.get(b).next_generation();
-            records.push(make(b, g).0);
-            generations.push(g);
+        let mut spans: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for &(first, count) in ranges {
+            let end = first
+                .checked_add(count)
+                .filter(|&e| e <= self.geometry.block_count() && count > 0)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "blocks {first}..+{count} are not within the device's {} blocks",
+                        self.geometry.block_count()
+                    ))
+                })?;
+            spans.push((first, end));
         }
-        let (first, last) = {
+        if spans.len() > 1 {
+            spans.sort_unstable();
+            if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+                return Err(Error::Usage(
+                    "changes recorded together must not overlap".into(),
+                ));
+            }
+        }
+        let mut records = Vec::with_capacity(ranges.iter().map(|r| r.1 as usize).sum());
+        let mut tickets = Vec::with_capacity(ranges.len());
+        for (i, &(first, count)) in ranges.iter().enumerate() {
+            let mut generations = Vec::with_capacity(count as usize);
+            for b in first..first + count {
+                let g = self.state.get(b).next_generation();
+                records.push(make(i, b, g).0);
+                generations.push(g);
+            }
+            tickets.push(Ticket {
+                first: 0,
+                last: 0,
+                first_block: first,
+                generations,
+            });
+        }
+        let last = {
             let mut inf = lock_mutex(&s.inflight);
-            let (first, last) = j.append(&records, clock::now())?;
-            inf.incomplete.insert(first, last);
-            (first, last)
+            let (mut lsn, last) = j.append(&records, clock::now())?;
+            for t in &mut tickets {
+                t.first = lsn;
+                t.last = lsn + t.generations.len() as u64 - 1;
+                lsn = t.last + 1;
+                inf.incomplete.insert(t.first, t.last);
+            }
+            last
         };
-        for (b, &g) in (first_block..end).zip(&generations) {
-            self.state.set(b, make(b, g).1);
+        for (i, t) in tickets.iter().enumerate() {
+            for (b, &g) in (t.first_block..).zip(&t.generations) {
+                self.state.set(b, make(i, b, g).1);
+            }
         }
         if s.strict {
             j.sync_to(last)?;
         }
-        Ok(Ticket {
-            first,
-            last,
-            first_block,
-            generations,
-        })
+        Ok(tickets)
     }
 
     /// Records that blocks `first_block..` are being written with contents whose checksums are
@@ -993,65 +1028,14 @@ impl Ledger {
     /// WRITEs cost. The ranges must not overlap. Every record is in the kernel when this returns,
     /// before the caller issues any of the device writes.
     pub fn record_contents_many(&self, items: &[(u64, &[NewContents])]) -> Result<Vec<Ticket>> {
-        let (j, s) = self.writer()?;
-        let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(items.len());
-        for &(first, new) in items {
-            let end = first
-                .checked_add(new.len() as u64)
-                .filter(|&e| e <= self.geometry.block_count() && !new.is_empty())
-                .ok_or_else(|| {
-                    Error::Usage(format!(
-                        "blocks {first}..+{} are not within the device's {} blocks",
-                        new.len(),
-                        self.geometry.block_count()
-                    ))
-                })?;
-            ranges.push((first, end));
-        }
-        ranges.sort_unstable();
-        if ranges.windows(2).any(|w| w[1].0 < w[0].1) {
-            return Err(Error::Usage(
-                "changes recorded together must not overlap".into(),
-            ));
-        }
-        let mut records = Vec::new();
-        let mut states = Vec::new();
-        let mut tickets = Vec::with_capacity(items.len());
-        for &(first, new) in items {
-            let mut generations = Vec::with_capacity(new.len());
-            for (i, nc) in new.iter().enumerate() {
-                let b = first + i as u64;
-                let g = self.state.get(b).next_generation();
-                let (rec, st) = self.contents_change(b, g, *nc);
-                records.push(rec);
-                states.push((b, st));
-                generations.push(g);
-            }
-            tickets.push(Ticket {
-                first: 0,
-                last: 0,
-                first_block: first,
-                generations,
-            });
-        }
-        let last = {
-            let mut inf = lock_mutex(&s.inflight);
-            let (mut lsn, last) = j.append(&records, clock::now())?;
-            for t in &mut tickets {
-                t.first = lsn;
-                t.last = lsn + t.generations.len() as u64 - 1;
-                lsn = t.last + 1;
-                inf.incomplete.insert(t.first, t.last);
-            }
-            last
-        };
-        for (b, st) in states {
-            self.state.set(b, st);
-        }
-        if s.strict {
-            j.sync_to(last)?;
-        }
-        Ok(tickets)
+        let ranges: Vec<(u64, u64)> = items
+            .iter()
+            .map(|&(first, new)| (first, new.len() as u64))
+            .collect();
+        self.record_ranges(&ranges, |i, b, g| {
+            let (first, new) = items[i];
+            self.contents_change(b, g, new[(b - first) as usize])
+        })
     }
 
     /// Like [`Ledger::record_write`], checksumming `data` (whole blocks) itself.
