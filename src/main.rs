@@ -22,6 +22,23 @@ fn log_level(verbose: u8, service: bool) -> LevelFilter {
     }
 }
 
+/// The error and its causes, each said once: a cause whose text the message already holds (an
+/// OS error that a library error quotes) is not repeated.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
+}
+
 fn main() {
     let cli = cli::Cli::parse();
     let service = matches!(cli.command, cli::Command::Serve(_));
@@ -35,17 +52,25 @@ fn main() {
         (false, true) => fmt.init(),
         (false, false) => fmt.without_time().init(),
     }
-    let code = match cli::run(cli) {
+    let mut code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::BrokenPipe {
-                    std::process::exit(0);
-                }
+            let closed_pipe = e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+            if closed_pipe {
+                0
+            } else {
+                cli::output::write_stderr(format_args!("lostwrite: error: {}\n", message(&e)));
+                2
             }
-            eprintln!("lostwrite: error: {e:#}");
-            2
         }
     };
+    if let Some(e) = cli::output::finish_stdout() {
+        cli::output::write_stderr(format_args!(
+            "lostwrite: error: writing the output to stdout: {e} (nothing after that point was saved)\n"
+        ));
+        code = 2;
+    }
     std::process::exit(code);
 }

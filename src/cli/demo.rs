@@ -167,7 +167,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
 
-    println!("== 1. A {IMAGE_MIB} MiB ext4 image with an application's files (mkfs.ext4 -d, no mounting)");
+    outln!("== 1. A {IMAGE_MIB} MiB ext4 image with an application's files (mkfs.ext4 -d, no mounting)");
     let staging = dir.join("staging");
     for d in ["app/config", "home/alice"] {
         std::fs::create_dir_all(staging.join(d))?;
@@ -185,12 +185,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .args(["-q", "-F", "-b", "4096", "-L", "demo", "-d"])
         .arg(&staging)
         .arg(&image))?;
-    println!(
+    outln!(
         "   {}: /app/data1.fs../app/data4.fs, /app/config/app.conf, /home/alice/notes.txt",
         image.display()
     );
 
-    println!("== 2. lostwrite init --baseline: every block recorded as generation 0");
+    outln!("== 2. lostwrite init --baseline: every block recorded as generation 0");
     let dev = FileDevice::open(&image, true)?;
     Ledger::create(
         &ledger_dir,
@@ -205,7 +205,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     )?;
 
     let socket = dir.join("disk.sock");
-    println!(
+    outln!(
         "== 3. lostwrite serve, in this process, on {}",
         socket.display()
     );
@@ -251,7 +251,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let shadow = dir.join("shadow.img");
     let after_phase1 = dir.join("after-phase-1.img");
     let mut changed_in: Vec<BTreeSet<u64>> = Vec::new();
-    println!(
+    outln!(
         "== 4. The workload, through NBD, each phase ending with a FLUSH (phases a second apart)"
     );
     for (i, p) in phases.iter().enumerate() {
@@ -282,7 +282,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             .map(|(f, r)| format!("updated {} blocks of {f} in place", r.len()))
             .chain(p.create.iter().map(|(f, _)| format!("created {f}")))
             .collect();
-        println!(
+        outln!(
             "   {}: {}; {} blocks written, flushed",
             p.name,
             what.join(", "),
@@ -299,7 +299,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             .map_err(|_| anyhow::anyhow!("export still in use"))?
             .close()?;
     }
-    println!("   the sidecar stopped cleanly: every write is recorded and durable");
+    outln!("   the sidecar stopped cleanly: every write is recorded and durable");
 
     // The fault: the writes of phase 2 that nothing wrote over later read their phase-1
     // contents again, as from a storage cache that lost a window of acknowledged writes.
@@ -314,9 +314,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         img.sync_all()?;
     }
-    println!("== 5. A storage fault: the {} blocks written in phase 2 (and not rewritten later) revert to their phase-1 contents", lost.len());
+    outln!("== 5. A storage fault: the {} blocks written in phase 2 (and not rewritten later) revert to their phase-1 contents", lost.len());
 
-    println!("== 6. What e2fsck -fn says (for contrast):");
+    outln!("== 6. What e2fsck -fn says (for contrast):");
     let fsck = Command::new("e2fsck").arg("-fn").arg(&image).output()?;
     let text =
         String::from_utf8_lossy(&fsck.stdout).to_string() + &String::from_utf8_lossy(&fsck.stderr);
@@ -325,11 +325,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .filter(|l| !l.starts_with("Pass ") && !l.trim().is_empty() && !l.starts_with("e2fsck 1"))
         .take(8)
     {
-        println!("   | {line}");
+        outln!("   | {line}");
     }
-    println!("   (exit {}: it sees the damage only where metadata no longer adds up, and never says what was lost or when)", fsck.status.code().unwrap_or(-1));
+    outln!("   (exit {}: it sees the damage only where metadata no longer adds up, and never says what was lost or when)", fsck.status.code().unwrap_or(-1));
 
-    println!("== 7. lostwrite verify + lostwrite report --files --plot");
+    outln!("== 7. lostwrite verify + lostwrite report --files --plot");
     let dev = FileDevice::open(&image, false)?;
     let ledger = Ledger::open(
         &ledger_dir,
@@ -346,7 +346,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         },
     )?;
     for line in v.human(8).lines() {
-        println!("   {line}");
+        outln!("   {line}");
     }
     let mut rep = forensics::build(
         &ledger,
@@ -365,21 +365,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     std::fs::write(&svg, plot::render(&rep, dev.size()))?;
     rep.plot = Some(svg.display().to_string());
-    println!();
+    outln!();
     for line in rep.human(20).lines() {
-        println!("   {line}");
+        outln!("   {line}");
     }
     let found: BTreeSet<u64> = v.findings.iter().map(|f| f.block).collect();
     let want: BTreeSet<u64> = lost.iter().copied().collect();
     let geo = Geometry::new(BS as u32, IMAGE_MIB << 20);
-    println!();
+    outln!();
     if found == want {
-        println!("verify named exactly the {} reverted blocks ({} of the {} blocks of the image), in {:.1} s.", want.len(), want.len(), geo.block_count(), started.elapsed().as_secs_f64());
+        outln!("verify named exactly the {} reverted blocks ({} of the {} blocks of the image), in {:.1} s.", want.len(), want.len(), geo.block_count(), started.elapsed().as_secs_f64());
     } else {
-        println!("verify named blocks {found:?}; the reverted blocks were {want:?}");
+        outln!("verify named blocks {found:?}; the reverted blocks were {want:?}");
     }
     if keep {
-        println!("files kept in {}", dir.display());
+        outln!("files kept in {}", dir.display());
     }
     Ok(if found == want { 0 } else { 1 })
 }

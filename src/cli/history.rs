@@ -201,7 +201,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         text.push_str(&format!("note: {n}\n"));
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "ledger": dir.display().to_string(),
@@ -213,7 +213,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             }))?
         );
     } else {
-        print!("{text}");
+        out!("{text}");
     }
     Ok(0)
 }

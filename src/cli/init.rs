@@ -43,18 +43,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     Ledger::create(&dir, dev.identity(), size, bs, src)?;
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "created ledger {} for {} ({blocks} blocks of {bs} bytes)",
         dir.display(),
         dev.identity().path
     );
     if a.baseline {
-        println!(
+        outln!(
             "baseline: {blocks} blocks recorded as generation 0 in {secs:.2} s ({:.0} MiB/s)",
             size as f64 / (1 << 20) as f64 / secs.max(1e-9)
         );
     } else {
-        println!(
+        outln!(
             "no baseline: the {blocks} blocks are untracked until written through `lostwrite serve`; `lostwrite init --baseline` tracks them all from the start"
         );
     }

@@ -81,27 +81,27 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             if repair {
                 let mut l = Ledger::open(&dir, None, OpenOptions::new(Access::Write))?;
                 for w in &l.recovery().warnings {
-                    eprintln!("repair: {w}");
+                    errln!("repair: {w}");
                 }
                 l.rebuild_state()?;
                 drop(l);
-                eprintln!("repair: state table rewritten from the journal");
+                errln!("repair: state table rewritten from the journal");
             }
             let rep = check(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rep)?);
+                outln!("{}", serde_json::to_string_pretty(&rep)?);
             } else {
                 for n in &rep.notes {
-                    println!("note: {n}");
+                    outln!("note: {n}");
                 }
                 for w in &rep.warnings {
-                    println!("warning: {w}");
+                    outln!("warning: {w}");
                 }
                 for p in &rep.problems {
-                    println!("DAMAGED {} at offset {}: {}", p.file, p.offset, p.what);
+                    outln!("DAMAGED {} at offset {}: {}", p.file, p.offset, p.what);
                 }
                 if rep.problems.is_empty() {
-                    println!(
+                    outln!(
                         "ledger {} is sound: {} segments, {} records, {} state entries match a replay of the journal",
                         dir.display(),
                         rep.segments,
@@ -109,7 +109,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                         rep.blocks
                     );
                 } else {
-                    println!(
+                    outln!(
                         "ledger {} has {} problem{}; `lostwrite ledger check --repair` rebuilds a damaged state table from the journal; damage to the journal, baseline or metadata needs a copy of the ledger",
                         dir.display(),
                         rep.problems.len(),
@@ -195,7 +195,7 @@ fn compact(dir: &std::path::Path, keep: Retention, json: bool) -> anyhow::Result
     }
     let l = Ledger::open(dir, None, OpenOptions::new(Access::Write))?;
     for w in &l.recovery().warnings {
-        eprintln!("compact: {w}");
+        errln!("compact: {w}");
     }
     let before = l.journal_bytes();
     let now = lostwrite::clock::now();
@@ -210,7 +210,7 @@ fn compact(dir: &std::path::Path, keep: Retention, json: bool) -> anyhow::Result
     let fold = l.fold();
     drop(l);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "ledger": dir.display().to_string(),
@@ -224,13 +224,13 @@ fn compact(dir: &std::path::Path, keep: Retention, json: bool) -> anyhow::Result
             })
         );
     } else if done.is_empty() {
-        println!(
+        outln!(
             "ledger {}: nothing to fold (the journal's {before} bytes are all within the retention)",
             dir.display()
         );
     } else {
         let f = fold.as_ref().expect("a compaction installs a fold");
-        println!(
+        outln!(
             "ledger {}: folded {} journal segment(s); journal {before} -> {after} bytes; history through LSN {} ({}) is now each block's latest change ({} blocks)",
             dir.display(),
             folded,

@@ -2,6 +2,8 @@
 //! library and the result into output and an exit status. Only this side of the crate uses
 //! anyhow and prints.
 
+#[macro_use]
+pub mod output;
 pub mod demo;
 pub mod history;
 pub mod init;

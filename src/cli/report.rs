@@ -93,9 +93,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         rep.plot = Some(p.display().to_string());
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
+        outln!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
-        print!("{}", rep.human(a.max_rows));
+        out!("{}", rep.human(a.max_rows));
     }
     Ok(0)
 }

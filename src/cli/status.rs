@@ -72,13 +72,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         } else {
             all.remove(0)
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for (i, v) in all.iter().enumerate() {
             if i > 0 {
-                println!();
+                outln!();
             }
-            print!("{}", human(v));
+            out!("{}", human(v));
         }
     }
     Ok(status)

@@ -60,9 +60,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         Err(e) => tracing::warn!("open findings not updated: {e}"),
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.human(a.max_rows));
+        out!("{}", report.human(a.max_rows));
     }
     Ok(match report.result {
         "ledger-damaged" => 2,
