@@ -14,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod forensics;
 pub mod ledger;
+pub mod logsink;
 pub mod metrics;
 pub mod nbd;
 pub mod scan;

@@ -22,6 +22,22 @@ fn log_level(verbose: u8, service: bool) -> LevelFilter {
     }
 }
 
+fn init_logs<W>(writer: W, level: LevelFilter, json: bool, times: bool)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(writer)
+        .log_internal_errors(false)
+        .with_target(false);
+    match (json, times) {
+        (true, _) => fmt.json().flatten_event(true).init(),
+        (false, true) => fmt.init(),
+        (false, false) => fmt.without_time().init(),
+    }
+}
+
 /// The error and its causes, each said once: a cause whose text the message already holds (an
 /// OS error that a library error quotes) is not repeated.
 fn message(e: &anyhow::Error) -> String {
@@ -43,14 +59,12 @@ fn main() {
     let cli = cli::Cli::parse();
     let service = matches!(cli.command, cli::Command::Serve(_));
     let json = cli.log_json || std::env::var("LOSTWRITE_LOG_FORMAT").as_deref() == Ok("json");
-    let fmt = tracing_subscriber::fmt()
-        .with_max_level(log_level(cli.verbose, service))
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match (json, service) {
-        (true, _) => fmt.json().flatten_event(true).init(),
-        (false, true) => fmt.init(),
-        (false, false) => fmt.without_time().init(),
+    let level = log_level(cli.verbose, service);
+    // The service never waits for its log, and no command panics on a closed stderr.
+    if service {
+        init_logs(lostwrite::logsink::QueuedStderr::start(), level, json, true);
+    } else {
+        init_logs(lostwrite::logsink::PlainStderr, level, json, false);
     }
     let mut code = match cli::run(cli) {
         Ok(code) => code,
@@ -71,6 +85,9 @@ fn main() {
             "lostwrite: error: writing the output to stdout: {e} (nothing after that point was saved)\n"
         ));
         code = 2;
+    }
+    if service {
+        lostwrite::logsink::QueuedStderr::flush(std::time::Duration::from_secs(2));
     }
     std::process::exit(code);
 }

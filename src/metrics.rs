@@ -179,6 +179,13 @@ impl Collector for Exports {
             "Client connections in transmission.",
             |e| load(&e.counters.clients) as f64,
         )?;
+        enc.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines lost because stderr was full, closed or failing (the service went on).",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&crate::logsink::dropped(), None)?;
         let mut m = enc.encode_descriptor(
             "flush_duration_seconds",
             "Time a FLUSH took: the device's fdatasync and the ledger's flush record.",

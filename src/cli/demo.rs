@@ -149,11 +149,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let tmp;
     let (dir, keep) = match &a.dir {
         Some(d) => {
-            std::fs::create_dir_all(d)?;
+            std::fs::create_dir_all(d).with_context(|| {
+                format!(
+                    "--dir {}: cannot create the demo's directory; give a writable place",
+                    d.display()
+                )
+            })?;
             (d.clone(), true)
         }
         None => {
-            tmp = tempfile::tempdir()?;
+            tmp = tempfile::tempdir().context(
+                "creating a temporary directory for the demo (set TMPDIR to a writable place, or give --dir DIR)",
+            )?;
             (tmp.path().to_path_buf(), false)
         }
     };
@@ -169,18 +176,25 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
 
     outln!("== 1. A {IMAGE_MIB} MiB ext4 image with an application's files (mkfs.ext4 -d, no mounting)");
     let staging = dir.join("staging");
+    let write = |p: PathBuf, data: &[u8]| {
+        std::fs::write(&p, data).with_context(|| format!("{}: writing a demo file", p.display()))
+    };
     for d in ["app/config", "home/alice"] {
-        std::fs::create_dir_all(staging.join(d))?;
+        let p = staging.join(d);
+        std::fs::create_dir_all(&p)
+            .with_context(|| format!("{}: creating a demo directory", p.display()))?;
     }
     for i in 1..=4 {
-        std::fs::write(
+        write(
             staging.join(format!("app/data{i}.fs")),
-            rng.bytes(256 << 10),
+            &rng.bytes(256 << 10),
         )?;
     }
-    std::fs::write(staging.join("app/config/app.conf"), b"threads = 8\n")?;
-    std::fs::write(staging.join("home/alice/notes.txt"), b"remember the milk\n")?;
-    std::fs::File::create(&image)?.set_len(IMAGE_MIB << 20)?;
+    write(staging.join("app/config/app.conf"), b"threads = 8\n")?;
+    write(staging.join("home/alice/notes.txt"), b"remember the milk\n")?;
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(IMAGE_MIB << 20))
+        .with_context(|| format!("{}: creating the demo image", image.display()))?;
     sh(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-b", "4096", "-L", "demo", "-d"])
         .arg(&staging)

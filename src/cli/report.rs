@@ -1,6 +1,7 @@
 //! `lostwrite report DEVICE [--since T] [--until T] [--files] [--plot FILE.svg] [--json]`:
-//! forensics after an incident. Exit 0 when the report was made (whatever it says), 2 on
-//! trouble.
+//! forensics after an incident. Exit status as `verify`'s: 0 when no finding fails, 1 when
+//! some do (whatever `--since`/`--until` show: a narrower view does not make the device
+//! clean), 2 on trouble, including a damaged ledger.
 
 use super::Target;
 use lostwrite::device::BlockDevice;
@@ -56,7 +57,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut oo = OpenOptions::new(Access::Read);
     oo.device_moved = a.device_moved;
     let ledger = Ledger::open(&dir, Some((dev.identity(), dev.size())), oo)?;
-    let findings = match &a.findings {
+    let mut damaged = false;
+    let findings: Vec<verify::report::Finding> = match &a.findings {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -74,7 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             })?
         }
         None => {
-            verify::run(
+            let report = verify::run(
                 &ledger,
                 &dev,
                 &verify::Options {
@@ -82,10 +84,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     strict: false,
                     progress: !a.json,
                 },
-            )?
-            .findings
+            )?;
+            damaged = report.result == "ledger-damaged";
+            report.findings
         }
     };
+    let failing = findings.iter().any(|f| f.kind.fails(false));
     let mut rep = forensics::build(&ledger, &dev, &a.target.device, findings, &opts)?;
     if let Some(p) = &a.plot {
         std::fs::write(p, plot::render(&rep, dev.size()))
@@ -97,5 +101,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         out!("{}", rep.human(a.max_rows));
     }
-    Ok(0)
+    if damaged {
+        tracing::error!(
+            "the ledger's state table failed its checks and was rebuilt from the journal for this report; run `lostwrite ledger check`"
+        );
+    }
+    Ok(if damaged {
+        2
+    } else if failing {
+        1
+    } else {
+        0
+    })
 }

@@ -585,8 +585,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             Arc::try_unwrap(e).map_err(|_| anyhow::anyhow!("export still in use at shutdown"))?;
         let c = &e.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let unclassified = match load(&c.suspects_dropped) {
+            0 => String::new(),
+            n => format!(
+                " ({n} of them unclassified, the detection queue being full: run `lostwrite verify`)"
+            ),
+        };
+        let logs = match lostwrite::logsink::dropped() {
+            0 => String::new(),
+            n => format!(", {n} log lines dropped (stderr full, closed or failing)"),
+        };
         let summary = format!(
-            "{} writes ({} bytes), {} reads, {} flushes, {} stale reads, {} findings, {} errors",
+            "{} writes ({} bytes), {} reads, {} flushes, {} stale reads{unclassified}, {} findings, {} errors{logs}",
             load(&c.writes),
             load(&c.written_bytes),
             load(&c.reads),

@@ -148,6 +148,7 @@ fn one(dir: &Path, export: &str, live: Option<&str>) -> anyhow::Result<Value> {
     let scrubbed = dir.join(lostwrite::service::scrub::SCRUB_FILE).exists();
     let (entries, _) = findings::read(dir)?;
     let open = findings::open_findings(&entries);
+    let (unclassified, unclassified_last) = findings::unclassified_since_verify(&entries);
     let open_list: Vec<Value> = open
         .values()
         .take(20)
@@ -185,6 +186,8 @@ fn one(dir: &Path, export: &str, live: Option<&str>) -> anyhow::Result<Value> {
             "last_pass_ended": scrub.last_pass_ended,
         })),
         "findings_open": open.len(),
+        "stale_reads_unclassified": unclassified,
+        "stale_reads_unclassified_last": unclassified_last,
         "findings": open_list,
     }))
 }
@@ -266,7 +269,21 @@ fn human(v: &Value) -> String {
                 .unwrap_or_default()
         )
     };
-    o += &format!("findings {} open\n", n("findings_open"));
+    // Only what reads and the scrubber saw while serving: say so, or a "0 open" reads as a
+    // clean device that nobody verified.
+    o +=
+        &format!(
+        "findings {} open, seen online by reads{} (only `lostwrite verify` judges every block)\n",
+        n("findings_open"),
+        if sc.is_null() { "" } else { " and the scrubber" }
+    );
+    if n("stale_reads_unclassified") > 0 {
+        o += &format!(
+            "WARNING  {} stale reads were not classified (detection queue full; last {}): run `lostwrite verify`\n",
+            n("stale_reads_unclassified"),
+            s("stale_reads_unclassified_last")
+        );
+    }
     for f in v["findings"].as_array().into_iter().flatten() {
         o += &format!(
             "  block {}: {} ({})\n",

@@ -165,6 +165,8 @@ pub struct ForensicReport {
     /// `--since` / `--until` in effect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub view: Option<(Option<String>, Option<String>)>,
+    /// Findings that `--since` / `--until` left out (none without a view).
+    pub outside_view: usize,
     /// The SVG written, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plot: Option<String>,
@@ -202,6 +204,7 @@ pub fn build(
     opts: &Options,
 ) -> Result<ForensicReport> {
     let viewed = opts.since.is_some() || opts.until.is_some();
+    let all = findings.len();
     let findings: Vec<Finding> = findings
         .into_iter()
         .filter(|f| {
@@ -212,6 +215,7 @@ pub fn build(
                     .any(|t| in_view(t, opts))
         })
         .collect();
+    let outside_view = all - findings.len();
     let mut summary = Summary::default();
     for f in &findings {
         summary.count(f.kind);
@@ -286,6 +290,7 @@ pub fn build(
         partitions,
         notes,
         view: viewed.then(|| (opts.since.map(rfc3339), opts.until.map(rfc3339))),
+        outside_view,
         plot: None,
         sessions: hist.sessions.into_values().collect(),
     })
@@ -670,6 +675,15 @@ impl ForensicReport {
                 b.as_deref().unwrap_or("the end")
             )
             .ok();
+            if self.outside_view > 0 {
+                writeln!(
+                    o,
+                    "  {} more finding{} outside this view (run without --since/--until to see all)",
+                    self.outside_view,
+                    if self.outside_view == 1 { " lies" } else { "s lie" }
+                )
+                .ok();
+            }
         }
         writeln!(
             o,
@@ -710,7 +724,12 @@ impl ForensicReport {
             None => {
                 writeln!(
                     o,
-                    "\nno durable write was lost{}",
+                    "\nno durable write was lost{}{}",
+                    if self.view.is_some() {
+                        " in this view"
+                    } else {
+                        ""
+                    },
                     if s.unflushed + s.uncertain > 0 {
                         " (only writes a crash was allowed to lose)"
                     } else {

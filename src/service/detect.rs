@@ -11,7 +11,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Suspects queued before the read path starts dropping them (and counting the drops).
 pub const QUEUE: usize = 4096;
@@ -79,18 +79,62 @@ impl Drop for Detector {
     }
 }
 
+/// How often, at most, dropped stale reads are logged and written to the findings log.
+const DROPS_EVERY: Duration = Duration::from_secs(10);
+
+/// Stale reads the read path dropped, and what has been said of them so far.
+struct Drops {
+    said: u64,
+    last: Option<Instant>,
+}
+
+impl Drops {
+    /// Logs and records the stale reads dropped since the last time, at most once per
+    /// [`DROPS_EVERY`] unless `now` (at the end, everything is said).
+    fn tell(&mut self, e: &Export, now: bool) {
+        let total = e.counters.suspects_dropped.load(Ordering::Relaxed);
+        let due = self.last.is_none_or(|t| t.elapsed() >= DROPS_EVERY);
+        if total <= self.said || !(now || due) {
+            return;
+        }
+        let n = total - self.said;
+        tracing::warn!(
+            export = %e.name(),
+            "{n} stale reads were not classified (the detection queue of {QUEUE} was full): \
+             blocks are stale that no finding names; run `lostwrite verify` to judge every block"
+        );
+        if let Some(log) = e.findings_log() {
+            if let Err(err) = log.unclassified("read", n) {
+                tracing::error!("{err}");
+            }
+        }
+        self.said = total;
+        self.last = Some(Instant::now());
+    }
+}
+
 fn run(export: Weak<Export>, rx: Receiver<Msg>, sink: Option<Sink>) {
+    let mut drops = Drops {
+        said: 0,
+        last: None,
+    };
+    let tell = |drops: &mut Drops, now: bool| {
+        if let Some(e) = export.upgrade() {
+            drops.tell(&e, now);
+        }
+    };
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Msg::Suspect(s)) => s,
-            Ok(Msg::Finish) => return,
+            Ok(Msg::Finish) => return tell(&mut drops, true),
             Err(RecvTimeoutError::Timeout) => {
                 if export.strong_count() == 0 {
                     return;
                 }
+                tell(&mut drops, false);
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return tell(&mut drops, true),
         };
         // One pass over the journal classifies a whole batch.
         let mut batch = vec![first];
@@ -107,6 +151,7 @@ fn run(export: Weak<Export>, rx: Receiver<Msg>, sink: Option<Sink>) {
         }
         let Some(e) = export.upgrade() else { return };
         classify(&e, batch, sink.as_ref());
+        drops.tell(&e, finish);
         drop(e);
         if finish {
             return;

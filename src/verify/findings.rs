@@ -7,7 +7,13 @@
 //! ```text
 //! {"event":"found","time":"…","source":"read","block":12,"offset":49152,"kind":"reverted",…}
 //! {"event":"cleared","time":"…","source":"scrub","block":12}
+//! {"event":"unclassified","time":"…","source":"read","count":10183}
+//! {"event":"verified","time":"…"}
 //! ```
+//!
+//! `unclassified` counts stale reads that the detection queue had no room to judge: they are
+//! not findings, but they say that blocks were seen stale and that only a `verify` can say
+//! which. A later whole-device `verify` writes `verified`, which settles them.
 //!
 //! A torn last line (a crash mid-append) is ignored when read; any other unreadable line is
 //! reported and skipped.
@@ -48,6 +54,41 @@ pub enum Entry {
         /// The block.
         block: u64,
     },
+    /// Stale blocks seen that could not be classified (the detection queue was full).
+    Unclassified {
+        /// When they were counted.
+        time: String,
+        /// What saw them: `read`.
+        source: String,
+        /// How many stale reads were dropped since the last such line.
+        count: u64,
+    },
+    /// A whole-device `verify` ran after earlier unclassified stale reads and settled them.
+    Verified {
+        /// When.
+        time: String,
+    },
+}
+
+/// Stale reads dropped unclassified since the last whole-device verification: how many, and
+/// when the last were counted.
+pub fn unclassified_since_verify(entries: &[Entry]) -> (u64, Option<&str>) {
+    let mut count = 0;
+    let mut last = None;
+    for e in entries {
+        match e {
+            Entry::Unclassified { time, count: n, .. } => {
+                count += n;
+                last = Some(time.as_str());
+            }
+            Entry::Verified { .. } => {
+                count = 0;
+                last = None;
+            }
+            _ => {}
+        }
+    }
+    (count, last)
 }
 
 /// The log, open for appending, with the findings still open (and what found each).
@@ -121,6 +162,7 @@ fn open_with_source(entries: &[Entry]) -> BTreeMap<u64, (String, Finding)> {
             Entry::Cleared { block, .. } => {
                 open.remove(block);
             }
+            Entry::Unclassified { .. } | Entry::Verified { .. } => {}
         }
     }
     open
@@ -240,6 +282,15 @@ impl FindingsLog {
         Ok(true)
     }
 
+    /// Records that `count` stale reads from `source` were dropped without being classified.
+    pub fn unclassified(&self, source: &str, count: u64) -> Result<()> {
+        self.append(&Entry::Unclassified {
+            time: crate::clock::rfc3339(crate::clock::now()),
+            source: source.into(),
+            count,
+        })
+    }
+
     /// Whether any finding is open (cheap: for the read path).
     pub fn any_open(&self) -> bool {
         self.open_count.load(Ordering::Relaxed) > 0
@@ -258,7 +309,8 @@ impl FindingsLog {
 
 /// After a whole-device verification: clears every open finding of the ledger in `dir` whose
 /// block now holds its latest generation (tracked, and not among `report`'s findings). Returns
-/// how many were cleared. A ledger without a findings log is left without one.
+/// how many were cleared, and settles stale reads that were dropped unclassified before it. A
+/// ledger without a findings log is left without one.
 pub fn clear_verified(
     dir: &Path,
     ledger: &crate::ledger::Ledger,
@@ -279,6 +331,12 @@ pub fn clear_verified(
         if tracked && !still_bad.contains(&block) && log.cleared("verify", block)? {
             n += 1;
         }
+    }
+    let (entries, _) = read(dir)?;
+    if unclassified_since_verify(&entries).0 > 0 {
+        log.append(&Entry::Verified {
+            time: crate::clock::rfc3339(crate::clock::now()),
+        })?;
     }
     Ok(n)
 }

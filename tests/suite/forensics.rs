@@ -20,6 +20,8 @@ fn inject(image: &Path, snapshot: &Path, args: &[&str]) -> Vec<u64> {
     out.lines().map(|l| l.trim().parse().unwrap()).collect()
 }
 
+/// `report --files --json`, asserting it exits as `verify` would: 1 when a finding fails
+/// (in view or not), 0 when none does.
 fn report_json(image: &Path, extra: &[&str]) -> Value {
     let o = bin()
         .args(["report", "--files", "--json"])
@@ -27,8 +29,26 @@ fn report_json(image: &Path, extra: &[&str]) -> Value {
         .arg(image)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    // The same device and ledger, without report's own flags.
+    let mut same = Vec::new();
+    let mut it = extra.iter();
+    while let Some(&a) = it.next() {
+        match a {
+            "--device-moved" => same.push(a),
+            "--ledger" => same.extend([a, it.next().unwrap()]),
+            _ => {}
+        }
+    }
+    let verify = bin().arg("verify").args(same).arg(image).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        verify.status.code(),
+        "report exits as verify does: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    v
 }
 
 fn affected(v: &Value) -> Vec<(String, String, String)> {
@@ -312,6 +332,23 @@ fn partitioned_images_gpt_and_mbr_map_blocks_to_files() {
         let none = report_json(&s.image, &["--since", &later]);
         assert!(none["incident_window"].is_null(), "{none}");
         assert_eq!(none["findings"].as_array().unwrap().len(), 0);
+        assert_eq!(none["outside_view"], 2, "{none}");
+        let text = bin()
+            .args(["report", "--since", &later])
+            .arg(&s.image)
+            .output()
+            .unwrap();
+        assert_eq!(
+            text.status.code(),
+            Some(1),
+            "the device still has lost writes"
+        );
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("no durable write was lost in this view")
+                && text.contains("2 more findings lie outside this view"),
+            "{text}"
+        );
         let all = report_json(&s.image, &["--until", &later]);
         assert_eq!(all["findings"].as_array().unwrap().len(), 2);
     }

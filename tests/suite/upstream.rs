@@ -185,7 +185,7 @@ fn qcow2_behind_serve_reverted_guest_blocks_are_named_exactly() {
         assert_eq!(f["lost"][0]["durable"], true, "block {b}: {f}");
     }
     // The text report reads through the export too.
-    let (out, _) = lw(&["report"], &ledger, &ro.uri(), 0);
+    let (out, _) = lw(&["report"], &ledger, &ro.uri(), 1);
     let text = String::from_utf8_lossy(&out);
     assert!(
         text.contains("7 reverted") || text.contains("reverted: 7"),
@@ -472,7 +472,7 @@ fn report_names_files_inside_an_export() {
     let mut w = Client::connect(&lostwrite::nbd::uri::NbdUri::parse(&up.uri()).unwrap()).unwrap();
     w.write(fs_block * BS, &old, true).unwrap();
     w.disconnect().unwrap();
-    let (out, _) = lw(&["report", "--json", "--files"], &ledger, &up.uri(), 0);
+    let (out, _) = lw(&["report", "--json", "--files"], &ledger, &up.uri(), 1);
     let v: Value = serde_json::from_slice(&out).unwrap();
     let files: Vec<&Value> = v["affected"].as_array().unwrap().iter().collect();
     assert_eq!(files.len(), 1, "{v}");
