@@ -86,17 +86,18 @@ fn process(pid: &str) -> String {
     }
 }
 
-/// Every (pid, fd number) of another process whose descriptor satisfies `matches` (the
-/// descriptor's target stat). Best effort: processes this one may not inspect are skipped.
-fn open_by(matches: impl Fn(&std::fs::Metadata) -> bool) -> Vec<(String, String)> {
-    let me = std::process::id().to_string();
+/// Every (pid, fd number) of a process (this one too, when `me`) whose descriptor satisfies
+/// `matches` (the descriptor's target stat). Best effort: processes this one may not inspect
+/// are skipped.
+fn open_by(me: bool, matches: impl Fn(&std::fs::Metadata) -> bool) -> Vec<(String, String)> {
+    let this = std::process::id().to_string();
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
     };
     for p in procs.flatten() {
         let pid = p.file_name().to_string_lossy().to_string();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || (!me && pid == this) {
             continue;
         }
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
@@ -115,9 +116,14 @@ fn open_by(matches: impl Fn(&std::fs::Metadata) -> bool) -> Vec<(String, String)
 /// lock, but the holder's fdinfo lists it.
 fn file_holders(dev: u64, ino: u64) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for (pid, fd) in open_by(|m| m.dev() == dev && m.ino() == ino) {
+    let this = std::process::id().to_string();
+    for (pid, fd) in open_by(true, |m| m.dev() == dev && m.ino() == ino) {
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-        let who = process(&pid);
+        let who = if pid == this {
+            "this process itself (is the device named twice?)".to_string()
+        } else {
+            process(&pid)
+        };
         if info.lines().any(|l| l.contains("OFDLCK")) && !out.contains(&who) {
             out.push(who);
         }
@@ -145,7 +151,8 @@ fn block_holders(rdev: u64) -> Vec<String> {
         }
     }
     let mut procs: Vec<String> = Vec::new();
-    for (pid, _) in open_by(|m| {
+    // This process has it open too (to claim it), so it is left out.
+    for (pid, _) in open_by(false, |m| {
         use std::os::unix::fs::FileTypeExt;
         m.file_type().is_block_device() && m.rdev() == rdev
     }) {
