@@ -119,6 +119,11 @@ fn verify_sees_reverted_media_under_a_stale_page_cache_of_a_block_device() {
         "{}",
         text(&o)
     );
+    assert!(
+        text(&o).contains(&format!("process {} (lostwrite)", svc.pid())),
+        "{}",
+        text(&o)
+    );
     run(Command::new("qemu-io")
         .args(["-f", "raw", "-t", "writeback"])
         .arg(svc.uri())
