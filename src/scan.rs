@@ -1,10 +1,11 @@
-//! Reading a whole device in parallel: workers claim fixed-size chunks in order, read them with
-//! positioned reads into their own buffer, and hand whole blocks to a visitor that folds them
-//! into per-worker state (ripgrep's habit: clone per-thread state, merge at the end). Used by
-//! the baseline scan and by `verify`.
+//! Reading a whole device in parallel: workers claim fixed-size chunks in order, read them from
+//! the media ([`BlockDevice::read_media`]: O_DIRECT where the device allows it) into their own
+//! aligned buffer, and hand whole blocks to a visitor that folds them into per-worker state
+//! (ripgrep's habit: clone per-thread state, merge at the end). Used by the baseline scan and
+//! by `verify`; wrap the device in [`crate::device::CachedReads`] to read the page cache.
 
 use crate::block::Geometry;
-use crate::device::BlockDevice;
+use crate::device::{AlignedBuf, BlockDevice, ReadMode};
 use crate::error::{Error, Result};
 use indicatif::ProgressBar;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,12 +42,19 @@ where
     let stop = AtomicBool::new(false);
     let error: Mutex<Option<Error>> = Mutex::new(None);
     let jobs = jobs.clamp(1, chunks.max(1) as usize);
+    // Only a cached read leaves pages behind worth dropping; after a direct read, dropping
+    // would evict what other processes cached.
+    let cached = dev.media_read().mode == ReadMode::Cached;
     let states = std::thread::scope(|s| {
         let handles: Vec<_> = (0..jobs)
             .map(|_| {
                 s.spawn(|| {
                     let mut state = make();
-                    let mut buf = vec![0u8; chunk as usize];
+                    // Chunks start block-aligned (a multiple of 4096 bytes), so a whole chunk
+                    // is read with O_DIRECT straight into this buffer; only a last chunk of an
+                    // odd length is bounced.
+                    let mut aligned = AlignedBuf::new(chunk as usize);
+                    let buf = aligned.as_mut_slice();
                     while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= chunks {
@@ -54,7 +62,7 @@ where
                         }
                         let offset = i * chunk;
                         let len = (geo.device_size - offset).min(chunk) as usize;
-                        if let Err(e) = dev.read_at(&mut buf[..len], offset) {
+                        if let Err(e) = dev.read_media(&mut buf[..len], offset) {
                             stop.store(true, Ordering::Relaxed);
                             let mut slot = error.lock().unwrap_or_else(|p| p.into_inner());
                             slot.get_or_insert(Error::io(
@@ -70,7 +78,9 @@ where
                         let whole = (len as u64).div_ceil(bs) as usize * bs as usize;
                         buf[len..whole].fill(0);
                         visit(&mut state, offset / bs, &buf[..whole]);
-                        dev.done_with(offset, len as u64);
+                        if cached {
+                            dev.done_with(offset, len as u64);
+                        }
                         if let Some(p) = progress {
                             p.inc(len as u64);
                         }

@@ -91,11 +91,18 @@ def main():
         scan = sec.get(f"Scan of a {gib} GiB image")
         if scan is None:
             continue
-        m = re.search(r"verify\s+median.*ratio ([\d.]+)", scan)
+        # The page-cache goals hold for `verify --cached`; plain `verify` reads the media
+        # (O_DIRECT) and is held to the O_DIRECT read, hot or cold.
+        m = re.search(r"verify-cached\s+median.*ratio ([\d.]+)", scan)
         if m:
             r = float(m.group(1))
-            add(f"`verify` {gib} GiB, hot: ≤ 1.5 × `cat` (the floor)", f"{r:.2f}", r <= 1.5)
+            add(f"`verify --cached` {gib} GiB, hot: ≤ 1.5 × `cat` (the floor)", f"{r:.2f}", r <= 1.5)
             add(f"… ≤ 1.1 × `cat` (the goal)", f"{r:.2f}", r <= 1.1)
+        dm = re.search(r"direct\s+median\s+([\d.]+) ms", scan)
+        vm = re.search(r"verify\s+median\s+([\d.]+) ms", scan)
+        if dm and vm:
+            r = float(vm.group(1)) / float(dm.group(1))
+            add(f"`verify` {gib} GiB, hot: within 10% of an O_DIRECT read", f"{r:.2f}", r <= 1.1)
         m = re.search(r"verify cold median.*ratio ([\d.]+)", scan)
         if m:
             r = float(m.group(1))

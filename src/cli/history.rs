@@ -1,5 +1,6 @@
 //! `lostwrite history DEVICE BLOCK... [--json]`: every generation of some blocks, with time,
-//! durability and session, and which generation the device holds now.
+//! durability and session, and which generation the device holds now (read from the media with
+//! O_DIRECT unless `--cached`).
 
 use super::Target;
 use lostwrite::block;
@@ -28,6 +29,10 @@ pub struct Args {
     /// Name the file, directory or filesystem structure that owns each block (ext2/3/4).
     #[arg(long)]
     files: bool,
+    /// Read what the device holds now through the host's page cache (by default the media is
+    /// read with O_DIRECT).
+    #[arg(long)]
+    cached: bool,
 }
 
 fn session_end(s: &SessionInfo) -> String {
@@ -78,13 +83,27 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if ledger.is_live_view() {
         text.push_str("(the ledger is held by a running service: this is its journal so far)\n");
     }
+    let cached = dev.as_ref().map(|d| lostwrite::device::CachedReads(d));
+    let reader: Option<&dyn BlockDevice> = match (&dev, &cached) {
+        (Some(_), Some(c)) if a.cached => Some(c),
+        (Some(d), _) => Some(d),
+        _ => None,
+    };
+    let read = reader.map(|r| r.media_read());
+    if let Some(r) = &read {
+        text.push_str(&lostwrite::verify::report::read_line(
+            r.mode,
+            r.note.as_deref(),
+        ));
+        text.push('\n');
+    }
     let mut buf = vec![0u8; geo.block_size as usize];
     for (&b, files) in a.blocks.iter().zip(&owners) {
         let events = hist.events.get(&b).cloned().unwrap_or_default();
         let now = ledger.state(b);
-        let holds = dev.as_ref().and_then(|d| {
+        let holds = reader.and_then(|d| {
             let n = geo.bytes_in(b);
-            d.read_at(&mut buf[..n], geo.offset(b)).ok()?;
+            d.read_media(&mut buf[..n], geo.offset(b)).ok()?;
             Some(block::checksum_padded(&buf[..n], geo.block_size))
         });
         let held_gen = holds.and_then(|c| {
@@ -205,6 +224,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "ledger": dir.display().to_string(),
+                "read": read.as_ref().map(|r| r.mode),
+                "read_note": read.as_ref().and_then(|r| r.note.clone()),
                 "block_size": geo.block_size,
                 "blocks": out_blocks,
                 "sessions": sessions,

@@ -1,4 +1,6 @@
-//! `lostwrite init DEVICE [--block-size BYTES] [--baseline]`.
+//! `lostwrite init DEVICE [--block-size BYTES] [--baseline [--cached]]`. Claims the device
+//! while it works (a device being served cannot be given a second ledger); the baseline is
+//! read from the media with O_DIRECT unless `--cached`.
 
 use super::Target;
 use lostwrite::block::{validate_block_size, DEFAULT_BLOCK_SIZE};
@@ -20,13 +22,21 @@ pub struct Args {
     /// Scan threads [default: all cores].
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
+    /// Read the baseline through the host's page cache (faster when it is hot; by default the
+    /// media is read with O_DIRECT).
+    #[arg(long, requires = "baseline")]
+    cached: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let bs = validate_block_size(a.block_size)?;
     let dir = a.target.ledger_dir()?;
     let dev = lostwrite::device::open(&a.target.device, false)?;
+    // A ledger made while another process writes the device would be wrong from the start.
+    dev.claim()?;
     use lostwrite::device::BlockDevice;
+    let cached = lostwrite::device::CachedReads(&dev);
+    let reader: &dyn BlockDevice = if a.cached { &cached } else { &dev };
     let size = dev.size();
     let blocks = size.div_ceil(bs as u64);
     let started = Instant::now();
@@ -34,7 +44,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let src = if a.baseline {
         pb = lostwrite::scan::progress_bar(size, "baseline");
         Some(BaselineSource {
-            device: &dev,
+            device: reader,
             jobs: a.jobs.unwrap_or_else(lostwrite::scan::default_jobs).max(1),
             progress: Some(&pb),
         })
@@ -52,6 +62,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         outln!(
             "baseline: {blocks} blocks recorded as generation 0 in {secs:.2} s ({:.0} MiB/s)",
             size as f64 / (1 << 20) as f64 / secs.max(1e-9)
+        );
+        let r = reader.media_read();
+        outln!(
+            "{}",
+            lostwrite::verify::report::read_line(r.mode, r.note.as_deref())
         );
     } else {
         outln!(

@@ -40,6 +40,10 @@ pub struct Args {
     /// Scan threads [default: all cores].
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
+    /// Read the device through the host's page cache (faster when it is hot, blind to losses
+    /// below it; by default the media is read with O_DIRECT).
+    #[arg(long)]
+    cached: bool,
     /// Affected files shown in the human report.
     #[arg(long, value_name = "N", default_value_t = 40)]
     max_rows: usize,
@@ -57,6 +61,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut oo = OpenOptions::new(Access::Read);
     oo.device_moved = a.device_moved;
     let ledger = Ledger::open(&dir, Some((dev.identity(), dev.size())), oo)?;
+    let cached = lostwrite::device::CachedReads(&dev);
+    let reader: &dyn BlockDevice = if a.cached { &cached } else { &dev };
+    let mut read = None;
     let mut damaged = false;
     let findings: Vec<verify::report::Finding> = match &a.findings {
         Some(path) => {
@@ -76,21 +83,26 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             })?
         }
         None => {
-            let report = verify::run(
+            let r = verify::run(
                 &ledger,
-                &dev,
+                reader,
                 &verify::Options {
                     jobs: a.jobs.unwrap_or_else(lostwrite::scan::default_jobs).max(1),
                     strict: false,
                     progress: !a.json,
                 },
             )?;
-            damaged = report.result == "ledger-damaged";
-            report.findings
+            damaged = r.result == "ledger-damaged";
+            read = Some((r.read, r.read_note));
+            r.findings
         }
     };
     let failing = findings.iter().any(|f| f.kind.fails(false));
     let mut rep = forensics::build(&ledger, &dev, &a.target.device, findings, &opts)?;
+    if let Some((mode, note)) = read {
+        rep.read = Some(mode);
+        rep.read_note = note;
+    }
     if let Some(p) = &a.plot {
         std::fs::write(p, plot::render(&rep, dev.size()))
             .map_err(|e| anyhow::anyhow!("--plot {}: {e}", p.display()))?;

@@ -1,5 +1,6 @@
-//! `lostwrite verify DEVICE [--json] [--jobs N] [--strict]`: exit 0 when no failing finding,
-//! 1 with failing findings, 2 on trouble (including a damaged ledger).
+//! `lostwrite verify DEVICE [--json] [--jobs N] [--strict] [--cached]`: exit 0 when no failing
+//! finding, 1 with failing findings, 2 on trouble (including a damaged ledger). The device is
+//! read with O_DIRECT unless `--cached`; the output says how it was read.
 
 use super::Target;
 use lostwrite::device::BlockDevice;
@@ -24,6 +25,10 @@ pub struct Args {
     /// copied or restored).
     #[arg(long)]
     device_moved: bool,
+    /// Read through the host's page cache (faster when it is hot, but newer cached data can
+    /// hide a loss on the media below; by default the media is read with O_DIRECT).
+    #[arg(long)]
+    cached: bool,
     /// Findings shown in the human table.
     #[arg(long, value_name = "N", default_value_t = 50)]
     max_rows: usize,
@@ -38,9 +43,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut opts = OpenOptions::new(Access::Read);
     opts.device_moved = a.device_moved;
     let ledger = Ledger::open(&dir, Some((dev.identity(), dev.size())), opts)?;
+    let cached = lostwrite::device::CachedReads(&dev);
+    let reader: &dyn BlockDevice = if a.cached { &cached } else { &dev };
     let report = verify::run(
         &ledger,
-        &dev,
+        reader,
         &verify::Options {
             jobs: a.jobs.unwrap_or_else(lostwrite::scan::default_jobs),
             strict: a.strict,

@@ -1,7 +1,9 @@
 //! A regular file or a block device, read and written with positioned I/O on one shared file
 //! descriptor (one page cache, so a flush on any connection covers writes from all of them).
 
-use super::{BlockDevice, DeviceIdentity, TrimOutcome};
+use super::{
+    AlignedBuf, BlockDevice, Claim, DeviceIdentity, MediaRead, ReadMode, TrimOutcome, DIRECT_ALIGN,
+};
 use crate::error::{Error, IoContext, Result};
 use nix::fcntl::{fallocate, FallocateFlags};
 use std::fs::{File, OpenOptions};
@@ -19,13 +21,21 @@ pub struct FileDevice {
     size: u64,
     is_block: bool,
     identity: DeviceIdentity,
-    /// The same file opened with O_DIRECT, on first use by the scrubber (`None` where the
-    /// filesystem refuses O_DIRECT, tmpfs for one).
-    direct: std::sync::OnceLock<Option<File>>,
+    /// How the media is read, settled on first use by a scan or the scrubber.
+    media: std::sync::OnceLock<Media>,
+    /// The exclusive claim, once taken.
+    claim: std::sync::OnceLock<Claim>,
 }
 
-/// Alignment O_DIRECT buffers, offsets and lengths get (covers 512- and 4096-byte sectors).
-const DIRECT_ALIGN: usize = 4096;
+/// The way to the media.
+enum Media {
+    /// The same file opened with O_DIRECT.
+    Direct(File),
+    /// O_DIRECT refused: drop each range from the page cache, then read it.
+    Drop,
+    /// Nothing but the page cache (tmpfs, or the write-back before dropping failed); why.
+    Cache(String),
+}
 
 impl FileDevice {
     /// Opens `path` for reading, and for writing when `writable`.
@@ -87,13 +97,96 @@ impl FileDevice {
             size,
             is_block,
             identity,
-            direct: std::sync::OnceLock::new(),
+            media: std::sync::OnceLock::new(),
+            claim: std::sync::OnceLock::new(),
         })
     }
 
     /// The identity a ledger records for this device.
     pub fn identity(&self) -> &DeviceIdentity {
         &self.identity
+    }
+
+    /// Takes the exclusive claim on the device ([`Claim`]), once; held until the device is
+    /// dropped. Refused (exit 2) when another process holds it.
+    pub fn claim(&self) -> Result<()> {
+        if self.claim.get().is_none() {
+            let c = Claim::take(&self.path, &self.file, self.is_block)?;
+            let _ = self.claim.set(c);
+        }
+        Ok(())
+    }
+
+    fn media(&self) -> &Media {
+        self.media.get_or_init(|| {
+            // tmpfs accepts O_DIRECT on newer kernels, but there is nothing below its page
+            // cache: saying "direct" there would claim a media that does not exist. (A block
+            // device's node lives on devtmpfs, which says nothing about the device.)
+            let ramfs = nix::sys::statfs::FsType(0x8584_58f6_u32 as _);
+            if let (false, Ok(t)) = (
+                self.is_block,
+                nix::sys::statfs::fstatfs(&self.file).map(|s| s.filesystem_type()),
+            ) {
+                if t == nix::sys::statfs::TMPFS_MAGIC || t == ramfs {
+                    return Media::Cache(
+                        "the file is on tmpfs, which keeps it only in memory: the page cache is all there is to read".into(),
+                    );
+                }
+            }
+            let refused = match OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_DIRECT)
+                .open(&self.path)
+            {
+                Ok(f) => return Media::Direct(f),
+                Err(e) => e,
+            };
+            // DONTNEED leaves dirty pages in place: write them back first so that the drop can
+            // take them (they are then on the media too).
+            match self.file.sync_data() {
+                Ok(()) => {
+                    tracing::debug!(
+                        "{}: O_DIRECT refused ({refused}); dropping each range from the page cache before reading it",
+                        self.name
+                    );
+                    Media::Drop
+                }
+                Err(e) => {
+                    let why = format!(
+                        "O_DIRECT refused ({refused}) and writing back dirty pages failed ({e}), so the page cache cannot be dropped"
+                    );
+                    tracing::warn!("{}: {why}; reading through the page cache", self.name);
+                    Media::Cache(why)
+                }
+            }
+        })
+    }
+
+    /// Reads with O_DIRECT; an unaligned buffer, offset or length goes through an aligned
+    /// bounce buffer. A short read is the end of the device.
+    fn read_direct(&self, direct: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let a = DIRECT_ALIGN as u64;
+        let aligned = buf.as_ptr().align_offset(DIRECT_ALIGN) == 0
+            && offset % a == 0
+            && buf.len() % DIRECT_ALIGN == 0;
+        if aligned {
+            let got = read_full(direct, buf, offset)?;
+            if got < buf.len() {
+                return Err(short(offset, buf.len()));
+            }
+            return Ok(());
+        }
+        let start = offset / a * a;
+        let end = (offset + buf.len() as u64).div_ceil(a) * a;
+        let mut bounce = AlignedBuf::new((end - start) as usize);
+        let bounce = bounce.as_mut_slice();
+        let got = read_full(direct, bounce, start)?;
+        let from = (offset - start) as usize;
+        if got < from + buf.len() {
+            return Err(short(offset, buf.len()));
+        }
+        buf.copy_from_slice(&bounce[from..from + buf.len()]);
+        Ok(())
     }
 
     /// The path it was opened by.
@@ -111,6 +204,27 @@ impl FileDevice {
         }
         Ok(())
     }
+}
+
+/// Reads until `buf` is full or the file ends; the bytes read.
+fn read_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+fn short(offset: u64, len: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("direct read of {len} bytes at offset {offset}: the device ends first"),
+    )
 }
 
 fn errno_to_io(e: nix::errno::Errno) -> io::Error {
@@ -138,52 +252,40 @@ impl BlockDevice for FileDevice {
     }
 
     fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let direct = self.direct.get_or_init(|| {
-            match OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_DIRECT)
-                .open(&self.path)
-            {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::warn!(
-                        "{}: O_DIRECT refused ({e}); the scrubber reads through the page cache",
-                        self.name
-                    );
-                    None
-                }
+        match self.media() {
+            Media::Direct(f) => self.read_direct(f, buf, offset),
+            Media::Drop => {
+                let a = DIRECT_ALIGN as u64;
+                let start = offset / a * a;
+                let end = (offset + buf.len() as u64).div_ceil(a) * a;
+                // Advisory: what it cannot drop is read from the cache (docs/VERIFY.md).
+                let _ = nix::fcntl::posix_fadvise(
+                    &self.file,
+                    start as i64,
+                    (end - start) as i64,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                );
+                self.read_at(buf, offset)
             }
-        });
-        let Some(direct) = direct else {
-            return self.read_at(buf, offset);
-        };
-        // Aligned start, length and buffer (a Vec over-allocated and sliced at an aligned
-        // address: no unsafe needed); a short read is the end of the device.
-        let a = DIRECT_ALIGN as u64;
-        let start = offset / a * a;
-        let end = (offset + buf.len() as u64).div_ceil(a) * a;
-        let len = (end - start) as usize;
-        let mut raw = vec![0u8; len + DIRECT_ALIGN];
-        let skip = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        let aligned = &mut raw[skip..skip + len];
-        let mut got = 0;
-        while got < len {
-            match direct.read_at(&mut aligned[got..], start + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+            Media::Cache(_) => self.read_at(buf, offset),
         }
-        let from = (offset - start) as usize;
-        if got < from + buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("direct read at offset {offset}: the device ends first"),
-            ));
+    }
+
+    fn media_read(&self) -> MediaRead {
+        match self.media() {
+            Media::Direct(_) => MediaRead {
+                mode: ReadMode::Direct,
+                note: None,
+            },
+            Media::Drop => MediaRead {
+                mode: ReadMode::CacheDropped,
+                note: Some("the filesystem refused O_DIRECT".into()),
+            },
+            Media::Cache(why) => MediaRead {
+                mode: ReadMode::Cached,
+                note: Some(why.clone()),
+            },
         }
-        buf.copy_from_slice(&aligned[from..from + buf.len()]);
-        Ok(())
     }
 
     fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {

@@ -3,9 +3,11 @@
 //! where a file would be. A device is a file or block device ([`FileDevice`]) or an NBD export
 //! ([`NbdDevice`]); [`open`] picks by what the command line names.
 
+mod claim;
 mod file;
 mod nbd;
 
+pub use claim::Claim;
 pub use file::FileDevice;
 pub use nbd::{NbdDevice, DEFAULT_CONNECTIONS};
 
@@ -22,6 +24,82 @@ pub enum TrimOutcome {
     Discarded,
     /// The device ignored the trim (allowed: trims are advisory); contents are unchanged.
     Ignored,
+}
+
+/// How a device was read by a scan (`verify`, the baseline of `init`, the "holds now" of
+/// `history`): the `read` of their output. docs/VERIFY.md ("How the device is read").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadMode {
+    /// O_DIRECT: from the media, past the host's page cache.
+    Direct,
+    /// O_DIRECT was refused: dirty pages were written back and each range dropped from the page
+    /// cache before it was read. Best effort: pages another process maps or dirties again stay.
+    CacheDropped,
+    /// Through the host's page cache (`--cached`, or nothing better was possible).
+    Cached,
+    /// Over NBD: what the upstream reads is the upstream's business.
+    Nbd,
+}
+
+impl ReadMode {
+    /// The name used in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::Direct => "direct",
+            ReadMode::CacheDropped => "cache-dropped",
+            ReadMode::Cached => "cached",
+            ReadMode::Nbd => "nbd",
+        }
+    }
+
+    /// What the mode means, for the human output.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ReadMode::Direct => "O_DIRECT, from the media past the host's page cache",
+            ReadMode::CacheDropped => {
+                "O_DIRECT refused; each range was written back and dropped from the page cache before it was read (best effort: pages another process maps or dirties again are read from the cache)"
+            }
+            ReadMode::Cached => {
+                "through the host's page cache: newer cached data can hide a loss on the media below"
+            }
+            ReadMode::Nbd => "over NBD: whether the upstream reads its media or a cache is its business",
+        }
+    }
+}
+
+/// How [`BlockDevice::read_media`] reads a device, and why when it is not the media.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaRead {
+    /// The mode.
+    pub mode: ReadMode,
+    /// Why, when the mode is not what was asked for (O_DIRECT refused, `--cached`).
+    pub note: Option<String>,
+}
+
+/// Alignment of O_DIRECT buffers, offsets and lengths (covers 512- and 4096-byte sectors).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A zeroed buffer whose start is aligned for O_DIRECT, made without unsafe code: a `Vec`
+/// over-allocated by the alignment and sliced at an aligned address.
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    skip: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// `len` bytes, starting at a [`DIRECT_ALIGN`]-aligned address.
+    pub fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + DIRECT_ALIGN];
+        let skip = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { raw, skip, len }
+    }
+
+    /// The aligned bytes.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.skip..self.skip + self.len]
+    }
 }
 
 /// A byte-addressed device. Offsets and lengths need not be block-aligned.
@@ -57,6 +135,14 @@ pub trait BlockDevice: Send + Sync {
     /// the losses it exists for. Falls back to [`BlockDevice::read_at`].
     fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.read_at(buf, offset)
+    }
+    /// How [`BlockDevice::read_media`] reads this device. A buffer aligned to [`DIRECT_ALIGN`]
+    /// with an aligned offset and length is read without copying.
+    fn media_read(&self) -> MediaRead {
+        MediaRead {
+            mode: ReadMode::Cached,
+            note: None,
+        }
     }
     /// Reads like [`BlockDevice::read_at`] only if that cannot block (the data is cached);
     /// `Ok(false)` means it would have to wait for the device, and nothing was read.
@@ -116,6 +202,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_media(buf, offset)
+    }
+    fn media_read(&self) -> MediaRead {
+        (**self).media_read()
     }
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         (**self).write_at(buf, offset, fua)
@@ -209,6 +298,15 @@ impl Device {
         }
     }
 
+    /// Takes the exclusive claim on a file or block device (see [`Claim`]), held as long as
+    /// the device is. An NBD export is not claimed here: its server decides who may write it.
+    pub fn claim(&self) -> crate::Result<()> {
+        match self {
+            Device::File(f) => f.claim(),
+            Device::Nbd(_) => Ok(()),
+        }
+    }
+
     fn inner(&self) -> &dyn BlockDevice {
         match self {
             Device::File(f) => f,
@@ -245,6 +343,15 @@ impl BlockDevice for Device {
     fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.inner().read_media(buf, offset)
     }
+    fn media_read(&self) -> MediaRead {
+        match self {
+            Device::File(f) => f.media_read(),
+            Device::Nbd(_) => MediaRead {
+                mode: ReadMode::Nbd,
+                note: None,
+            },
+        }
+    }
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         self.inner().write_at(buf, offset, fua)
     }
@@ -268,8 +375,74 @@ impl BlockDevice for Device {
     }
 }
 
+/// A device whose [`BlockDevice::read_media`] reads through the page cache (`--cached`: faster
+/// on a hot cache, blind to losses below it). Everything else passes through.
+pub struct CachedReads<'a>(pub &'a dyn BlockDevice);
+
+impl BlockDevice for CachedReads<'_> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn min_io(&self) -> u32 {
+        self.0.min_io()
+    }
+    fn quick_writes(&self) -> bool {
+        self.0.quick_writes()
+    }
+    fn failure(&self) -> Option<String> {
+        self.0.failure()
+    }
+    fn can_fast_zero(&self) -> Option<bool> {
+        self.0.can_fast_zero()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.0.read_at_nowait(buf, offset)
+    }
+    fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn media_read(&self) -> MediaRead {
+        match self.0.media_read().mode {
+            // Reads over NBD are the same either way.
+            ReadMode::Nbd => self.0.media_read(),
+            _ => MediaRead {
+                mode: ReadMode::Cached,
+                note: Some("--cached was given".into()),
+            },
+        }
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.0.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+    fn write_zeroes(&self, o: u64, l: u64, may_trim: bool, fast: bool) -> io::Result<()> {
+        self.0.write_zeroes(o, l, may_trim, fast)
+    }
+    fn trim_zeroes(&self) -> bool {
+        self.0.trim_zeroes()
+    }
+    fn trim(&self, offset: u64, len: u64) -> io::Result<TrimOutcome> {
+        self.0.trim(offset, len)
+    }
+    fn will_need(&self, offset: u64, len: u64) {
+        self.0.will_need(offset, len)
+    }
+    fn done_with(&self, offset: u64, len: u64) {
+        self.0.done_with(offset, len)
+    }
+}
+
 /// Opens a device given on the command line: an NBD URI (`nbd://HOST[:PORT]/EXPORT`,
-/// `nbd+unix:///EXPORT?socket=PATH`) or a path.
+/// `nbd+unix:///EXPORT?socket=PATH`) or a path. A file or block device opened `writable` is
+/// claimed ([`Device::claim`]): one owner writes a device.
 pub fn open(spec: &str, writable: bool) -> crate::Result<Device> {
     if crate::nbd::uri::is_uri(spec) {
         let uri = crate::nbd::uri::NbdUri::parse(spec).map_err(crate::Error::Usage)?;
@@ -279,5 +452,9 @@ pub fn open(spec: &str, writable: bool) -> crate::Result<Device> {
             DEFAULT_CONNECTIONS,
         )?));
     }
-    Ok(Device::File(FileDevice::open(Path::new(spec), writable)?))
+    let dev = Device::File(FileDevice::open(Path::new(spec), writable)?);
+    if writable {
+        dev.claim()?;
+    }
+    Ok(dev)
 }

@@ -142,6 +142,12 @@ pub struct RegionInfo {
 pub struct ForensicReport {
     /// Device.
     pub device: String,
+    /// How the device was read for the findings (absent when they came from `--findings`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<crate::device::ReadMode>,
+    /// Why the device was not read with O_DIRECT, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_note: Option<String>,
     /// Ledger directory.
     pub ledger: String,
     /// Ledger block size.
@@ -280,6 +286,8 @@ pub fn build(
     let hist = history::collect(ledger, &HashSet::new(), &HashSet::new())?;
     Ok(ForensicReport {
         device: device_path.to_string(),
+        read: None,
+        read_note: None,
         ledger: ledger.dir().display().to_string(),
         block_size: ledger.geometry().block_size,
         summary,
@@ -667,6 +675,10 @@ impl ForensicReport {
             self.device, self.ledger, self.block_size
         )
         .ok();
+        if let Some(mode) = self.read {
+            let line = crate::verify::report::read_line(mode, self.read_note.as_deref());
+            writeln!(o, "{line}").ok();
+        }
         if let Some((a, b)) = &self.view {
             writeln!(
                 o,

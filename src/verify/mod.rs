@@ -1,7 +1,8 @@
 //! Verification: hold the device against the ledger. Workers scan the device in parallel and
 //! compare each tracked block's checksum with the state table (scan.rs does the reading); the
 //! few mismatched blocks are then classified against the journal's history, read once for all
-//! of them (classify.rs), and the verdicts become a report (report.rs).
+//! of them (classify.rs), and the verdicts become a report (report.rs). The device is read
+//! from the media where it allows (O_DIRECT); the report says how it was read.
 
 pub mod classify;
 pub mod findings;
@@ -96,6 +97,7 @@ pub fn run(ledger: &Ledger, dev: &dyn BlockDevice, opts: &Options) -> Result<Rep
     }
     Ok(Report::new(
         dev.name(),
+        dev.media_read(),
         ledger,
         geo.block_count(),
         total.tracked,

@@ -3,6 +3,7 @@
 
 use super::classify::{Kind, Verdict};
 use crate::clock::rfc3339;
+use crate::device::{MediaRead, ReadMode};
 use crate::ledger::history::Event;
 use crate::ledger::record::Generation;
 use crate::ledger::state::BlockState;
@@ -213,6 +214,12 @@ impl Finding {
 pub struct Report {
     /// Device path as given.
     pub device: String,
+    /// How the device was read: "direct", "cache-dropped", "cached" or "nbd"
+    /// (docs/VERIFY.md, "How the device is read").
+    pub read: ReadMode,
+    /// Why the device was not read with O_DIRECT, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_note: Option<String>,
     /// Ledger directory.
     pub ledger: String,
     /// Block size.
@@ -239,8 +246,10 @@ pub struct Report {
 
 impl Report {
     /// Assembles a report.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         device: &str,
+        read: MediaRead,
         ledger: &Ledger,
         blocks_total: u64,
         blocks_tracked: u64,
@@ -252,6 +261,8 @@ impl Report {
         let failing = findings.iter().any(|f| f.kind.fails(strict));
         Report {
             device: device.to_string(),
+            read: read.mode,
+            read_note: read.note,
             ledger: ledger.dir().display().to_string(),
             block_size: ledger.geometry().block_size,
             blocks_total,
@@ -296,6 +307,7 @@ impl Report {
             self.blocks_scanned, self.blocks_tracked, s.ok, s.reverted, s.unflushed, s.misdirected, s.zeroed, s.uncertain, s.corrupt, s.untracked, s.unknown
         )
         .ok();
+        writeln!(out, "{}", read_line(self.read, self.read_note.as_deref())).ok();
         for w in &self.ledger_warnings {
             writeln!(out, "warning: {w}").ok();
         }
@@ -352,5 +364,13 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// The human line saying how the device was read.
+pub fn read_line(mode: ReadMode, note: Option<&str>) -> String {
+    match note {
+        Some(n) => format!("read: {} ({n}): {}", mode.name(), mode.meaning()),
+        None => format!("read: {}: {}", mode.name(), mode.meaning()),
     }
 }

@@ -21,4 +21,5 @@ mod retention;
 mod service;
 mod tls;
 mod trust_cli;
+mod trust_media;
 mod upstream;

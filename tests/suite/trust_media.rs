@@ -1,0 +1,277 @@
+//! Verification reads the media, not the host's page cache; and one owner per device. Through
+//! the real binary: a loop block device whose page cache (kept alive by a holder process) holds
+//! newer data than the image file below it, and two claimants of one device.
+
+use crate::helpers::*;
+use crate::service::{have, run, Service};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BS: u64 = 4096;
+
+/// True when this process may attach loop devices (root, losetup); CI must have them.
+fn can_loop() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("the loop-device tests need root, which CI provides");
+        }
+        eprintln!("SKIP: not root (loop devices need it)");
+        return false;
+    }
+    have("losetup") && have("qemu-io")
+}
+
+/// A loop device, detached by the name losetup gave it.
+struct Loop(String);
+
+impl Loop {
+    fn attach(image: &Path) -> Loop {
+        Loop(
+            run(Command::new("losetup").args(["-f", "--show"]).arg(image))
+                .trim()
+                .to_string(),
+        )
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// A process that keeps the device open, so its page cache outlives every other opener (the
+/// kernel drops a block device's cache at its last close); killed by PID.
+struct Holder(Child);
+
+impl Holder {
+    fn start(dev: &str) -> Holder {
+        Holder(
+            Command::new("sleep")
+                .arg("3600")
+                .stdin(std::fs::File::open(dev).unwrap())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+fn text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// The incident the project exists for, below the host: durable writes through `serve` on a
+/// block device, then the media under it reverted while the host's page cache of the device
+/// still holds the new data. `verify` must see the media (exit 1, the 16 blocks named), and
+/// say it read it directly; `--cached` reads the cache and says so. `history`'s "holds now"
+/// and `report` read the media too. The device is claimed while served (O_EXCL).
+#[test]
+fn verify_sees_reverted_media_under_a_stale_page_cache_of_a_block_device() {
+    if !can_loop() {
+        return;
+    }
+    let s = Scratch::new(16 << 20);
+    let dev = Loop::attach(&s.image);
+    let _holder = Holder::start(&dev.0);
+    let ledger = s.dir.path().join("loop.ledger");
+    let led = ledger.to_str().unwrap();
+    let o = bin()
+        .args(["init", "--baseline", "--ledger", led])
+        .arg(&dev.0)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("read: direct"), "{}", text(&o));
+    // What the media holds at 1 MiB before the writes (16 blocks of 4 KiB).
+    let image = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&s.image)
+        .unwrap();
+    let mut old = vec![0u8; 64 << 10];
+    image.read_exact_at(&mut old, 1 << 20).unwrap();
+
+    let sock = s.dir.path().join("loop.sock");
+    let svc = Service::start_on(Path::new(&dev.0), &sock, &["--ledger", led]);
+    // A second claimant of the served block device is refused, naming the device.
+    let o = bin()
+        .args(["init", "--ledger"])
+        .arg(s.dir.path().join("other.ledger"))
+        .arg(&dev.0)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{}: the device is claimed by", dev.0)),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains(&format!("process {} (lostwrite)", svc.pid())),
+        "{}",
+        text(&o)
+    );
+    run(Command::new("qemu-io")
+        .args(["-f", "raw", "-t", "writeback"])
+        .arg(svc.uri())
+        .args(["-c", "write -P 0x61 1m 64k", "-c", "flush"]));
+    svc.stop();
+
+    // The media below reverts; the device's page cache keeps the new contents.
+    image.write_all_at(&old, 1 << 20).unwrap();
+    image.sync_data().unwrap();
+    let mut cached = vec![0u8; 64 << 10];
+    std::fs::File::open(&dev.0)
+        .unwrap()
+        .read_exact_at(&mut cached, 1 << 20)
+        .unwrap();
+    assert!(
+        cached.iter().all(|&b| b == 0x61),
+        "the page cache of {} should still hold the new data for this test to mean anything",
+        dev.0
+    );
+
+    let o = bin()
+        .args(["verify", "--ledger", led])
+        .arg(&dev.0)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("16 reverted"), "{t}");
+    assert!(t.contains("read: direct"), "{t}");
+    let o = bin()
+        .args(["verify", "--json", "--ledger", led])
+        .arg(&dev.0)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["read"], "direct", "{v}");
+    let blocks: Vec<u64> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "reverted")
+        .map(|f| f["block"].as_u64().unwrap())
+        .collect();
+    assert_eq!(blocks, (256..272).collect::<Vec<u64>>(), "{v}");
+
+    // "holds now" of history reads the media too.
+    let o = bin()
+        .args(["history", "--json", "--ledger", led])
+        .arg(&dev.0)
+        .arg("256")
+        .output()
+        .unwrap();
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(h["read"], "direct", "{h}");
+    assert_eq!(h["blocks"][0]["device_holds_generation"], 0, "{h}");
+
+    let o = bin()
+        .args(["report", "--json", "--ledger", led])
+        .arg(&dev.0)
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["read"], "direct", "{r}");
+    assert_eq!(r["summary"]["reverted"], 16, "{r}");
+
+    // --cached reads the page cache, and says so: there, every block still looks written.
+    let o = bin()
+        .args(["verify", "--cached", "--json", "--ledger", led])
+        .arg(&dev.0)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["read"], "cached", "{v}");
+    assert_eq!(v["read_note"], "--cached was given", "{v}");
+}
+
+/// A regular file is read with O_DIRECT too, and the human and JSON output say so.
+#[test]
+fn verify_of_a_file_says_it_read_directly() {
+    let s = Scratch::new(1 << 20);
+    s.init(BS as u32, true);
+    let o = bin().arg("verify").arg(&s.image).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("read: direct"), "{}", text(&o));
+    let o = bin()
+        .args(["verify", "--json", "--cached"])
+        .arg(&s.image)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["read"], "cached", "{v}");
+}
+
+/// Two `serve` on one image with two ledgers: the second is refused (exit 2), naming the
+/// device and the process holding it; `init` of another ledger while it is served likewise.
+#[test]
+fn a_second_claimant_of_a_served_file_is_refused() {
+    let s = Scratch::new(4 << 20);
+    // A ledger of its own for a reader to verify against while the device is served.
+    s.init(BS as u32, true);
+    let a = s.dir.path().join("a.ledger");
+    let b = s.dir.path().join("b.ledger");
+    let svc = Service::start_on(
+        &s.image,
+        &s.dir.path().join("a.sock"),
+        &["--ledger", a.to_str().unwrap()],
+    );
+    let holder = format!("process {}", svc.pid());
+    let o = bin()
+        .arg("serve")
+        .arg(&s.image)
+        .arg("--ledger")
+        .arg(&b)
+        .arg("--socket")
+        .arg(s.dir.path().join("b.sock"))
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains(&format!("{}: the device is claimed by", s.image.display())),
+        "{t}"
+    );
+    assert!(t.contains(&holder), "{t}");
+    let o = bin()
+        .arg("init")
+        .arg(&s.image)
+        .arg("--ledger")
+        .arg(&b)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains(&holder), "{t}");
+    assert!(!b.exists(), "a refused init must not leave a ledger");
+    // Readers take no claim.
+    let o = bin().arg("verify").arg(&s.image).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    svc.stop();
+    // Released with the process: a new owner may start.
+    let svc = Service::start_on(
+        &s.image,
+        &s.dir.path().join("b.sock"),
+        &["--ledger", b.to_str().unwrap()],
+    );
+    svc.stop();
+}
