@@ -65,6 +65,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let reader: &dyn BlockDevice = if a.cached { &cached } else { &dev };
     let mut read = None;
     let mut damaged = false;
+    let mut untracked = false;
     let findings: Vec<verify::report::Finding> = match &a.findings {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -93,6 +94,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 },
             )?;
             damaged = r.result == "ledger-damaged";
+            untracked = r.result == "nothing-tracked";
             read = Some((r.read, r.read_note));
             r.findings
         }
@@ -118,7 +120,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "the ledger's state table failed its checks and was rebuilt from the journal for this report; run `lostwrite ledger check`"
         );
     }
-    Ok(if damaged {
+    if untracked {
+        tracing::error!(
+            "nothing was verified: the ledger tracks no block (made without --baseline, and nothing written through serve since)"
+        );
+    }
+    Ok(if damaged || untracked {
         2
     } else if failing {
         1

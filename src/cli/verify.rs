@@ -72,7 +72,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         out!("{}", report.human(a.max_rows));
     }
     Ok(match report.result {
-        "ledger-damaged" => 2,
+        // Nothing was verified: exit 0 would certify a device nobody checked.
+        "ledger-damaged" | "nothing-tracked" => 2,
         "findings" => 1,
         _ => 0,
     })

@@ -234,7 +234,8 @@ pub struct Report {
     pub summary: Summary,
     /// `--strict` in effect.
     pub strict: bool,
-    /// "clean", "findings" or "ledger-damaged".
+    /// "clean", "findings", "ledger-damaged", or "nothing-tracked" (the ledger tracks no
+    /// block, so nothing was verified: not a clean bill).
     pub result: &'static str,
     /// Findings in block order.
     pub findings: Vec<Finding>,
@@ -274,6 +275,8 @@ impl Report {
                 "ledger-damaged"
             } else if failing {
                 "findings"
+            } else if blocks_tracked == 0 {
+                "nothing-tracked"
             } else {
                 "clean"
             },
@@ -331,6 +334,10 @@ impl Report {
                 "OK: no lost writes; {} block{} lost only unflushed writes in a crash (allowed; --strict fails them)",
                 self.findings.len(),
                 if self.findings.len() == 1 { "" } else { "s" }
+            ),
+            "nothing-tracked" => writeln!(
+                out,
+                "NOTHING VERIFIED: the ledger tracks no block (it was made without --baseline and nothing has been written through serve since); `lostwrite init --baseline` on a new ledger records every block"
             ),
             _ => writeln!(out, "OK: every tracked block holds its latest generation"),
         }

@@ -406,3 +406,22 @@ fn stale_reads_the_detector_had_no_room_for_are_never_silent() {
     let status = crate::helpers::lw_ok(bin().arg("status").arg(&f.image));
     assert!(!status.contains("were not classified"), "{status}");
 }
+
+#[test]
+fn a_ledger_that_tracks_nothing_verifies_nothing_and_says_so() {
+    let s = Scratch::new(1 << 20);
+    s.init(BS as u32, false);
+    for cmd in ["verify", "report"] {
+        let o = bin().arg(cmd).arg(&s.image).output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {out}");
+        assert!(!out.contains("OK"), "{cmd}: {out}");
+    }
+    let o = bin()
+        .args(["verify", "--json"])
+        .arg(&s.image)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["result"], "nothing-tracked", "{v}");
+}
