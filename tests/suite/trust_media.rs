@@ -390,3 +390,40 @@ fn an_nbd_device_says_it_was_read_over_nbd() {
         assert_eq!(v["read"], "nbd", "{v}");
     }
 }
+
+/// A file on tmpfs has no media below the page cache: the output says the cache was read and
+/// why, rather than "direct" (which tmpfs accepts on newer kernels).
+#[test]
+fn a_file_on_tmpfs_says_the_cache_is_all_there_is() {
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T", "/dev/shm"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if fs != "tmpfs" {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("/dev/shm is not tmpfs ({fs:?}); CI provides one");
+        }
+        eprintln!("SKIP: /dev/shm is not tmpfs");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let image = dir.path().join("disk.img");
+    random_image(&image, 1 << 20, 3);
+    lw_ok(bin().args(["init", "--baseline"]).arg(&image));
+    let o = bin()
+        .args(["verify", "--json"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["read"], "cached", "{v}");
+    assert!(
+        v["read_note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tmpfs"),
+        "{v}"
+    );
+}
