@@ -89,14 +89,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         (Some(d), _) => Some(d),
         _ => None,
     };
-    let read = reader.map(|r| r.media_read());
-    if let Some(r) = &read {
-        text.push_str(&lostwrite::verify::report::read_line(
-            r.mode,
-            r.note.as_deref(),
-        ));
-        text.push('\n');
-    }
     let mut buf = vec![0u8; geo.block_size as usize];
     for (&b, files) in a.blocks.iter().zip(&owners) {
         let events = hist.events.get(&b).cloned().unwrap_or_default();
@@ -183,6 +175,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "files": files,
             "device_holds_generation": held_gen,
         }));
+    }
+    // Asked after the reads: the note counts what a cache drop could not take.
+    let read = reader.map(|r| r.media_read());
+    if let Some(r) = &read {
+        let line = lostwrite::verify::report::read_line(r.mode, r.note.as_deref());
+        text.insert_str(0, &format!("{line}\n"));
     }
     let used: HashSet<u64> = hist.events.values().flatten().map(|e| e.session).collect();
     let mut sessions = Vec::new();

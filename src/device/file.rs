@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// A file-backed device.
 pub struct FileDevice {
@@ -25,6 +26,10 @@ pub struct FileDevice {
     media: std::sync::OnceLock<Media>,
     /// The exclusive claim, once taken.
     claim: std::sync::OnceLock<Claim>,
+    /// Bytes that were still cached after a drop, and so read from the cache.
+    undropped: AtomicU64,
+    /// Whether a drop could not be checked (the file refuses RWF_NOWAIT reads).
+    unchecked: AtomicBool,
 }
 
 /// The way to the media.
@@ -99,6 +104,8 @@ impl FileDevice {
             identity,
             media: std::sync::OnceLock::new(),
             claim: std::sync::OnceLock::new(),
+            undropped: AtomicU64::new(0),
+            unchecked: AtomicBool::new(false),
         })
     }
 
@@ -144,6 +151,15 @@ impl FileDevice {
             // DONTNEED leaves dirty pages in place: write them back first so that the drop can
             // take them (they are then on the media too).
             match self.file.sync_data() {
+                // A file that cannot be synced (a read-only filesystem) has nothing to write.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::EINVAL) | Some(nix::libc::EROFS)
+                    ) =>
+                {
+                    Media::Drop
+                }
                 Ok(()) => {
                     tracing::debug!(
                         "{}: O_DIRECT refused ({refused}); dropping each range from the page cache before reading it",
@@ -265,7 +281,27 @@ impl BlockDevice for FileDevice {
                     (end - start) as i64,
                     nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
                 );
-                self.read_at(buf, offset)
+                // What the drop could not take (mapped, dirtied again) is still cached: a
+                // RWF_NOWAIT read returns it without I/O, so it is counted, not hidden.
+                let mut slices = [io::IoSliceMut::new(buf)];
+                let n = match rustix::io::preadv2(
+                    &self.file,
+                    &mut slices,
+                    offset,
+                    rustix::io::ReadWriteFlags::NOWAIT,
+                ) {
+                    Ok(n) => n,
+                    Err(e) if e == rustix::io::Errno::AGAIN => 0,
+                    Err(_) => {
+                        self.unchecked.store(true, Ordering::Relaxed);
+                        0
+                    }
+                };
+                self.undropped.fetch_add(n as u64, Ordering::Relaxed);
+                if n < buf.len() {
+                    self.read_at(&mut buf[n..], offset + n as u64)?;
+                }
+                Ok(())
             }
             Media::Cache(_) => self.read_at(buf, offset),
         }
@@ -277,10 +313,20 @@ impl BlockDevice for FileDevice {
                 mode: ReadMode::Direct,
                 note: None,
             },
-            Media::Drop => MediaRead {
-                mode: ReadMode::CacheDropped,
-                note: Some("the filesystem refused O_DIRECT".into()),
-            },
+            Media::Drop => {
+                let undropped = self.undropped.load(Ordering::Relaxed);
+                let check = if undropped > 0 {
+                    format!("; {undropped} bytes stayed in the page cache after the drop (mapped or dirtied by another process) and were read from it")
+                } else if self.unchecked.load(Ordering::Relaxed) {
+                    "; whether every page could be dropped cannot be checked on this file".into()
+                } else {
+                    "; every range was dropped from the page cache before it was read".into()
+                };
+                MediaRead {
+                    mode: ReadMode::CacheDropped,
+                    note: Some(format!("the filesystem refused O_DIRECT{check}")),
+                }
+            }
             Media::Cache(why) => MediaRead {
                 mode: ReadMode::Cached,
                 note: Some(why.clone()),

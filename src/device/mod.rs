@@ -58,7 +58,7 @@ impl ReadMode {
         match self {
             ReadMode::Direct => "O_DIRECT, from the media past the host's page cache",
             ReadMode::CacheDropped => {
-                "O_DIRECT refused; each range was written back and dropped from the page cache before it was read (best effort: pages another process maps or dirties again are read from the cache)"
+                "each range dropped from the host's page cache just before it was read (best effort: a page another process maps or dirties stays, and is read from the cache)"
             }
             ReadMode::Cached => {
                 "through the host's page cache: newer cached data can hide a loss on the media below"

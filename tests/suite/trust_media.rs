@@ -68,6 +68,16 @@ impl Drop for Holder {
     }
 }
 
+/// The filesystem type of `dir` as stat(1) names it ("tmpfs", "ext2/ext3", ...).
+fn fs_type(dir: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
 }
@@ -206,6 +216,10 @@ fn verify_sees_reverted_media_under_a_stale_page_cache_of_a_block_device() {
 #[test]
 fn verify_of_a_file_says_it_read_directly() {
     let s = Scratch::new(1 << 20);
+    if fs_type(s.dir.path()) == "tmpfs" {
+        eprintln!("SKIP: the scratch directory is on tmpfs, which has no media to read directly");
+        return;
+    }
     s.init(BS as u32, true);
     let o = bin().arg("verify").arg(&s.image).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -274,4 +288,152 @@ fn a_second_claimant_of_a_served_file_is_refused() {
         &["--ledger", b.to_str().unwrap()],
     );
     svc.stop();
+}
+
+/// A mounted filesystem, unmounted by its mount point (a `-o loop` mount detaches its loop
+/// device with it).
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Where the filesystem refuses O_DIRECT (squashfs), the device is dropped from the page cache
+/// before each read, and the output says so and how far that could be checked, instead of
+/// claiming a direct read or silently reading the cache.
+#[test]
+fn a_file_that_refuses_o_direct_is_read_after_dropping_its_cache_and_says_so() {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("the squashfs test needs root to mount, which CI provides");
+        }
+        eprintln!("SKIP: not root (mounting squashfs needs it)");
+        return;
+    }
+    if !have("mksquashfs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    random_image(&src.join("disk.img"), 4 << 20, 7);
+    let sq = dir.path().join("fs.sq");
+    run(Command::new("mksquashfs")
+        .arg(&src)
+        .arg(&sq)
+        .args(["-noappend", "-quiet"]));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run(Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(&sq)
+        .arg(&mnt));
+    let _mount = Mount(mnt.clone());
+    let image = mnt.join("disk.img");
+    let ledger = dir.path().join("disk.ledger");
+    let o = bin()
+        .args(["init", "--baseline", "--ledger"])
+        .arg(&ledger)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("read: cache-dropped"), "{}", text(&o));
+    let o = bin()
+        .args(["verify", "--json", "--ledger"])
+        .arg(&ledger)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["read"], "cache-dropped", "{v}");
+    let note = v["read_note"].as_str().unwrap_or_default();
+    assert!(note.starts_with("the filesystem refused O_DIRECT; "), "{v}");
+}
+
+/// An NBD export is read over NBD, and the output says so rather than claiming the media.
+#[test]
+fn an_nbd_device_says_it_was_read_over_nbd() {
+    if !have("nbdkit") {
+        return;
+    }
+    let s = Scratch::new(1 << 20);
+    let sock = s.dir.path().join("nk.sock");
+    let child = Command::new("nbdkit")
+        .args(["-f", "-U"])
+        .arg(&sock)
+        .arg("file")
+        .arg(&s.image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _up = Holder(child);
+    let t = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "nbdkit did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let ledger = s.dir.path().join("nbd.ledger");
+    let o = bin()
+        .args(["init", "--baseline", "--ledger"])
+        .arg(&ledger)
+        .arg(&uri)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("read: nbd"), "{}", text(&o));
+    for extra in [&[][..], &["--cached"][..]] {
+        let o = bin()
+            .args(["verify", "--json", "--ledger"])
+            .arg(&ledger)
+            .args(extra)
+            .arg(&uri)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["read"], "nbd", "{v}");
+    }
+}
+
+/// A file on tmpfs has no media below the page cache: the output says the cache was read and
+/// why, rather than "direct" (which tmpfs accepts on newer kernels).
+#[test]
+fn a_file_on_tmpfs_says_the_cache_is_all_there_is() {
+    let fs = fs_type(Path::new("/dev/shm"));
+    if fs != "tmpfs" {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("/dev/shm is not tmpfs ({fs:?}); CI provides one");
+        }
+        eprintln!("SKIP: /dev/shm is not tmpfs");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let image = dir.path().join("disk.img");
+    random_image(&image, 1 << 20, 3);
+    lw_ok(bin().args(["init", "--baseline"]).arg(&image));
+    let o = bin()
+        .args(["verify", "--json"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["read"], "cached", "{v}");
+    assert!(
+        v["read_note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tmpfs"),
+        "{v}"
+    );
 }
