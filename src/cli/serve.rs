@@ -11,6 +11,7 @@ use lostwrite::ledger::compact::Retention;
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
 use lostwrite::metrics::MetricsListener;
+use lostwrite::nbd::handshake::MAX_NAME;
 use lostwrite::nbd::server::{Config, Server};
 use lostwrite::nbd::stream::Listener;
 use lostwrite::service::alert::Alerter;
@@ -158,7 +159,8 @@ pub struct ServeConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
-    /// Name clients ask for.
+    /// Name clients ask for (required, and not empty, in a config file; on the command line
+    /// it defaults to the empty name).
     #[serde(default)]
     pub name: String,
     /// Device path or NBD URI.
@@ -209,6 +211,12 @@ impl Args {
     /// The command line as a one-export config.
     fn into_config(self) -> anyhow::Result<ServeConfig> {
         let device = self.device.expect("clap requires DEVICE without --config");
+        if self.export.len() > MAX_NAME {
+            anyhow::bail!(
+                "--export: a name of {} bytes is longer than NBD allows ({MAX_NAME} bytes); give a shorter one",
+                self.export.len()
+            );
+        }
         if device.contains("://") && self.socket.is_none() && self.listen.is_none() {
             anyhow::bail!(
                 "{device}: an NBD URI has no path to put a socket beside; give --socket PATH or --listen HOST:PORT"
@@ -266,20 +274,27 @@ pub fn read_config(path: &Path) -> anyhow::Result<ServeConfig> {
         );
     }
     let mut names = std::collections::HashSet::new();
-    for e in &c.export {
-        if c.export.len() > 1 && e.name.is_empty() {
+    for (i, e) in c.export.iter().enumerate() {
+        let which = format!(
+            "--config {}: [[export]] number {} (device {:?})",
+            path.display(),
+            i + 1,
+            e.device
+        );
+        let n = e.name.as_str();
+        if n.is_empty() {
             anyhow::bail!(
-                "--config {}: export of {} has no name; with several exports each needs one",
-                path.display(),
-                e.device
+                "{which} has no name; give it one (name = \"disk1\"): clients ask for an export by name"
             );
         }
-        if !names.insert(e.name.as_str()) {
+        if n.len() > MAX_NAME {
             anyhow::bail!(
-                "--config {}: export name {:?} is used twice",
-                path.display(),
-                e.name
+                "{which}: its name of {} bytes is longer than NBD allows ({MAX_NAME} bytes); give a shorter one",
+                n.len()
             );
+        }
+        if !names.insert(n) {
+            anyhow::bail!("{which}: export name {n:?} is used twice");
         }
     }
     Ok(c)
@@ -288,7 +303,8 @@ pub fn read_config(path: &Path) -> anyhow::Result<ServeConfig> {
 /// Opens one export's device and ledger and begins its session.
 fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
     let bs = validate_block_size(spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE as u64))?;
-    let dev = lostwrite::device::open(&spec.device, !spec.read_only)?;
+    let dev = lostwrite::device::open(&spec.device, !spec.read_only)
+        .map_err(|e| read_only_hint(spec, e))?;
     let ledger = if spec.no_record {
         tracing::warn!("--no-record: writes are NOT recorded; nothing served now can be verified");
         None
@@ -345,6 +361,19 @@ fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
             on_mismatch: spec.on_mismatch,
         },
     ))
+}
+
+/// A device that cannot be opened for writing but can be for reading (immutable, on a read-only
+/// file system, or without write permission) may be what the operator meant to serve read-only.
+fn read_only_hint(spec: &ExportSpec, e: lostwrite::Error) -> anyhow::Error {
+    use nix::libc::{EACCES, EPERM, EROFS};
+    let denied = matches!(e.raw_os_error(), Some(EPERM | EACCES | EROFS));
+    if spec.read_only || !denied || std::fs::File::open(&spec.device).is_err() {
+        return e.into();
+    }
+    anyhow::anyhow!(
+        "{e}; it can be opened for reading only (immutable, a read-only file system, or no write permission): serve it with --read-only (read_only = true in a config), or make it writable (chattr -i, remount, chmod)"
+    )
 }
 
 /// A byte count in a config file: an integer, or a string as the command line reads one.
@@ -479,11 +508,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if let Some(o) = opts {
             match Scrubber::start(e, *o) {
                 Ok(s) => scrubbers.push(s),
-                Err(err) => tracing::error!("export {:?}: NOT scrubbed: {err}", e.name()),
+                Err(err) => tracing::error!("{}: NOT scrubbed: {err}", label(e.name())),
             }
             tracing::info!(
-                "export {:?}: scrubbing at {:.1} MiB/s, a pass every {}",
-                e.name(),
+                "{}: scrubbing at {:.1} MiB/s, a pass every {}",
+                label(e.name()),
                 o.rate as f64 / (1u64 << 20) as f64,
                 super::show_duration(o.interval)
             );
@@ -497,8 +526,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         match Retainer::start(e, *keep) {
             Ok(r) => {
                 tracing::info!(
-                    "export {:?}: retaining {}{}{} of journal history",
-                    e.name(),
+                    "{}: retaining {}{}{} of journal history",
+                    label(e.name()),
                     keep.age.map(super::show_duration).unwrap_or_default(),
                     if keep.age.is_some() && keep.bytes.is_some() {
                         " and at most "
@@ -509,7 +538,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 );
                 retainers.push(r);
             }
-            Err(err) => tracing::error!("export {:?}: NO retention: {err}", e.name()),
+            Err(err) => tracing::error!("{}: NO retention: {err}", label(e.name())),
         }
     }
     let metrics = match metrics_listener {
@@ -521,13 +550,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     for e in &exports {
         tracing::info!(
-            "serving {} as export {:?}{}",
+            "serving {} as {}{}",
             e.device_name(),
-            e.name(),
+            label(e.name()),
             if e.read_only() { " (read-only)" } else { "" }
         );
     }
     for l in &listeners {
+        if tls.is_none() && !l.loopback_only() {
+            tracing::warn!(
+                "{} is not a loopback address and TLS is off: anyone who can reach it can read and overwrite the device, unauthenticated and unencrypted. Give --tls-cert and --tls-key (tls_cert, tls_key in a config), or listen on a loopback address or a unix socket",
+                l.describe()
+            );
+        }
         tracing::info!(
             "listening on {}{}",
             l.describe(),
@@ -595,24 +630,33 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             c.findings.iter().map(load).sum::<u64>(),
             load(&c.errors),
         );
-        let name = e.name().to_string();
+        let name = label(e.name());
         let failure = e.ledger().and_then(|l| l.session_failure());
         if let Err(err) = e.close() {
-            tracing::error!("export {name:?}: closing: {err}");
+            tracing::error!("{name}: closing: {err}");
             status = 1;
             continue;
         }
         match failure {
-            None => tracing::info!("export {name:?} closed cleanly: {summary}"),
+            None => tracing::info!("{name} closed cleanly: {summary}"),
             Some(why) => {
                 tracing::error!(
-                    "export {name:?}: the session is left unclosed, so the next start and `verify` treat it as a crash: {why}; {summary}"
+                    "{name}: the session is left unclosed, so the next start and `verify` treat it as a crash: {why}; {summary}"
                 );
                 status = 1;
             }
         }
     }
     Ok(status)
+}
+
+/// An export as log lines name it: `export "web1"`, or `the unnamed export`.
+fn label(name: &str) -> String {
+    if name.is_empty() {
+        "the unnamed export".into()
+    } else {
+        format!("export {name:?}")
+    }
 }
 
 /// Tells systemd (Type=notify) how the service stands; nothing without $NOTIFY_SOCKET.

@@ -211,6 +211,14 @@ impl Listener {
         }
     }
 
+    /// Whether only this host can connect: a unix socket, or TCP on a loopback address.
+    pub fn loopback_only(&self) -> bool {
+        match self {
+            Listener::Unix(..) => true,
+            Listener::Tcp(l) => l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+        }
+    }
+
     /// Wakes a thread blocked in `accept` (it returns an error) and stops listening.
     pub fn stop(&self) {
         use std::os::fd::AsFd;

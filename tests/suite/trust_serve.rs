@@ -163,3 +163,146 @@ fn a_live_socket_is_left_alone_a_stale_one_replaced_and_only_our_socket_removed_
     assert!(!stale.exists());
     verify_clean(&s.image);
 }
+
+/// A config file listening on `socket` with one export of `image` and the extra `lines`.
+fn one_export_config(s: &Scratch, socket: &Path, lines: &str) -> std::path::PathBuf {
+    let cfg = s.dir.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "socket = {:?}\n[[export]]\ndevice = {:?}\n{lines}",
+            socket.to_str().unwrap(),
+            s.image.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn a_config_export_needs_a_name_and_names_over_4096_bytes_are_refused() {
+    let s = scratch();
+    let log = s.dir.path().join("serve.log");
+    let sock = s.dir.path().join("nbd.sock");
+    let cfg = one_export_config(&s, &sock, "");
+    let err = serve_refused(&["--config", cfg.to_str().unwrap()], &log);
+    assert!(
+        err.contains(cfg.to_str().unwrap())
+            && err.contains("number 1")
+            && err.contains(s.image.to_str().unwrap())
+            && err.contains("no name"),
+        "{err}"
+    );
+    let cfg = one_export_config(&s, &sock, "name = \"\"\n");
+    let err = serve_refused(&["--config", cfg.to_str().unwrap()], &log);
+    assert!(err.contains("no name"), "{err}");
+    let long = "n".repeat(4097);
+    let cfg = one_export_config(&s, &sock, &format!("name = \"{long}\"\n"));
+    let err = serve_refused(&["--config", cfg.to_str().unwrap()], &log);
+    assert!(err.contains("4097 bytes") && err.contains("4096"), "{err}");
+    let img = s.image.to_str().unwrap();
+    let err = serve_refused(&[img, "--export", &long], &log);
+    assert!(err.contains("--export") && err.contains("4096"), "{err}");
+    assert!(!sock.exists());
+    // 4096 bytes is still a name.
+    let ok = "n".repeat(4096);
+    let svc = Service::start(&s.image, &["--export", &ok]);
+    let mut c = Client::connect(&svc.socket, &ok);
+    assert_eq!(c.read(0, 512).len(), 512);
+    drop(c);
+    svc.stop();
+    verify_clean(&s.image);
+}
+
+#[test]
+fn a_client_asking_for_a_name_over_4096_bytes_gets_err_too_big() {
+    use lostwrite::nbd::proto::{info, opt, rep};
+    let s = scratch();
+    let svc = Service::start(&s.image, &[]);
+    let long = "x".repeat(5000);
+    let mut c = greet(&svc.socket);
+    for o in [opt::INFO, opt::GO] {
+        send_option(&mut c, o, &go_data(&long, &[]));
+        assert_eq!(option_reply(&mut c).1, rep::ERR_TOO_BIG, "option {o}");
+    }
+    // Negotiation goes on.
+    send_option(&mut c, opt::GO, &go_data("", &[info::BLOCK_SIZE]));
+    let mut cl = Client::finish_go(c);
+    assert_eq!(cl.read(0, 512).len(), 512);
+    drop(cl);
+    // EXPORT_NAME has no error reply: the connection is closed.
+    let mut c = greet(&svc.socket);
+    send_option(&mut c, opt::EXPORT_NAME, long.as_bytes());
+    let mut b = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut c, &mut b).unwrap_or(0), 0);
+    let log = svc.stop();
+    assert!(log.contains("5000 bytes"), "{log}");
+}
+
+#[test]
+fn tcp_on_a_non_loopback_address_without_tls_warns() {
+    let s = scratch();
+    let free = |host: &str| {
+        let l = std::net::TcpListener::bind((host, 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let base = s.dir.path().join("any");
+    let svc = Service::start_tcp(&s.image, &format!("0.0.0.0:{}", free("0.0.0.0")), &base);
+    let log = svc.stop();
+    assert!(
+        log.contains("not a loopback address and TLS is off") && log.contains("--tls-cert"),
+        "{log}"
+    );
+    let base = s.dir.path().join("lo");
+    let svc = Service::start_tcp(&s.image, &format!("127.0.0.1:{}", free("127.0.0.1")), &base);
+    let log = svc.stop();
+    assert!(!log.contains("not a loopback address"), "{log}");
+}
+
+/// Clears the immutable flag again however the test ends.
+struct Immutable<'a>(&'a Path);
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+    }
+}
+
+#[test]
+fn an_image_that_cannot_be_opened_for_writing_suggests_read_only() {
+    let s = Scratch::new(SIZE);
+    let ok = Command::new("chattr")
+        .arg("+i")
+        .arg(&s.image)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success());
+    if !ok {
+        eprintln!("SKIP: chattr +i failed here (needs root and a file system with the flag)");
+        return;
+    }
+    let _guard = Immutable(&s.image);
+    let log = s.dir.path().join("serve.log");
+    let err = serve_refused(&[s.image.to_str().unwrap()], &log);
+    assert!(
+        err.contains(s.image.to_str().unwrap()) && err.contains("--read-only"),
+        "{err}"
+    );
+}
+
+#[test]
+fn log_lines_of_an_unnamed_export_carry_no_empty_export_field() {
+    let s = scratch();
+    let svc = Service::start(&s.image, &[]);
+    // Revert block 3 under the service: the next read through it is stale.
+    s.poke(3, &vec![0xabu8; BS as usize]);
+    let mut c = Client::connect(&svc.socket, "");
+    c.read(3 * BS as u64, BS);
+    drop(c);
+    let log = svc.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains("does not hold generation"))
+        .unwrap_or_else(|| panic!("no stale read logged: {log}"));
+    assert!(!line.contains("export="), "{line}");
+}
