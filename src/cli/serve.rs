@@ -150,6 +150,10 @@ pub struct ServeConfig {
     pub tls_key: Option<PathBuf>,
     /// CA for client certificates (PEM).
     pub tls_client_ca: Option<PathBuf>,
+    /// How long an NBD upstream may take to connect or answer, e.g. "30s" (the global
+    /// --upstream-timeout flag, which this overrides).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub upstream_timeout: Option<Duration>,
     /// The exports.
     #[serde(default)]
     pub export: Vec<ExportSpec>,
@@ -236,6 +240,7 @@ impl Args {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             tls_client_ca: self.tls_client_ca,
+            upstream_timeout: None,
             export: vec![ExportSpec {
                 name: self.export,
                 device,
@@ -264,6 +269,12 @@ pub fn read_config(path: &Path) -> anyhow::Result<ServeConfig> {
     if c.export.is_empty() {
         anyhow::bail!(
             "--config {}: no [[export]] tables; list at least one (name, device, ledger)",
+            path.display()
+        );
+    }
+    if c.upstream_timeout.is_some_and(|t| t.is_zero()) {
+        anyhow::bail!(
+            "--config {}: upstream_timeout must be longer than zero (e.g. \"30s\")",
             path.display()
         );
     }
@@ -460,16 +471,31 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             return Err(e.into());
         }
     };
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
+    if let Some(t) = config.upstream_timeout {
+        lostwrite::nbd::client::set_timeout(t);
+    }
+    let stop = watch_signals()?;
+    // A signal during start ends the start: exports already open are closed cleanly.
+    let mut early = None;
+    let stopped = |early: &mut Option<i32>| {
+        if let Ok(s) = stop.try_recv() {
+            *early = Some(s);
+        }
+        early.is_some()
+    };
     let mut exports = Vec::new();
     let mut scrub_of = Vec::new();
     let mut retain_of = Vec::new();
     let mut down = Vec::new();
     for (spec, scrub_opts) in config.export.iter().zip(scrub) {
+        if stopped(&mut early) {
+            break;
+        }
         match open_export(spec) {
+            Err(e) if stopped(&mut early) => {
+                tracing::warn!("export {:?} ({}) not opened: {e}", spec.name, spec.device);
+                break;
+            }
             Ok(e) => {
                 exports.push(Arc::new(e));
                 scrub_of.push(scrub_opts);
@@ -492,6 +518,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     if exports.is_empty() {
         cleanup(&listeners);
+        if let Some(s) = early {
+            tracing::info!("signal {s} during start: stopped before serving anything");
+            return Ok(0);
+        }
         anyhow::bail!("no export could be opened (see the errors above)");
     }
     let alerter = config
@@ -583,21 +613,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     server_config.tls = tls;
     let server = Server::start(exports, listeners, server_config);
-    sd_notify("READY=1");
-    let sig = signals.forever().next();
+    let sig = match early {
+        Some(s) => s,
+        None => {
+            sd_notify("READY=1");
+            stop.recv().unwrap_or(0)
+        }
+    };
     sd_notify("STOPPING=1");
     tracing::info!(
-        "signal {}: finishing requests in flight and closing the ledger (a second signal exits at once, leaving the session unclosed)",
-        sig.unwrap_or(0)
+        "signal {sig}: finishing requests in flight and closing the ledger within {} s (a second signal exits at once, leaving the session unclosed)",
+        STOP_BOUND.as_secs()
     );
-    std::thread::spawn(move || {
-        if let Some(s) = signals.forever().next() {
-            tracing::error!(
-                "signal {s} again: exiting without closing the session (the next start treats it as a crash)"
-            );
-            std::process::exit(1);
-        }
-    });
     let exports = server.shutdown();
     for s in scrubbers {
         s.stop();
@@ -648,6 +675,42 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     }
     Ok(status)
+}
+
+/// How long after SIGTERM anything still waits for an NBD upstream.
+const UPSTREAM_STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// What docs/OPERATIONS.md promises: SIGTERM ends `serve` within this (plus the local disk's
+/// own sync time), whatever clients and upstreams do.
+const STOP_BOUND: Duration = Duration::from_secs(30);
+
+/// Starts a thread that turns SIGTERM and SIGINT into a message on the returned channel. From
+/// the first one on, nothing waits for an NBD upstream for ever (connections being made give
+/// up at once, requests after [`UPSTREAM_STOP_GRACE`]); a second one exits at once.
+fn watch_signals() -> anyhow::Result<crossbeam_channel::Receiver<i32>> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = false;
+            for s in signals.forever() {
+                if seen {
+                    tracing::error!(
+                        "signal {s} again: exiting without closing the session (the next start treats it as a crash)"
+                    );
+                    std::process::exit(1);
+                }
+                seen = true;
+                lostwrite::nbd::client::abort_connecting();
+                lostwrite::nbd::client::stop_by(UPSTREAM_STOP_GRACE);
+                let _ = tx.send(s);
+            }
+        })?;
+    Ok(rx)
 }
 
 /// An export as log lines name it: `export "web1"`, or `the unnamed export`.

@@ -6,6 +6,41 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// How long one blocking write waits before its caller's deadline is looked at again (the
+/// socket's write timeout where [`write_all_until`] is used).
+pub const WRITE_SLICE: Duration = Duration::from_secs(1);
+
+/// Writes all of `buf` to a socket whose write timeout is a short slice, calling `give_up`
+/// whenever a write leaves something unsent: when it returns a reason, the write fails with it
+/// (ErrorKind::TimedOut). So a peer that stops reading holds the writer for a bounded time,
+/// even when each write moves a little.
+pub fn write_all_until(
+    w: &mut impl Write,
+    mut buf: &[u8],
+    give_up: impl Fn() -> Option<String>,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        match w.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        if !buf.is_empty() {
+            if let Some(why) = give_up() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, why));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A client connection.
 pub enum Stream {
     /// Unix socket.

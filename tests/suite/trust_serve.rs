@@ -7,6 +7,7 @@ use crate::nbd_client::*;
 use crate::service::Service;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -305,4 +306,176 @@ fn log_lines_of_an_unnamed_export_carry_no_empty_export_field() {
         .find(|l| l.contains("does not hold generation"))
         .unwrap_or_else(|| panic!("no stale read logged: {log}"));
     assert!(!line.contains("export="), "{line}");
+}
+
+/// An "upstream" that accepts connections on a unix socket and never writes a byte: the
+/// listening socket is made here, and the accepted connections are held until dropped.
+struct Silent {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Silent {
+    fn start(path: &Path) -> Silent {
+        use std::sync::atomic::Ordering;
+        let l = UnixListener::bind(path).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (st, ac) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        held.push(c);
+                        ac.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Silent {
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A ledger made through a working upstream (a `serve` of another image) on `socket`, which is
+/// then stopped and its socket left free. Returns the URI and the ledger.
+fn ledger_for_upstream(s: &Scratch, socket: &Path) -> (String, std::path::PathBuf) {
+    let up_img = s.dir.path().join("up.img");
+    random_image(&up_img, SIZE, 7);
+    let up = Service::start_on(&up_img, socket, &[]);
+    let uri = up.uri();
+    let ledger = s.dir.path().join("front.ledger");
+    lw_ok(bin().args(["init", "--ledger", ledger.to_str().unwrap(), &uri]));
+    up.stop();
+    assert!(!socket.exists());
+    (uri, ledger)
+}
+
+#[test]
+fn verify_against_an_upstream_that_never_greets_ends_with_exit_2_and_says_why() {
+    let s = Scratch::new(SIZE);
+    let sock = s.dir.path().join("up.sock");
+    let (uri, ledger) = ledger_for_upstream(&s, &sock);
+    let silent = Silent::start(&sock);
+    let t = Instant::now();
+    let o = bin()
+        .args(["verify", "--upstream-timeout", "2s", "--ledger"])
+        .arg(&ledger)
+        .arg(&uri)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "after {took:?}: {err}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(silent.accepted() >= 1);
+    assert!(
+        err.contains(sock.to_str().unwrap())
+            && err.contains("greeting")
+            && err.contains("no answer within 2s")
+            && err.contains("--upstream-timeout"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_stops_serve_in_front_of_an_upstream_that_never_greets() {
+    let s = Scratch::new(SIZE);
+    let sock = s.dir.path().join("up.sock");
+    let (uri, ledger) = ledger_for_upstream(&s, &sock);
+    let silent = Silent::start(&sock);
+    let front = s.dir.path().join("front.sock");
+    let log = s.dir.path().join("front.log");
+    // The default upstream timeout (30 s): the signal, not the timeout, must end the wait.
+    let mut c = spawn(
+        &[
+            "serve",
+            "--ledger",
+            ledger.to_str().unwrap(),
+            "--socket",
+            front.to_str().unwrap(),
+            &uri,
+        ],
+        &log,
+    );
+    let t = Instant::now();
+    while silent.accepted() == 0 || !front.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "serve never connected upstream"
+        );
+        assert!(c.try_wait().unwrap().is_none(), "serve exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).unwrap();
+    let t = Instant::now();
+    let st = wait_for(&mut c, Duration::from_secs(60));
+    let took = t.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        st.is_some(),
+        "SIGTERM did not stop serve within 60 s: {text}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}: {text}");
+    assert_eq!(st.unwrap().code(), Some(0), "{text}");
+    assert!(!front.exists(), "the socket was left behind");
+}
+
+#[test]
+fn sigterm_stops_serve_within_the_documented_bound_when_a_client_never_reads_replies() {
+    use lostwrite::nbd::proto::{cmd, Request};
+    let s = scratch();
+    let svc = Service::start(&s.image, &[]);
+    let c = Client::connect(&svc.socket, "");
+    let mut w = c.s.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(90))).unwrap();
+    // Far more replies than the socket buffers hold: the service blocks writing them.
+    let writer = std::thread::spawn(move || {
+        for i in 0..4096u64 {
+            let r = Request {
+                flags: 0,
+                kind: cmd::READ,
+                cookie: i,
+                offset: (i % 4) << 20,
+                length: 1 << 20,
+            };
+            if w.write_all(&r.encode()).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let (code, log) = svc.stop_status();
+    let took = t.elapsed();
+    eprintln!("SIGTERM with a client that never reads: serve stopped in {took:?}");
+    assert_eq!(code, Some(0), "after {took:?}: {log}");
+    // docs/OPERATIONS.md promises 30 s.
+    assert!(took < Duration::from_secs(30), "{took:?}: {log}");
+    assert!(log.contains("disconnecting it"), "{log}");
+    drop(c);
+    writer.join().unwrap();
+    verify_clean(&s.image);
 }
