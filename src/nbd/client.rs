@@ -66,22 +66,32 @@ pub fn stop_by(d: Duration) {
 
 /// When a wait begun now must end, and the reason to give if it does.
 fn deadline() -> (Instant, String) {
-    let t = timeout();
-    let own = Instant::now() + t;
-    let stop = STOP_AT_MS.load(Ordering::Relaxed);
-    if stop != u64::MAX {
-        let stop = epoch() + Duration::from_millis(stop);
-        if stop < own {
-            return (stop, "the service is stopping and gave up waiting".into());
+    let (until, stopping) = bound(Instant::now() + timeout());
+    (until, reason(stopping))
+}
+
+/// The earlier of a wait's own deadline and the stop deadline (which may be set while the
+/// wait goes on), and whether it is the stop deadline.
+fn bound(own: Instant) -> (Instant, bool) {
+    match STOP_AT_MS.load(Ordering::Relaxed) {
+        u64::MAX => (own, false),
+        ms => {
+            let stop = epoch() + Duration::from_millis(ms);
+            (stop.min(own), stop < own)
         }
     }
-    (
-        own,
+}
+
+/// Why a wait was given up.
+fn reason(stopping: bool) -> String {
+    if stopping {
+        "the service is stopping and gave up waiting".into()
+    } else {
         format!(
             "no answer within {} (the upstream timeout; --upstream-timeout or upstream_timeout = sets it)",
-            show(t)
-        ),
-    )
+            show(timeout())
+        )
+    }
 }
 
 fn show(d: Duration) -> String {
@@ -604,8 +614,11 @@ impl Connection {
         .encode();
         let sent = {
             let mut w = lock(&self.shared.writer);
-            let (until, why) = deadline();
-            let late = || (Instant::now() >= until).then(|| why.clone());
+            let own = Instant::now() + timeout();
+            let late = || {
+                let (until, stopping) = bound(own);
+                (Instant::now() >= until).then(|| reason(stopping))
+            };
             if payload.len() <= 64 << 10 {
                 // One write for header and a small payload: one syscall, one segment.
                 let mut b = Vec::with_capacity(header.len() + payload.len());
@@ -634,13 +647,19 @@ impl Connection {
                 format!("the connection to {} closed", self.shared.name),
             ))
         };
-        let (until, why) = deadline();
-        match f.rx.recv_deadline(until) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Disconnected) => closed(),
-            Err(RecvTimeoutError::Timeout) => {
-                self.shared.die(format!("waiting for a reply: {why}"));
-                f.rx.recv().unwrap_or_else(|_| closed())
+        let own = Instant::now() + timeout();
+        loop {
+            // In slices: a stop begun meanwhile may bring the deadline forward.
+            let (until, stopping) = bound(own);
+            match f.rx.recv_deadline(until.min(Instant::now() + WRITE_SLICE)) {
+                Ok(r) => return r,
+                Err(RecvTimeoutError::Disconnected) => return closed(),
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= until => {
+                    let why = reason(stopping);
+                    self.shared.die(format!("waiting for a reply: {why}"));
+                    return f.rx.recv().unwrap_or_else(|_| closed());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::helpers::*;
 use crate::nbd_client::*;
-use crate::service::Service;
+use crate::service::{have, Service};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Write;
@@ -478,4 +478,84 @@ fn sigterm_stops_serve_within_the_documented_bound_when_a_client_never_reads_rep
     drop(c);
     writer.join().unwrap();
     verify_clean(&s.image);
+}
+
+/// nbdkit serving 4 MiB of memory whose reads never finish, on `socket`; killed by PID when
+/// dropped.
+struct StuckReads(Child);
+
+impl StuckReads {
+    fn start(socket: &Path) -> StuckReads {
+        let c = Command::new("nbdkit")
+            .args(["-f", "-U"])
+            .arg(socket)
+            .args(["--filter=delay", "memory", "4M", "delay-read=3600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while UnixStream::connect(socket).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "nbdkit did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        StuckReads(c)
+    }
+}
+
+impl Drop for StuckReads {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_upstream_request_without_reply_fails_after_the_timeout_and_sigterm_still_stops_serve() {
+    use lostwrite::nbd::proto::cmd;
+    if !have("nbdkit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.sock");
+    let _nbdkit = StuckReads::start(&up);
+    let uri = format!("nbd+unix:///?socket={}", up.display());
+    let ledger = dir.path().join("l");
+    let front = dir.path().join("front.sock");
+    let l = ledger.to_str().unwrap();
+    // With a 2 s upstream timeout: the read fails (EIO), and so does what follows on the
+    // connection, whose outcome is unknown.
+    let svc = Service::start_on(
+        Path::new(&uri),
+        &front,
+        &["--ledger", l, "--upstream-timeout", "2s"],
+    );
+    let mut c = Client::connect(&front, "");
+    let t = Instant::now();
+    let (e, _) = c.call(cmd::READ, 0, 0, 4096, &[]);
+    assert_ne!(e, 0);
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    drop(c);
+    let (code, log) = svc.stop_status();
+    assert!(log.contains("no answer within 2s"), "{log}");
+    assert!(code.is_some(), "{log}");
+    // With the default timeout (30 s), SIGTERM while a read waits on the upstream still ends
+    // serve within the documented 30 s.
+    let svc = Service::start_on(Path::new(&uri), &front, &["--ledger", l]);
+    let mut c = Client::connect(&front, "");
+    c.send(cmd::READ, 0, 1, 0, 4096, &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    let (code, log) = svc.stop_status();
+    let took = t.elapsed();
+    eprintln!("SIGTERM with a read stuck upstream: serve stopped in {took:?}");
+    assert!(
+        code.is_some() && took < Duration::from_secs(30),
+        "{took:?}: {log}"
+    );
+    assert!(!front.exists());
 }
