@@ -28,6 +28,10 @@ pub struct Cli {
     /// same.
     #[arg(long, global = true)]
     pub log_json: bool,
+    /// How long an NBD upstream (a DEVICE given as nbd:// or nbd+unix://) may take to accept,
+    /// negotiate, or answer any one request before it is given up on [default: 30s].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
+    pub upstream_timeout: Option<std::time::Duration>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -120,6 +124,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A duration that must not be zero (a timeout).
+pub fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: a timeout must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
 /// A duration as [`parse_duration`] reads it: `24h`, `30s`, `1h 30m`.
 pub fn show_duration(d: std::time::Duration) -> String {
     match jiff::SignedDuration::try_from(d) {
@@ -131,6 +143,9 @@ pub fn show_duration(d: std::time::Duration) -> String {
 
 /// Runs a parsed command line and returns the exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Some(t) = cli.upstream_timeout {
+        lostwrite::nbd::client::set_timeout(t);
+    }
     match cli.command {
         Command::Init(a) => init::run(a),
         Command::Serve(a) => serve::run(*a),

@@ -11,6 +11,7 @@ use lostwrite::ledger::compact::Retention;
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
 use lostwrite::metrics::MetricsListener;
+use lostwrite::nbd::handshake::MAX_NAME;
 use lostwrite::nbd::server::{Config, Server};
 use lostwrite::nbd::stream::Listener;
 use lostwrite::service::alert::Alerter;
@@ -149,6 +150,10 @@ pub struct ServeConfig {
     pub tls_key: Option<PathBuf>,
     /// CA for client certificates (PEM).
     pub tls_client_ca: Option<PathBuf>,
+    /// How long an NBD upstream may take to connect or answer, e.g. "30s" (the global
+    /// --upstream-timeout flag, which this overrides).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub upstream_timeout: Option<Duration>,
     /// The exports.
     #[serde(default)]
     pub export: Vec<ExportSpec>,
@@ -158,7 +163,8 @@ pub struct ServeConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
-    /// Name clients ask for.
+    /// Name clients ask for (required, and not empty, in a config file; on the command line
+    /// it defaults to the empty name).
     #[serde(default)]
     pub name: String,
     /// Device path or NBD URI.
@@ -209,6 +215,12 @@ impl Args {
     /// The command line as a one-export config.
     fn into_config(self) -> anyhow::Result<ServeConfig> {
         let device = self.device.expect("clap requires DEVICE without --config");
+        if self.export.len() > MAX_NAME {
+            anyhow::bail!(
+                "--export: a name of {} bytes is longer than NBD allows ({MAX_NAME} bytes); give a shorter one",
+                self.export.len()
+            );
+        }
         if device.contains("://") && self.socket.is_none() && self.listen.is_none() {
             anyhow::bail!(
                 "{device}: an NBD URI has no path to put a socket beside; give --socket PATH or --listen HOST:PORT"
@@ -228,6 +240,7 @@ impl Args {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             tls_client_ca: self.tls_client_ca,
+            upstream_timeout: None,
             export: vec![ExportSpec {
                 name: self.export,
                 device,
@@ -259,6 +272,12 @@ pub fn read_config(path: &Path) -> anyhow::Result<ServeConfig> {
             path.display()
         );
     }
+    if c.upstream_timeout.is_some_and(|t| t.is_zero()) {
+        anyhow::bail!(
+            "--config {}: upstream_timeout must be longer than zero (e.g. \"30s\")",
+            path.display()
+        );
+    }
     if c.socket.is_none() && c.listen.is_none() {
         anyhow::bail!(
             "--config {}: say where to listen: socket = \"PATH\" or listen = \"HOST:PORT\"",
@@ -266,20 +285,27 @@ pub fn read_config(path: &Path) -> anyhow::Result<ServeConfig> {
         );
     }
     let mut names = std::collections::HashSet::new();
-    for e in &c.export {
-        if c.export.len() > 1 && e.name.is_empty() {
+    for (i, e) in c.export.iter().enumerate() {
+        let which = format!(
+            "--config {}: [[export]] number {} (device {:?})",
+            path.display(),
+            i + 1,
+            e.device
+        );
+        let n = e.name.as_str();
+        if n.is_empty() {
             anyhow::bail!(
-                "--config {}: export of {} has no name; with several exports each needs one",
-                path.display(),
-                e.device
+                "{which} has no name; give it one (name = \"disk1\"): clients ask for an export by name"
             );
         }
-        if !names.insert(e.name.as_str()) {
+        if n.len() > MAX_NAME {
             anyhow::bail!(
-                "--config {}: export name {:?} is used twice",
-                path.display(),
-                e.name
+                "{which}: its name of {} bytes is longer than NBD allows ({MAX_NAME} bytes); give a shorter one",
+                n.len()
             );
+        }
+        if !names.insert(n) {
+            anyhow::bail!("{which}: export name {n:?} is used twice");
         }
     }
     Ok(c)
@@ -288,7 +314,8 @@ pub fn read_config(path: &Path) -> anyhow::Result<ServeConfig> {
 /// Opens one export's device and ledger and begins its session.
 fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
     let bs = validate_block_size(spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE as u64))?;
-    let dev = lostwrite::device::open(&spec.device, !spec.read_only)?;
+    let dev = lostwrite::device::open(&spec.device, !spec.read_only)
+        .map_err(|e| read_only_hint(spec, e))?;
     let ledger = if spec.no_record {
         tracing::warn!("--no-record: writes are NOT recorded; nothing served now can be verified");
         None
@@ -345,6 +372,19 @@ fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
             on_mismatch: spec.on_mismatch,
         },
     ))
+}
+
+/// A device that cannot be opened for writing but can be for reading (immutable, on a read-only
+/// file system, or without write permission) may be what the operator meant to serve read-only.
+fn read_only_hint(spec: &ExportSpec, e: lostwrite::Error) -> anyhow::Error {
+    use nix::libc::{EACCES, EPERM, EROFS};
+    let denied = matches!(e.raw_os_error(), Some(EPERM | EACCES | EROFS));
+    if spec.read_only || !denied || std::fs::File::open(&spec.device).is_err() {
+        return e.into();
+    }
+    anyhow::anyhow!(
+        "{e}; it can be opened for reading only (immutable, a read-only file system, or no write permission): serve it with --read-only (read_only = true in a config), or make it writable (chattr -i, remount, chmod)"
+    )
 }
 
 /// A byte count in a config file: an integer, or a string as the command line reads one.
@@ -431,16 +471,31 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             return Err(e.into());
         }
     };
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
+    if let Some(t) = config.upstream_timeout {
+        lostwrite::nbd::client::set_timeout(t);
+    }
+    let stop = watch_signals()?;
+    // A signal during start ends the start: exports already open are closed cleanly.
+    let mut early = None;
+    let stopped = |early: &mut Option<i32>| {
+        if let Ok(s) = stop.try_recv() {
+            *early = Some(s);
+        }
+        early.is_some()
+    };
     let mut exports = Vec::new();
     let mut scrub_of = Vec::new();
     let mut retain_of = Vec::new();
     let mut down = Vec::new();
     for (spec, scrub_opts) in config.export.iter().zip(scrub) {
+        if stopped(&mut early) {
+            break;
+        }
         match open_export(spec) {
+            Err(e) if stopped(&mut early) => {
+                tracing::warn!("export {:?} ({}) not opened: {e}", spec.name, spec.device);
+                break;
+            }
             Ok(e) => {
                 exports.push(Arc::new(e));
                 scrub_of.push(scrub_opts);
@@ -463,6 +518,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     if exports.is_empty() {
         cleanup(&listeners);
+        if let Some(s) = early {
+            tracing::info!("signal {s} during start: stopped before serving anything");
+            return Ok(0);
+        }
         anyhow::bail!("no export could be opened (see the errors above)");
     }
     let alerter = config
@@ -479,11 +538,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if let Some(o) = opts {
             match Scrubber::start(e, *o) {
                 Ok(s) => scrubbers.push(s),
-                Err(err) => tracing::error!("export {:?}: NOT scrubbed: {err}", e.name()),
+                Err(err) => tracing::error!("{}: NOT scrubbed: {err}", label(e.name())),
             }
             tracing::info!(
-                "export {:?}: scrubbing at {:.1} MiB/s, a pass every {}",
-                e.name(),
+                "{}: scrubbing at {:.1} MiB/s, a pass every {}",
+                label(e.name()),
                 o.rate as f64 / (1u64 << 20) as f64,
                 super::show_duration(o.interval)
             );
@@ -497,8 +556,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         match Retainer::start(e, *keep) {
             Ok(r) => {
                 tracing::info!(
-                    "export {:?}: retaining {}{}{} of journal history",
-                    e.name(),
+                    "{}: retaining {}{}{} of journal history",
+                    label(e.name()),
                     keep.age.map(super::show_duration).unwrap_or_default(),
                     if keep.age.is_some() && keep.bytes.is_some() {
                         " and at most "
@@ -509,7 +568,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 );
                 retainers.push(r);
             }
-            Err(err) => tracing::error!("export {:?}: NO retention: {err}", e.name()),
+            Err(err) => tracing::error!("{}: NO retention: {err}", label(e.name())),
         }
     }
     let metrics = match metrics_listener {
@@ -521,13 +580,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     for e in &exports {
         tracing::info!(
-            "serving {} as export {:?}{}",
+            "serving {} as {}{}",
             e.device_name(),
-            e.name(),
+            label(e.name()),
             if e.read_only() { " (read-only)" } else { "" }
         );
     }
     for l in &listeners {
+        if tls.is_none() && !l.loopback_only() {
+            tracing::warn!(
+                "{} is not a loopback address and TLS is off: anyone who can reach it can read and overwrite the device, unauthenticated and unencrypted. Give --tls-cert and --tls-key (tls_cert, tls_key in a config), or listen on a loopback address or a unix socket",
+                l.describe()
+            );
+        }
         tracing::info!(
             "listening on {}{}",
             l.describe(),
@@ -548,21 +613,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     server_config.tls = tls;
     let server = Server::start(exports, listeners, server_config);
-    sd_notify("READY=1");
-    let sig = signals.forever().next();
+    let sig = match early {
+        Some(s) => s,
+        None => {
+            sd_notify("READY=1");
+            stop.recv().unwrap_or(0)
+        }
+    };
     sd_notify("STOPPING=1");
     tracing::info!(
-        "signal {}: finishing requests in flight and closing the ledger (a second signal exits at once, leaving the session unclosed)",
-        sig.unwrap_or(0)
+        "signal {sig}: finishing requests in flight and closing the ledger within {} s (a second signal exits at once, leaving the session unclosed)",
+        STOP_BOUND.as_secs()
     );
-    std::thread::spawn(move || {
-        if let Some(s) = signals.forever().next() {
-            tracing::error!(
-                "signal {s} again: exiting without closing the session (the next start treats it as a crash)"
-            );
-            std::process::exit(1);
-        }
-    });
     let exports = server.shutdown();
     for s in scrubbers {
         s.stop();
@@ -605,24 +667,69 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             c.findings.iter().map(load).sum::<u64>(),
             load(&c.errors),
         );
-        let name = e.name().to_string();
+        let name = label(e.name());
         let failure = e.ledger().and_then(|l| l.session_failure());
         if let Err(err) = e.close() {
-            tracing::error!("export {name:?}: closing: {err}");
+            tracing::error!("{name}: closing: {err}");
             status = 1;
             continue;
         }
         match failure {
-            None => tracing::info!("export {name:?} closed cleanly: {summary}"),
+            None => tracing::info!("{name} closed cleanly: {summary}"),
             Some(why) => {
                 tracing::error!(
-                    "export {name:?}: the session is left unclosed, so the next start and `verify` treat it as a crash: {why}; {summary}"
+                    "{name}: the session is left unclosed, so the next start and `verify` treat it as a crash: {why}; {summary}"
                 );
                 status = 1;
             }
         }
     }
     Ok(status)
+}
+
+/// How long after SIGTERM anything still waits for an NBD upstream.
+const UPSTREAM_STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// What docs/OPERATIONS.md promises: SIGTERM ends `serve` within this (plus the local disk's
+/// own sync time), whatever clients and upstreams do.
+const STOP_BOUND: Duration = Duration::from_secs(30);
+
+/// Starts a thread that turns SIGTERM and SIGINT into a message on the returned channel. From
+/// the first one on, nothing waits for an NBD upstream for ever (connections being made give
+/// up at once, requests after [`UPSTREAM_STOP_GRACE`]); a second one exits at once.
+fn watch_signals() -> anyhow::Result<crossbeam_channel::Receiver<i32>> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = false;
+            for s in signals.forever() {
+                if seen {
+                    tracing::error!(
+                        "signal {s} again: exiting without closing the session (the next start treats it as a crash)"
+                    );
+                    std::process::exit(1);
+                }
+                seen = true;
+                lostwrite::nbd::client::abort_connecting();
+                lostwrite::nbd::client::stop_by(UPSTREAM_STOP_GRACE);
+                let _ = tx.send(s);
+            }
+        })?;
+    Ok(rx)
+}
+
+/// An export as log lines name it: `export "web1"`, or `the unnamed export`.
+fn label(name: &str) -> String {
+    if name.is_empty() {
+        "the unnamed export".into()
+    } else {
+        format!("export {name:?}")
+    }
 }
 
 /// Tells systemd (Type=notify) how the service stands; nothing without $NOTIFY_SOCKET.

@@ -11,20 +11,154 @@
 //! send them (one that does is a protocol error that ends the connection).
 
 use super::proto::{self, cflags, cmd, opt, rep, tflags, Request};
-use super::stream::Stream;
+use super::stream::{write_all_until, Stream, WRITE_SLICE};
 use super::uri::{Endpoint, NbdUri};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-/// How long a request may wait to be written before the connection is declared dead.
-pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long connecting, negotiating, and each request (sending it, then its reply) may take
+/// before the upstream is given up on, unless [`set_timeout`] says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The upstream timeout in milliseconds (process-wide: one setting from the command line or
+/// the config file).
+static TIMEOUT_MS: AtomicU64 = AtomicU64::new(30_000);
+/// Set by [`abort_connecting`]: connections being negotiated give up at once.
+static ABORT: AtomicBool = AtomicBool::new(false);
+/// After [`stop_by`]: milliseconds since [`epoch`] past which nothing waits for an upstream.
+static STOP_AT_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn epoch() -> Instant {
+    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+/// Sets the upstream timeout for every connection opened or request sent from now on (at
+/// least a millisecond).
+pub fn set_timeout(d: Duration) {
+    TIMEOUT_MS.store((d.as_millis() as u64).max(1), Ordering::Relaxed);
+}
+
+/// The upstream timeout.
+pub fn timeout() -> Duration {
+    Duration::from_millis(TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// Makes every connection still negotiating give up now (a stop was asked for during start).
+pub fn abort_connecting() {
+    ABORT.store(true, Ordering::SeqCst);
+}
+
+/// From `d` after now, no request waits any longer for an upstream: shutdown has a bound
+/// whatever the upstream does.
+pub fn stop_by(d: Duration) {
+    let at = (epoch().elapsed() + d).as_millis() as u64;
+    STOP_AT_MS.fetch_min(at, Ordering::SeqCst);
+}
+
+/// When a wait begun now must end, and the reason to give if it does.
+fn deadline() -> (Instant, String) {
+    let (until, stopping) = bound(Instant::now() + timeout());
+    (until, reason(stopping))
+}
+
+/// The earlier of a wait's own deadline and the stop deadline (which may be set while the
+/// wait goes on), and whether it is the stop deadline.
+fn bound(own: Instant) -> (Instant, bool) {
+    match STOP_AT_MS.load(Ordering::Relaxed) {
+        u64::MAX => (own, false),
+        ms => {
+            let stop = epoch() + Duration::from_millis(ms);
+            (stop.min(own), stop < own)
+        }
+    }
+}
+
+/// Why a wait was given up.
+fn reason(stopping: bool) -> String {
+    if stopping {
+        "the service is stopping and gave up waiting".into()
+    } else {
+        format!(
+            "no answer within {} (the upstream timeout; --upstream-timeout or upstream_timeout = sets it)",
+            show(timeout())
+        )
+    }
+}
+
+fn show(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
+}
+
+/// A negotiating connection with one deadline for everything it reads and writes (the socket
+/// times out in short slices so that the deadline and [`abort_connecting`] are looked at).
+struct Bounded<'a> {
+    s: &'a mut Stream,
+    until: Instant,
+    why: String,
+}
+
+impl Bounded<'_> {
+    fn check(&self) -> io::Result<()> {
+        if ABORT.load(Ordering::SeqCst) {
+            // Not ErrorKind::Interrupted, which read_exact would retry.
+            return Err(io::Error::other("a stop was asked for while connecting"));
+        }
+        if Instant::now() >= self.until {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, self.why.clone()));
+        }
+        Ok(())
+    }
+}
+
+fn slow(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.check()?;
+            match self.s.read(buf) {
+                Err(e) if slow(&e) => {}
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            self.check()?;
+            match self.s.write(buf) {
+                Err(e) if slow(&e) => {}
+                r => return r,
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.s.flush()
+    }
+}
+
+/// Reads and writes of a negotiation look at their deadline this often.
+const NEGOTIATION_SLICE: Duration = Duration::from_millis(200);
 
 /// Largest payload asked of a server that states no maximum (the spec's default).
 pub const DEFAULT_MAX_PAYLOAD: u32 = 32 << 20;
@@ -66,20 +200,55 @@ pub fn dial(uri: &NbdUri) -> io::Result<Stream> {
             .map(Stream::Unix)
             .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", p.display()))),
         Endpoint::Tcp(h, port) => {
-            let s = TcpStream::connect((h.as_str(), *port))
-                .map_err(|e| io::Error::new(e.kind(), format!("connecting to {h}:{port}: {e}")))?;
-            s.set_nodelay(true)?;
-            Ok(Stream::Tcp(s))
+            let fail =
+                |e: io::Error| io::Error::new(e.kind(), format!("connecting to {h}:{port}: {e}"));
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
+            for a in (h.as_str(), *port).to_socket_addrs().map_err(fail)? {
+                match TcpStream::connect_timeout(&a, timeout()) {
+                    Ok(s) => {
+                        s.set_nodelay(true)?;
+                        return Ok(Stream::Tcp(s));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        last = io::Error::new(
+                            e.kind(),
+                            format!(
+                                "no answer within {} (the upstream timeout; --upstream-timeout or upstream_timeout = sets it)",
+                                show(timeout())
+                            ),
+                        )
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(fail(last))
         }
     }
 }
 
 /// Runs the fixed-newstyle handshake on a fresh connection and selects `export` with
-/// NBD_OPT_GO. The stream is then in transmission.
+/// NBD_OPT_GO, all within the upstream timeout. The stream is then in transmission, with no
+/// read or write timeout set.
 pub fn negotiate(s: &mut Stream, export: &str) -> io::Result<ExportInfo> {
+    s.set_read_timeout(Some(NEGOTIATION_SLICE))?;
+    s.set_write_timeout(Some(NEGOTIATION_SLICE))?;
+    let (until, why) = deadline();
+    let r = negotiate_by(&mut Bounded { s, until, why }, export);
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    r
+}
+
+fn negotiate_by(s: &mut Bounded, export: &str) -> io::Result<ExportInfo> {
     let mut greeting = [0u8; 18];
-    s.read_exact(&mut greeting)
-        .map_err(|e| io::Error::new(e.kind(), format!("reading the server greeting: {e}")))?;
+    s.read_exact(&mut greeting).map_err(|e| {
+        let msg = if e.kind() == io::ErrorKind::TimedOut {
+            format!("the server accepted the connection but sent no NBD greeting: {e}; check that it is an NBD server and that it is not stuck")
+        } else {
+            format!("reading the server greeting: {e}")
+        };
+        io::Error::new(e.kind(), msg)
+    })?;
     if greeting[0..8] != proto::NBDMAGIC.to_be_bytes() {
         return Err(bad("not an NBD server (bad greeting magic)"));
     }
@@ -119,7 +288,12 @@ pub fn negotiate(s: &mut Stream, export: &str) -> io::Result<ExportInfo> {
     };
     loop {
         let mut h = [0u8; 20];
-        s.read_exact(&mut h)?;
+        s.read_exact(&mut h).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("waiting for the answer to NBD_OPT_GO: {e}"),
+            )
+        })?;
         if h[0..8] != proto::OPT_REPLY_MAGIC.to_be_bytes() {
             return Err(bad("bad option reply magic from the server"));
         }
@@ -212,15 +386,19 @@ pub struct Client {
 impl Client {
     /// Connects to a unix socket and negotiates `export`.
     pub fn connect_unix(socket: &Path, export: &str) -> io::Result<Client> {
-        let mut s = Stream::Unix(UnixStream::connect(socket)?);
-        let info = negotiate(&mut s, export)?;
-        Ok(Client { s, info, cookie: 0 })
+        Self::start(Stream::Unix(UnixStream::connect(socket)?), export)
     }
 
     /// Connects to the server a URI names and negotiates its export.
     pub fn connect(uri: &NbdUri) -> io::Result<Client> {
-        let mut s = dial(uri)?;
-        let info = negotiate(&mut s, &uri.export)?;
+        Self::start(dial(uri)?, &uri.export)
+    }
+
+    fn start(mut s: Stream, export: &str) -> io::Result<Client> {
+        let info = negotiate(&mut s, export)?;
+        // One request at a time: each read and write gets the whole upstream timeout.
+        s.set_read_timeout(Some(timeout()))?;
+        s.set_write_timeout(Some(timeout()))?;
         Ok(Client { s, info, cookie: 0 })
     }
 
@@ -343,7 +521,7 @@ impl Shared {
 
 fn lost(name: &str, why: &str, kind: u16, offset: u64) -> io::Error {
     io::Error::new(
-        io::ErrorKind::BrokenPipe,
+        io::ErrorKind::ConnectionAborted,
         format!(
             "{} at offset {offset}: the connection to {name} is lost ({why}); its outcome is unknown",
             proto::cmd_name(kind)
@@ -369,8 +547,8 @@ impl Connection {
         let mut s = dial(uri)?;
         let info = negotiate(&mut s, &uri.export)?;
         // A server that stops reading must not hold a writer (and everything behind it)
-        // forever: the write fails, and the connection with it.
-        s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        // forever: past the upstream timeout the write fails, and the connection with it.
+        s.set_write_timeout(Some(WRITE_SLICE))?;
         let reader = s.try_clone()?;
         let killer = s.try_clone()?;
         let shared = Arc::new(Shared {
@@ -436,14 +614,20 @@ impl Connection {
         .encode();
         let sent = {
             let mut w = lock(&self.shared.writer);
+            let own = Instant::now() + timeout();
+            let late = || {
+                let (until, stopping) = bound(own);
+                (Instant::now() >= until).then(|| reason(stopping))
+            };
             if payload.len() <= 64 << 10 {
                 // One write for header and a small payload: one syscall, one segment.
                 let mut b = Vec::with_capacity(header.len() + payload.len());
                 b.extend_from_slice(&header);
                 b.extend_from_slice(payload);
-                w.write_all(&b)
+                write_all_until(&mut *w, &b, late)
             } else {
-                w.write_all(&header).and_then(|()| w.write_all(payload))
+                write_all_until(&mut *w, &header, late)
+                    .and_then(|()| write_all_until(&mut *w, payload, late))
             }
         };
         if let Err(e) = sent {
@@ -453,14 +637,31 @@ impl Connection {
         Ok(InFlight { rx })
     }
 
-    /// Waits for a request's reply: the READ payload, or empty.
+    /// Waits for a request's reply: the READ payload, or empty. Past the upstream timeout (or
+    /// the stop deadline) the connection is declared dead, failing this request and every other
+    /// one waiting on it: their outcome is unknown.
     pub fn wait(&self, f: InFlight) -> Reply {
-        f.rx.recv().unwrap_or_else(|_| {
+        let closed = || {
             Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
+                io::ErrorKind::ConnectionAborted,
                 format!("the connection to {} closed", self.shared.name),
             ))
-        })
+        };
+        let own = Instant::now() + timeout();
+        loop {
+            // In slices: a stop begun meanwhile may bring the deadline forward.
+            let (until, stopping) = bound(own);
+            match f.rx.recv_deadline(until.min(Instant::now() + WRITE_SLICE)) {
+                Ok(r) => return r,
+                Err(RecvTimeoutError::Disconnected) => return closed(),
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= until => {
+                    let why = reason(stopping);
+                    self.shared.die(format!("waiting for a reply: {why}"));
+                    return f.rx.recv().unwrap_or_else(|_| closed());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 
     /// Sends a request and waits for its reply.

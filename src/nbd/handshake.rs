@@ -10,6 +10,8 @@ use std::sync::Arc;
 /// Largest option payload accepted; larger ones end the connection (a string is at most 4096
 /// bytes, so no valid option comes close).
 pub const MAX_OPTION: u32 = 64 << 10;
+/// Longest export name (any NBD string): the protocol's limit.
+pub const MAX_NAME: usize = 4096;
 /// Largest request payload served (the protocol's 32 MiB default).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 
@@ -149,6 +151,13 @@ pub fn options<S: Read + Write>(
             continue;
         }
         match option {
+            opt::EXPORT_NAME if data.len() > MAX_NAME => {
+                // No error reply exists for EXPORT_NAME: the refusal is to close.
+                return Ok(Outcome::Closed(format!(
+                    "NBD_OPT_EXPORT_NAME with a name of {} bytes (NBD allows {MAX_NAME})",
+                    data.len()
+                )));
+            }
             opt::EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data);
                 let Some(e) = exports.find(&name) else {
@@ -183,6 +192,10 @@ pub fn options<S: Read + Write>(
                     proto::write_option_reply(s, option, rep::SERVER, &b)?;
                 }
                 proto::write_option_reply(s, option, rep::ACK, b"")?;
+            }
+            opt::INFO | opt::GO if name_length(&data).is_some_and(|n| n > MAX_NAME) => {
+                // The spec's answer to a string over its limit, rather than a lookup.
+                proto::write_option_reply(s, option, rep::ERR_TOO_BIG, b"")?;
             }
             opt::INFO | opt::GO => {
                 let Some((name, requests)) = parse_info_request(&data) else {
@@ -222,6 +235,11 @@ pub fn options<S: Read + Write>(
             _ => proto::write_option_reply(s, option, rep::ERR_UNSUP, b"")?,
         }
     }
+}
+
+/// The name length an INFO/GO request states.
+fn name_length(d: &[u8]) -> Option<usize> {
+    Some(u32::from_be_bytes(d.get(0..4)?.try_into().ok()?) as usize)
 }
 
 /// Parses INFO/GO data: name length, name, request count, requests.

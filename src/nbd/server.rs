@@ -9,12 +9,13 @@
 //!
 //! Shutdown (SIGTERM/SIGINT via [`Server::shutdown`]): listeners stop, every connection stops
 //! reading, requests already read are executed and answered, and then the caller closes the
-//! exports (device and ledger synced, session closed).
+//! exports (device and ledger synced, session closed). A client that has not taken its replies
+//! [`SHUTDOWN_GRACE`] after the stop began is disconnected, so no client can hold a shutdown.
 
 use super::buffers::{Buf, Buffers};
 use super::handshake::{self, Exports, Outcome, MAX_PAYLOAD};
 use super::proto::{self, cflags, cmd, Request};
-use super::stream::{Listener, Stream};
+use super::stream::{write_all_until, Listener, Stream, WRITE_SLICE};
 use crate::service::{errno, Export, OpError};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -57,7 +58,11 @@ impl Default for Config {
 const MAX_DRAIN: u32 = 64 << 20;
 
 /// How long a reply may wait for a client that does not read; then the connection is dropped.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long after a stop begins clients may take to receive their last replies; then the
+/// connections still open are cut.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Largest WRITE executed on the connection's own thread; larger ones go to the workers so
 /// that receiving the next request overlaps with copying this one into the page cache.
@@ -149,6 +154,23 @@ impl Server {
         for s in lock(&shared.conns).values() {
             s.shutdown(Shutdown::Read);
         }
+        // Replies still unread after the grace period are abandoned: the connection is cut,
+        // which ends every write blocked on it at once.
+        let (done, finished) = crossbeam_channel::bounded::<()>(0);
+        let sh = shared.clone();
+        let cutter = std::thread::Builder::new()
+            .name("nbd-stop".into())
+            .spawn(move || {
+                if finished.recv_timeout(SHUTDOWN_GRACE).is_err_and(|e| e.is_timeout()) {
+                    for (id, s) in lock(&sh.conns).iter() {
+                        tracing::warn!(
+                            "connection {id}: its client has not taken its replies {} s into the stop; disconnecting it",
+                            SHUTDOWN_GRACE.as_secs()
+                        );
+                        s.shutdown(Shutdown::Both);
+                    }
+                }
+            });
         loop {
             let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&shared.threads));
             if handles.is_empty() {
@@ -157,6 +179,10 @@ impl Server {
             for h in handles {
                 let _ = h.join();
             }
+        }
+        drop(done);
+        if let Ok(c) = cutter {
+            let _ = c.join();
         }
         drop(lock(&shared.jobs).take());
         for w in self.workers {
@@ -273,8 +299,13 @@ fn connection(mut s: Stream, id: u64, shared: &Arc<Shared>) {
         Ok(Outcome::Transmission(export)) => {
             let _ = s.set_read_timeout(None);
             // A client that stops reading its replies must not hold a worker (or shutdown)
-            // forever.
-            let _ = s.set_write_timeout(Some(REPLY_TIMEOUT));
+            // forever: writes wake every slice to look at the reply's deadline. (TLS cannot
+            // resume a timed-out write, so there the socket's own timeout is the deadline.)
+            let slice = match s {
+                Stream::Tls(_) => REPLY_TIMEOUT,
+                _ => WRITE_SLICE,
+            };
+            let _ = s.set_write_timeout(Some(slice));
             tracing::info!(
                 "connection {id} from {peer}: serving export {:?}",
                 export.name()
@@ -318,7 +349,18 @@ impl Replies {
             return;
         }
         let mut s = lock(&self.stream);
-        if let Err(e) = s.write_all(bytes) {
+        let sent = match &*s {
+            Stream::Tls(_) => s.write_all(bytes),
+            _ => {
+                let until = Instant::now() + REPLY_TIMEOUT;
+                write_all_until(&mut *s, bytes, || {
+                    (Instant::now() >= until).then(|| {
+                        format!("the client took no reply for {} s", REPLY_TIMEOUT.as_secs())
+                    })
+                })
+            }
+        };
+        if let Err(e) = sent {
             tracing::info!("client gone while replying: {e}");
             self.dead.store(true, Ordering::Relaxed);
             s.shutdown(Shutdown::Both);

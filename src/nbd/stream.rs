@@ -6,6 +6,41 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// How long one blocking write waits before its caller's deadline is looked at again (the
+/// socket's write timeout where [`write_all_until`] is used).
+pub const WRITE_SLICE: Duration = Duration::from_secs(1);
+
+/// Writes all of `buf` to a socket whose write timeout is a short slice, calling `give_up`
+/// whenever a write leaves something unsent: when it returns a reason, the write fails with it
+/// (ErrorKind::TimedOut). So a peer that stops reading holds the writer for a bounded time,
+/// even when each write moves a little.
+pub fn write_all_until(
+    w: &mut impl Write,
+    mut buf: &[u8],
+    give_up: impl Fn() -> Option<String>,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        match w.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        if !buf.is_empty() {
+            if let Some(why) = give_up() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, why));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A client connection.
 pub enum Stream {
     /// Unix socket.
@@ -96,35 +131,91 @@ impl Write for Stream {
 
 /// A listening socket.
 pub enum Listener {
-    /// Unix socket at a path (removed when the server stops).
-    Unix(UnixListener, PathBuf),
+    /// Unix socket at a path, with the device and inode it was bound as: it is removed when
+    /// the server stops only if the path still is that very socket.
+    Unix(UnixListener, PathBuf, (u64, u64)),
     /// TCP.
     Tcp(TcpListener),
 }
 
+/// What is at a path, in words, for a refusal.
+fn kind_of(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_file() {
+        "a regular file"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "something that is not a socket"
+    }
+}
+
 impl Listener {
-    /// Binds a unix socket with mode 0600. A stale socket file (nobody listening) is replaced;
-    /// a live one is refused.
+    /// Binds a unix socket with mode 0600. Nothing but a stale socket is ever replaced: the path
+    /// must hold nothing, or a socket (by lstat, so never through a symbolic link) whose
+    /// connect is refused (ECONNREFUSED). A live socket, a regular file, a directory, a link or
+    /// anything else is refused and left alone.
     pub fn unix(path: &Path) -> io::Result<Listener> {
-        if path.exists() {
-            match UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "another server is listening on this socket",
-                    ))
-                }
-                Err(_) => std::fs::remove_file(path)?,
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let refuse = |kind: io::ErrorKind, why: String| {
+            Err(io::Error::new(
+                kind,
+                format!(
+                    "{why}; give another socket path (--socket PATH, or socket = in the config)"
+                ),
+            ))
+        };
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return refuse(e.kind(), format!("cannot tell what is at this path ({e})")),
+            Ok(m) if !m.file_type().is_socket() => {
+                return refuse(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is there, and only a stale socket is ever replaced: it is left untouched",
+                        kind_of(&m.file_type())
+                    ),
+                )
             }
+            Ok(m) => match UnixStream::connect(path) {
+                Ok(_) => {
+                    return refuse(
+                        io::ErrorKind::AddrInUse,
+                        "another server is listening on this socket; stop it first".into(),
+                    )
+                }
+                Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {
+                    // Stale (nobody listens): removed only if it is still the socket examined.
+                    let now = std::fs::symlink_metadata(path)?;
+                    if (now.dev(), now.ino()) != (m.dev(), m.ino()) {
+                        return refuse(
+                            io::ErrorKind::AlreadyExists,
+                            "the stale socket here was replaced by something else meanwhile; it is left untouched".into(),
+                        );
+                    }
+                    std::fs::remove_file(path)?;
+                }
+                Err(e) => {
+                    return refuse(
+                        e.kind(),
+                        format!(
+                            "a socket is there and connecting to it failed ({e}), so it is not known to be stale: it is left untouched (remove it yourself if no server uses it)"
+                        ),
+                    )
+                }
+            },
         }
         // Created with mode 0600 from the start: no window in which others could connect.
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
         let r = UnixListener::bind(path);
         nix::sys::stat::umask(old);
         let l = r?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(Listener::Unix(l, path.to_path_buf()))
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Listener::Unix(l, path.to_path_buf(), (m.dev(), m.ino())))
     }
 
     /// Binds a TCP listener.
@@ -135,7 +226,7 @@ impl Listener {
     /// Waits for a connection.
     pub fn accept(&self) -> io::Result<Stream> {
         Ok(match self {
-            Listener::Unix(l, _) => Stream::Unix(l.accept()?.0),
+            Listener::Unix(l, ..) => Stream::Unix(l.accept()?.0),
             Listener::Tcp(l) => {
                 let s = l.accept()?.0;
                 s.set_nodelay(true)?;
@@ -147,7 +238,7 @@ impl Listener {
     /// Where it listens, for messages.
     pub fn describe(&self) -> String {
         match self {
-            Listener::Unix(_, p) => format!("unix socket {}", p.display()),
+            Listener::Unix(_, p, _) => format!("unix socket {}", p.display()),
             Listener::Tcp(l) => format!(
                 "tcp {}",
                 l.local_addr().map(|a| a.to_string()).unwrap_or_default()
@@ -155,11 +246,19 @@ impl Listener {
         }
     }
 
+    /// Whether only this host can connect: a unix socket, or TCP on a loopback address.
+    pub fn loopback_only(&self) -> bool {
+        match self {
+            Listener::Unix(..) => true,
+            Listener::Tcp(l) => l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+        }
+    }
+
     /// Wakes a thread blocked in `accept` (it returns an error) and stops listening.
     pub fn stop(&self) {
         use std::os::fd::AsFd;
         let fd = match self {
-            Listener::Unix(l, _) => l.as_fd(),
+            Listener::Unix(l, ..) => l.as_fd(),
             Listener::Tcp(l) => l.as_fd(),
         };
         let _ = nix::sys::socket::shutdown(
@@ -168,10 +267,21 @@ impl Listener {
         );
     }
 
-    /// Removes the socket file of a unix listener.
+    /// Removes the socket file of a unix listener, if the path still is the socket bound
+    /// (same device and inode): whatever replaced it meanwhile is left alone.
     pub fn cleanup(&self) {
-        if let Listener::Unix(_, p) = self {
-            let _ = std::fs::remove_file(p);
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if let Listener::Unix(_, p, id) = self {
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.file_type().is_socket() && (m.dev(), m.ino()) == *id => {
+                    let _ = std::fs::remove_file(p);
+                }
+                Ok(_) => tracing::warn!(
+                    "{}: no longer the socket this server bound (replaced meanwhile); left in place",
+                    p.display()
+                ),
+                Err(_) => {}
+            }
         }
     }
 }

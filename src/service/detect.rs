@@ -99,7 +99,7 @@ impl Drops {
         }
         let n = total - self.said;
         tracing::warn!(
-            export = %e.name(),
+            export = e.log_name(),
             "{n} stale reads were not classified (the detection queue of {QUEUE} was full): \
              blocks are stale that no finding names; run `lostwrite verify` to judge every block"
         );
@@ -175,7 +175,7 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
         Ok(f) => f,
         Err(err) => {
             tracing::error!(
-                export = %e.name(),
+                export = e.log_name(),
                 "classifying {} stale blocks failed: {err}",
                 mismatches.len()
             );
@@ -199,7 +199,7 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
     let mut quiet = 0usize;
     for (i, ((f, s), new)) in findings.iter().zip(&batch).zip(fresh).enumerate() {
         if !new {
-            tracing::debug!(export = %e.name(), "block {} is still {} ({})", f.block, f.kind.name(), s.source);
+            tracing::debug!(export = e.log_name(), "block {} is still {} ({})", f.block, f.kind.name(), s.source);
             continue;
         }
         e.counters.findings[f.kind as usize].fetch_add(1, Ordering::Relaxed);
@@ -213,7 +213,7 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
             continue;
         }
         tracing::warn!(
-            export = %e.name(),
+            export = e.log_name(),
             "finding ({}): block {} (offset {}) is {}: {}",
             s.source,
             f.block,
@@ -227,7 +227,7 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
     }
     if quiet > 0 {
         tracing::warn!(
-            export = %e.name(),
+            export = e.log_name(),
             "{quiet} more new findings in this batch (all in findings.jsonl and the metrics)"
         );
     }

@@ -252,6 +252,12 @@ impl Export {
         &self.name
     }
 
+    /// The name as a log field: none for the unnamed export, so that a line does not end in an
+    /// empty `export=`.
+    pub fn log_name(&self) -> Option<&str> {
+        (!self.name.is_empty()).then_some(self.name.as_str())
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.geo.device_size
@@ -431,7 +437,7 @@ impl Export {
         // logged each, then one in a thousand (the metrics and the findings log count them all).
         if n < 100 || n % 1000 == 0 {
             tracing::warn!(
-                export = %self.name,
+                export = self.log_name(),
                 "block {block} (offset {}) does not hold generation {generation} on {how}: a lost or misplaced write ({} stale reads so far; run `lostwrite verify` after stopping the service)",
                 self.geo.offset(block),
                 n + 1

@@ -129,7 +129,10 @@ fn pause(stopped: &Receiver<()>, d: Duration) -> bool {
 
 fn run(export: Weak<Export>, dir: PathBuf, opts: ScrubOptions, stopped: Receiver<()>) {
     let mut st = ScrubState::load(&dir);
-    let Some((geo, name)) = export.upgrade().map(|e| (e.geo, e.name().to_string())) else {
+    let Some((geo, name)) = export
+        .upgrade()
+        .map(|e| (e.geo, e.log_name().map(str::to_string)))
+    else {
         return;
     };
     let bs = geo.block_size as u64;
@@ -141,7 +144,12 @@ fn run(export: Weak<Export>, dir: PathBuf, opts: ScrubOptions, stopped: Receiver
         st.pass_started = None;
     }
     if st.next_block > 0 {
-        tracing::info!(export = %name, "scrub resumes pass {} at block {}", st.passes + 1, st.next_block);
+        tracing::info!(
+            export = name.as_deref(),
+            "scrub resumes pass {} at block {}",
+            st.passes + 1,
+            st.next_block
+        );
     }
     let mut buf = vec![0u8; (chunk_blocks * bs) as usize];
     loop {
@@ -164,7 +172,7 @@ fn run(export: Weak<Export>, dir: PathBuf, opts: ScrubOptions, stopped: Receiver
                     stale += c.stale;
                 }
                 Err(err) => tracing::error!(
-                    export = %name,
+                    export = name.as_deref(),
                     "scrub: reading {len} bytes at offset {offset} (block {first}): {err}; going on"
                 ),
             }
@@ -198,7 +206,7 @@ fn run(export: Weak<Export>, dir: PathBuf, opts: ScrubOptions, stopped: Receiver
             e.counters.scrub_position.store(0, Ordering::Relaxed);
         }
         tracing::info!(
-            export = %name,
+            export = name.as_deref(),
             "scrub pass {} done: {} MiB in {:.1} s ({:.2} MiB/s, set {:.2}); {checked} blocks checked, {skipped} skipped (changing), {stale} stale",
             st.passes,
             read_bytes >> 20,

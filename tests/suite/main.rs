@@ -22,4 +22,5 @@ mod service;
 mod tls;
 mod trust_cli;
 mod trust_media;
+mod trust_serve;
 mod upstream;
