@@ -20,4 +20,5 @@ mod protocol;
 mod retention;
 mod service;
 mod tls;
+mod trust_ledger;
 mod upstream;
