@@ -832,11 +832,18 @@ impl Ledger {
         *lock_mutex(&self.header)
     }
 
-    /// Bytes the journal's segment files hold now.
+    /// Bytes the journal's segment files hold now (not bytes moved aside beside them).
     pub fn journal_bytes(&self) -> u64 {
         std::fs::read_dir(self.dir.join(JOURNAL_DIR))
             .map(|d| {
-                d.filter_map(|e| e.ok()?.metadata().ok())
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(segment::parse_name)
+                            .is_some()
+                    })
+                    .filter_map(|e| e.metadata().ok())
                     .filter(|m| m.is_file())
                     .map(|m| m.len())
                     .sum()
