@@ -37,8 +37,9 @@ enum Op {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Repair what can be repaired: truncate a torn journal tail and rewrite a damaged state
-        /// table from the journal.
+        /// Repair what can be repaired: truncate a torn journal tail, move bytes found after the
+        /// journal's clean end aside (to SEGMENT.foreign-OFFSET), and rewrite a damaged or
+        /// missing state table from the journal.
         #[arg(long)]
         repair: bool,
     },
@@ -112,7 +113,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     );
                 } else {
                     outln!(
-                        "ledger {} has {} problem{}; `lostwrite ledger check --repair` rebuilds a damaged state table from the journal; damage to the journal, baseline or metadata needs a copy of the ledger",
+                        "ledger {} has {} problem{}; `lostwrite ledger check --repair` rebuilds a damaged or missing state table from the journal and moves bytes found after the journal's clean end aside; other damage to the journal, baseline, compacted history or metadata needs a copy of the ledger",
                         dir.display(),
                         rep.problems.len(),
                         if rep.problems.len() == 1 { "" } else { "s" }
