@@ -155,7 +155,8 @@ fn a_deleted_journal_directory_is_named() {
 
 /// After a clean close the journal was synced through its end and nothing of ours appended:
 /// bytes found there are no crash's torn tail. They are damage (named with file and offset);
-/// `ledger check --repair` moves them aside, destroying nothing.
+/// `ledger check --repair` moves them aside, destroying nothing. After a crash they are still
+/// a torn tail.
 #[test]
 fn bytes_after_a_clean_close_are_damage_not_a_crash_torn_tail() {
     let s = Scratch::new(BS * 64);
@@ -203,6 +204,7 @@ fn bytes_after_a_clean_close_are_damage_not_a_crash_torn_tail() {
     assert_eq!(std::fs::read(&kept).unwrap(), junk);
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), end);
     verify_clean_at(&s);
+    bytes_after_a_crashed_session_are_still_a_torn_tail();
 }
 
 /// `status`, `history` and `ledger dump` read a damaged state table (rebuilding their view
@@ -322,4 +324,34 @@ fn ledger_paths_that_are_not_ledgers_are_named_for_what_they_are() {
     let o = run(&["init"], &empty, Some(&s.image));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("already exists"), "{}", text(&o));
+}
+
+/// The same kind of bytes after a session that never closed (a crash) are still a torn tail:
+/// ignored by readers with a warning that says so.
+fn bytes_after_a_crashed_session_are_still_a_torn_tail() {
+    let s = Scratch::new(BS * 64);
+    s.init(BS as u32, true);
+    {
+        let (l, dev) = s.writer(false);
+        write_through(&l, &dev, 3, &Rng(9).block(BS as usize), false);
+        flush(&l, &dev);
+        // Dropped without close: the process died.
+    }
+    let seg = last_segment(&s.ledger);
+    let end = std::fs::metadata(&seg).unwrap().len();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0xab; 30]).unwrap();
+    }
+    let o = run(&["verify", "--json"], &s.ledger, Some(&s.image));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let w = v["ledger_warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        w.contains(&format!("torn tail at offset {end}")) && w.contains("left by a crash"),
+        "{v}"
+    );
+    let o = run(&["ledger", "check"], &s.ledger, None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
