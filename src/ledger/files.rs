@@ -16,8 +16,9 @@
 
 use super::fold::{self, Fold};
 use super::meta::Meta;
-use super::reader::TornTail;
+use super::reader::{JournalEnd, TornTail};
 use super::record::{Lsn, Record};
+use super::state::StateHeader;
 use super::{frame, reader, segment, BASELINE_FILE, JOURNAL_DIR};
 use crate::error::{Error, IoContext, Result};
 use std::io::{Read, Write};
@@ -209,4 +210,31 @@ pub fn creatable(dir: &Path) -> Result<bool> {
             )))
         }
     }
+}
+
+/// The error for a journal that ends before the state table's checkpoint: names the segment
+/// the checkpoint lies in when that file is gone, else the journal.
+pub fn journal_short(jdir: &Path, end: &JournalEnd, h: &StateHeader) -> Error {
+    let last = end.segments.last().map_or(0, |s| s.number);
+    let (segment, _) = h.checkpoint_pos;
+    if segment > last {
+        return Error::damaged(
+            segment::path(jdir, segment),
+            0,
+            format!(
+                "journal segment {segment} is missing: the state table was checkpointed at LSN {} in it, but the journal ends with segment {last} at LSN {}; {RESTORE}",
+                h.checkpoint_lsn,
+                end.next_lsn - 1
+            ),
+        );
+    }
+    Error::damaged(
+        jdir,
+        0,
+        format!(
+            "the journal ends at LSN {} but the state table was checkpointed at LSN {}: journal records are missing (a segment was truncated or restored from an older copy); {RESTORE}",
+            end.next_lsn - 1,
+            h.checkpoint_lsn
+        ),
+    )
 }

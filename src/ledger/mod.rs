@@ -640,15 +640,7 @@ impl Ledger {
         }
         if let (Some(h), Some(e)) = (header, &end) {
             if !live && e.next_lsn - 1 < h.checkpoint_lsn {
-                return Err(Error::damaged(
-                    &jdir,
-                    0,
-                    format!(
-                        "the journal ends at LSN {} but the state table was checkpointed at LSN {}: journal records are missing (a segment was truncated or restored from an older copy)",
-                        e.next_lsn - 1,
-                        h.checkpoint_lsn
-                    ),
-                ));
+                return Err(files::journal_short(&jdir, e, &h));
             }
         }
         let mut end = end.expect("journal scanned");

@@ -355,3 +355,50 @@ fn bytes_after_a_crashed_session_are_still_a_torn_tail() {
     let o = run(&["ledger", "check"], &s.ledger, None);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+/// A ledger written in 4 KiB segments in one clean session: (ledger, sorted segment paths).
+fn segmented(s: &Scratch) -> Vec<std::path::PathBuf> {
+    s.init(BS as u32, true);
+    let dev = s.device(true);
+    let mut opts = OpenOptions::new(Access::Write);
+    opts.segment_bytes = 4096;
+    let mut l = Ledger::open(&s.ledger, Some((dev.identity(), dev.size())), opts).unwrap();
+    l.begin_session(false).unwrap();
+    let mut rng = Rng(6);
+    for i in 0..300u64 {
+        write_through(&l, &dev, i % 64, &rng.block(BS as usize), false);
+    }
+    flush(&l, &dev);
+    l.close(|| dev.flush()).unwrap();
+    let mut segs: Vec<_> = std::fs::read_dir(s.ledger.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 4, "{segs:?}");
+    segs
+}
+
+/// Journal segments are files the chain and the state table's checkpoint promise: a deleted
+/// one, in the middle or at the end, is named by its own path (the file to restore), not by
+/// the segment after it or the journal as a whole.
+#[test]
+fn a_deleted_journal_segment_is_named_by_its_own_path() {
+    for which in ["middle", "last"] {
+        let s = Scratch::new(BS * 64);
+        let segs = segmented(&s);
+        let gone = if which == "middle" {
+            segs[1].clone()
+        } else {
+            segs.last().unwrap().clone()
+        };
+        std::fs::remove_file(&gone).unwrap();
+        all_name(&s, &gone);
+        let o = run(&["verify"], &s.ledger, Some(&s.image));
+        assert!(
+            text(&o).contains("is missing") && text(&o).contains("restore"),
+            "{which}: {}",
+            text(&o)
+        );
+    }
+}
