@@ -132,21 +132,38 @@ pub fn foreign_tail(t: &TornTail) -> Error {
 /// the journal reader ignores), synced, so cutting them off destroys nothing.
 pub fn save_foreign(t: &TornTail) -> Result<PathBuf> {
     let bytes = std::fs::read(&t.path).ctx(&t.path, "reading the journal segment")?;
-    let mut name = t.path.clone().into_os_string();
-    name.push(format!(".foreign-{}", t.offset));
-    let kept = PathBuf::from(name);
     let tail = bytes.get(t.offset as usize..).unwrap_or_default();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&kept)
-        .ctx(
-            &kept,
-            "creating a file for bytes found after the journal's end",
-        )?;
+    // A repair interrupted before it truncated left a copy already: that one stays too.
+    let mut n = 0u32;
+    let (kept, mut f) = loop {
+        let mut name = t.path.clone().into_os_string();
+        name.push(format!(".foreign-{}", t.offset));
+        if n > 0 {
+            name.push(format!(".{n}"));
+        }
+        let p = PathBuf::from(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            r => {
+                let f = r.ctx(
+                    &p,
+                    "creating a file for bytes found after the journal's end",
+                )?;
+                break (p, f);
+            }
+        }
+    };
     f.write_all(tail)
         .and_then(|_| f.sync_all())
         .ctx(&kept, "saving bytes found after the journal's end")?;
+    // The copy's name must outlive a crash before the segment is truncated.
+    if let Some(dir) = kept.parent() {
+        super::writer::sync_dir(dir)?;
+    }
     Ok(kept)
 }
 
