@@ -234,5 +234,5 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         out!("{text}");
     }
-    Ok(0)
+    Ok(super::ledger::damaged(&ledger))
 }

@@ -37,8 +37,9 @@ enum Op {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Repair what can be repaired: truncate a torn journal tail and rewrite a damaged state
-        /// table from the journal.
+        /// Repair what can be repaired: truncate a torn journal tail, move bytes found after the
+        /// journal's clean end aside (to SEGMENT.foreign-OFFSET), and rewrite a damaged or
+        /// missing state table from the journal.
         #[arg(long)]
         repair: bool,
     },
@@ -79,7 +80,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         Op::Check { at, json, repair } => {
             let dir = resolve_ledger(at.device.as_deref(), at.ledger.as_ref())?;
             if repair {
-                let mut l = Ledger::open(&dir, None, OpenOptions::new(Access::Write))?;
+                let mut opts = OpenOptions::new(Access::Write);
+                opts.repair = true;
+                let mut l = Ledger::open(&dir, None, opts)?;
                 for w in &l.recovery().warnings {
                     errln!("repair: {w}");
                 }
@@ -110,7 +113,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     );
                 } else {
                     outln!(
-                        "ledger {} has {} problem{}; `lostwrite ledger check --repair` rebuilds a damaged state table from the journal; damage to the journal, baseline or metadata needs a copy of the ledger",
+                        "ledger {} has {} problem{}; `lostwrite ledger check --repair` rebuilds a damaged or missing state table from the journal and moves bytes found after the journal's clean end aside; other damage to the journal, baseline, compacted history or metadata needs a copy of the ledger",
                         dir.display(),
                         rep.problems.len(),
                         if rep.problems.len() == 1 { "" } else { "s" }
@@ -127,6 +130,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         } => {
             let dir = resolve_ledger(at.device.as_deref(), at.ledger.as_ref())?;
             let l = Ledger::open(&dir, None, OpenOptions::new(Access::Live))?;
+            let geo = l.geometry();
+            if let Some(b) = block.filter(|&b| b >= geo.block_count()) {
+                anyhow::bail!(
+                    "--block {b}: beyond the device's {} blocks of {} bytes (blocks are numbered from 0)",
+                    geo.block_count(),
+                    geo.block_size
+                );
+            }
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut err: Option<std::io::Error> = None;
@@ -166,7 +177,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 return Err(e.into());
             }
             out.flush()?;
-            Ok(0)
+            Ok(damaged(&l))
         }
         Op::Compact {
             at,
@@ -240,6 +251,18 @@ fn compact(dir: &std::path::Path, keep: Retention, json: bool) -> anyhow::Result
         );
     }
     Ok(0)
+}
+
+/// Says on stderr that the ledger's state table is damaged (the output was made from a view
+/// rebuilt from the journal) and gives the exit status: 2 when damaged.
+pub fn damaged(l: &Ledger) -> i32 {
+    match l.state_damage() {
+        Some(d) => {
+            errln!("lostwrite: ledger damaged: {d}");
+            2
+        }
+        None => 0,
+    }
 }
 
 fn describe(r: &Record) -> String {

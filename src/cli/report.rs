@@ -115,10 +115,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         out!("{}", rep.human(a.max_rows));
     }
-    if damaged {
-        tracing::error!(
-            "the ledger's state table failed its checks and was rebuilt from the journal for this report; run `lostwrite ledger check`"
-        );
+    // Also with saved findings, which ran no verification: the ledger itself is trouble.
+    if let Some(why) = ledger.state_damage() {
+        damaged = true;
+        tracing::error!("{why}");
     }
     if untracked {
         tracing::error!(

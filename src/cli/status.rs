@@ -57,7 +57,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut status = 0;
     for (name, dir) in &targets {
         match one(dir, name, live.as_deref()) {
-            Ok(v) => all.push(v),
+            Ok(v) => {
+                if !v["ledger_damage"].is_null() {
+                    status = 2;
+                }
+                all.push(v)
+            }
             // With many exports, one unreadable ledger must not hide the others.
             Err(e) if a.config.is_some() => {
                 status = 2;
@@ -158,6 +163,9 @@ fn one(dir: &Path, export: &str, live: Option<&str>) -> anyhow::Result<Value> {
     Ok(json!({
         "export": export,
         "ledger": dir.display().to_string(),
+        "ledger_damage": l.state_damage(),
+        // The damage is said once, above; these are the other notes (a torn tail).
+        "ledger_warnings": l.recovery().warnings.iter().filter(|w| !w.starts_with("state table ")).collect::<Vec<_>>(),
         "device": meta.identity.path,
         "device_size": meta.device_size,
         "block_size": meta.block_size,
@@ -208,6 +216,12 @@ fn human(v: &Value) -> String {
         o += &format!("export   {}\n", s("export"));
     }
     o += &format!("ledger   {}\n", s("ledger"));
+    if let Some(d) = v["ledger_damage"].as_str() {
+        o += &format!("DAMAGED  {d}\n");
+    }
+    for w in v["ledger_warnings"].as_array().into_iter().flatten() {
+        o += &format!("warning  {}\n", w.as_str().unwrap_or(""));
+    }
     o += &format!(
         "device   {} ({} bytes, {} blocks of {} bytes)\n",
         s("device"),

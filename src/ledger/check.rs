@@ -8,7 +8,8 @@ use super::fold::Fold;
 use super::meta::Meta;
 use super::state::{StateHeader, StateTable};
 use super::{
-    apply, journal_start, lock, reader, Replay, BASELINE_FILE, JOURNAL_DIR, META_FILE, STATE_FILE,
+    apply, files, journal_start, lock, open_state, reader, Replay, BASELINE_FILE, JOURNAL_DIR,
+    META_FILE, STATE_FILE,
 };
 use crate::block::{self, Geometry};
 use crate::error::{Error, Result};
@@ -55,6 +56,15 @@ impl CheckReport {
                 offset,
                 what: detail,
             }),
+            Error::Io {
+                path,
+                action,
+                source,
+            } => self.problems.push(Problem {
+                file: path.display().to_string(),
+                offset: 0,
+                what: format!("{action}: {source}"),
+            }),
             other => self.problems.push(Problem {
                 file: String::new(),
                 offset: 0,
@@ -72,10 +82,7 @@ const MAX_LISTED: usize = 20;
 pub fn check(dir: &Path) -> Result<CheckReport> {
     let mut rep = CheckReport::default();
     if !dir.join(META_FILE).exists() {
-        return Err(Error::Ledger {
-            path: dir.to_path_buf(),
-            detail: "no ledger here (no meta file); give the ledger directory with --ledger".into(),
-        });
+        return Err(files::no_ledger(dir));
     }
     let _lock = lock::acquire(dir, false)?;
     let meta = match Meta::read(&dir.join(META_FILE)) {
@@ -100,8 +107,15 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
     } else {
         None
     };
+    let promised = Fold::read(dir, &meta.ledger_id)
+        .and_then(|f| files::check_promised(dir, &meta, f.as_ref()));
+    // Without a promised file the replay below cannot run; the state table is still checked.
+    let incomplete = promised.is_err();
+    if let Err(e) = promised {
+        rep.add(e);
+    }
     let spath = dir.join(STATE_FILE);
-    let state = match StateTable::open(&spath, n, false) {
+    let state = match open_state(&spath, n, false) {
         Ok(s) => Some(s),
         Err(e) => {
             rep.add(e);
@@ -144,6 +158,9 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
                 });
             }
         }
+    }
+    if incomplete {
+        return Ok(rep);
     }
     // A fresh replay of the whole journal, and the file's own view brought up to date.
     let fresh = StateTable::anonymous(n)?;
@@ -206,23 +223,19 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
     match scanned {
         Ok(end) => {
             rep.segments = end.segments.len();
-            if let Some(t) = &end.torn {
-                rep.warnings.push(format!(
+            let clean = header.is_some_and(|h| h.clean);
+            match &end.torn {
+                Some(t) if clean && t.offset > 0 => rep.add(files::foreign_tail(t)),
+                Some(t) => rep.warnings.push(format!(
                     "torn tail in {} at offset {} ({} bytes, never synced: left by a crash; the next writer truncates it)",
                     t.path.display(),
                     t.offset,
                     t.file_len - t.offset
-                ));
+                )),
+                None => {}
             }
-            if end.next_lsn - 1 < ckpt {
-                rep.problems.push(Problem {
-                    file: jdir.display().to_string(),
-                    offset: 0,
-                    what: format!(
-                        "journal ends at LSN {} but the state table was checkpointed at LSN {ckpt}: records are missing",
-                        end.next_lsn - 1
-                    ),
-                });
+            if let Some(h) = header.filter(|_| end.next_lsn - 1 < ckpt) {
+                rep.add(files::journal_short(&jdir, &end, &h));
             }
         }
         Err(e) => {
@@ -249,9 +262,7 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
                     rep.problems.push(Problem {
                         file: spath.display().to_string(),
                         offset: s.entry_offset(b),
-                        what: format!(
-                            "block {b}: the table says {have:?}, the journal says {want:?}"
-                        ),
+                        what: format!("block {b}: the table says {have}, the journal says {want}"),
                     });
                 }
             }

@@ -26,6 +26,7 @@ pub mod baseline;
 pub mod check;
 pub mod codec;
 pub mod compact;
+pub mod files;
 pub mod fold;
 pub mod frame;
 pub mod history;
@@ -93,6 +94,10 @@ pub struct OpenOptions {
     pub segment_bytes: u64,
     /// Most journal bytes one compaction pass folds (see [`compact::MAX_PASS_BYTES`]).
     pub fold_pass_bytes: u64,
+    /// A writer repairing the ledger (`ledger check --repair`): bytes found after the journal's
+    /// clean end, which no lostwrite process wrote, are moved aside to a file beside their
+    /// segment instead of refusing the ledger.
+    pub repair: bool,
 }
 
 impl OpenOptions {
@@ -103,6 +108,7 @@ impl OpenOptions {
             device_moved: false,
             segment_bytes: segment::DEFAULT_SEGMENT_BYTES,
             fold_pass_bytes: compact::MAX_PASS_BYTES,
+            repair: false,
         }
     }
 }
@@ -203,6 +209,18 @@ pub struct Ledger {
     fold_pending: std::sync::atomic::AtomicBool,
     fold_pass_bytes: u64,
     _lock: Option<lock::LedgerLock>,
+}
+
+/// Opens the state table; a missing one is damage (rebuilt from the journal like any other).
+fn open_state(path: &Path, block_count: u64, writable: bool) -> Result<StateTable> {
+    if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Err(Error::damaged(
+            path,
+            0,
+            "the file is missing (derived data: `lostwrite ledger check --repair` writes it anew from the journal)",
+        ));
+    }
+    StateTable::open(path, block_count, writable)
 }
 
 /// Where the journal starts given the compacted history.
@@ -317,12 +335,8 @@ impl Ledger {
         block_size: u32,
         baseline: Option<BaselineSource<'_>>,
     ) -> Result<()> {
-        if dir.exists() {
-            return Err(Error::Ledger {
-                path: dir.to_path_buf(),
-                detail: "a ledger already exists here; verify against it, or move it away to start a new one (its history would be lost)".into(),
-            });
-        }
+        // An empty directory is used (replaced by the new ledger); anything else is refused.
+        let replace_empty = files::creatable(dir)?;
         if device_size == 0 {
             return Err(Error::Usage(format!(
                 "{}: the device is empty (0 bytes); there is nothing to track",
@@ -419,7 +433,12 @@ impl Ledger {
             t,
             nix::fcntl::AT_FDCWD,
             dir,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            // rename(2) replaces only an empty directory, so files put there meanwhile stay.
+            if replace_empty {
+                nix::fcntl::RenameFlags::empty()
+            } else {
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE
+            },
         )
         .map_err(|e| Error::io(dir, "moving the new ledger into place", e.into()))?;
         // The directory now lives under its final name; nothing is left for TempDir to delete.
@@ -436,14 +455,7 @@ impl Ledger {
         opts: OpenOptions,
     ) -> Result<Ledger> {
         if !dir.join(META_FILE).exists() {
-            return Err(Error::Ledger {
-                path: dir.to_path_buf(),
-                detail: if dir.exists() {
-                    "this directory is not a lostwrite ledger (no meta file)".into()
-                } else {
-                    "no ledger here: create one with `lostwrite init DEVICE --baseline`, or give its directory with --ledger".into()
-                },
-            });
+            return Err(files::no_ledger(dir));
         }
         let lock = match opts.access {
             Access::Write => Some(lock::acquire(dir, true)?),
@@ -478,17 +490,27 @@ impl Ledger {
         let geometry = Geometry::new(meta.block_size, meta.device_size);
         let zero_crc = block::zero_checksum(meta.block_size);
         let writable = opts.access == Access::Write;
+        let mut fold = if live {
+            None
+        } else {
+            Fold::read(dir, &meta.ledger_id)?
+        };
+        files::check_promised(dir, &meta, fold.as_ref())?;
         let state_path = dir.join(STATE_FILE);
-        // A state table of the wrong length (cut short, or another ledger's) is replaced by an
-        // empty one and rebuilt from the journal below: it is derived data.
+        // A state table of the wrong length (cut short, or another ledger's) or a missing one is
+        // replaced by an empty one and rebuilt from the journal below: it is derived data.
         let mut replaced: Option<String> = None;
-        let state = match StateTable::open(&state_path, geometry.block_count(), writable) {
+        let state = match open_state(&state_path, geometry.block_count(), writable) {
             Ok(t) => t,
-            Err(e @ Error::Damaged { .. }) if !live => {
-                replaced = Some(e.to_string());
+            Err(Error::Damaged { offset, detail, .. }) if !live => {
+                replaced = Some(format!("at offset {offset}: {detail}"));
                 if writable {
-                    std::fs::remove_file(&state_path)
-                        .ctx(&state_path, "removing a damaged state table")?;
+                    match std::fs::remove_file(&state_path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(Error::io(&state_path, "removing a damaged state table", e))
+                        }
+                        _ => {}
+                    }
                     let h = StateHeader {
                         block_size: meta.block_size,
                         block_count: geometry.block_count(),
@@ -519,11 +541,6 @@ impl Ledger {
         };
         let jdir = dir.join(JOURNAL_DIR);
         let mut recovery = Recovery::default();
-        let mut fold = if live {
-            None
-        } else {
-            Fold::read(dir, &meta.ledger_id)?
-        };
         if writable {
             tidy_after_compaction(dir, fold.as_ref())?;
         }
@@ -623,28 +640,46 @@ impl Ledger {
         }
         if let (Some(h), Some(e)) = (header, &end) {
             if !live && e.next_lsn - 1 < h.checkpoint_lsn {
-                return Err(Error::damaged(
-                    &jdir,
-                    0,
-                    format!(
-                        "the journal ends at LSN {} but the state table was checkpointed at LSN {}: journal records are missing (a segment was truncated or restored from an older copy)",
-                        e.next_lsn - 1,
-                        h.checkpoint_lsn
-                    ),
-                ));
+                return Err(files::journal_short(&jdir, e, &h));
             }
         }
         let mut end = end.expect("journal scanned");
         recovery.previous_clean = !sessions.open;
+        // After a clean end no writer of ours appended past the checkpoint (a new segment's
+        // header aside), so bytes there are no crash's torn tail.
+        let foreign = !live
+            && header.is_some_and(|h| h.clean)
+            && end.torn.as_ref().is_some_and(|t| t.offset > 0);
         if let Some(t) = &end.torn {
-            let msg = format!(
-                "journal {} has a torn tail at offset {} ({}; {} bytes after the last whole frame, never synced: left by a crash){}",
-                t.path.display(),
-                t.offset,
-                t.reason,
-                t.file_len - t.offset,
-                if writable { "; truncated it" } else { "; ignoring it" }
-            );
+            let msg = if foreign {
+                if !(writable && opts.repair) {
+                    return Err(files::foreign_tail(t));
+                }
+                let kept = files::save_foreign(t)?;
+                format!(
+                    "journal {} held {} bytes at offset {} after its clean end, written by no lostwrite process; moved them to {}",
+                    t.path.display(),
+                    t.file_len - t.offset,
+                    t.offset,
+                    kept.display()
+                )
+            } else if live {
+                format!(
+                    "journal {} ends in {} bytes at offset {} that are not yet a whole frame (the running service is appending); ignoring them",
+                    t.path.display(),
+                    t.file_len - t.offset,
+                    t.offset
+                )
+            } else {
+                format!(
+                    "journal {} has a torn tail at offset {} ({}; {} bytes after the last whole frame, never synced: left by a crash){}",
+                    t.path.display(),
+                    t.offset,
+                    t.reason,
+                    t.file_len - t.offset,
+                    if writable { "; truncated it" } else { "; ignoring it" }
+                )
+            };
             tracing::warn!("{msg}");
             recovery.warnings.push(msg);
             recovery.torn_tail = Some(t.clone());
@@ -752,6 +787,17 @@ impl Ledger {
         &self.recovery
     }
 
+    /// The damage opening found in the state table, naming the file and where, and what to do;
+    /// `None` when the table was sound (or not judged: a live view of a running service).
+    pub fn state_damage(&self) -> Option<String> {
+        self.recovery.state_rebuilt.as_ref().map(|why| {
+            format!(
+                "state table {} is damaged ({why}); this run used a view rebuilt from the journal; `lostwrite ledger check --repair` rewrites the file",
+                self.dir.join(STATE_FILE).display()
+            )
+        })
+    }
+
     /// What block `b` should hold now.
     pub fn state(&self, block: u64) -> BlockState {
         self.state.get(block)
@@ -778,11 +824,18 @@ impl Ledger {
         *lock_mutex(&self.header)
     }
 
-    /// Bytes the journal's segment files hold now.
+    /// Bytes the journal's segment files hold now (not bytes moved aside beside them).
     pub fn journal_bytes(&self) -> u64 {
         std::fs::read_dir(self.dir.join(JOURNAL_DIR))
             .map(|d| {
-                d.filter_map(|e| e.ok()?.metadata().ok())
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(segment::parse_name)
+                            .is_some()
+                    })
+                    .filter_map(|e| e.metadata().ok())
                     .filter(|m| m.is_file())
                     .map(|m| m.len())
                     .sum()
@@ -867,6 +920,11 @@ impl Ledger {
             Error::Usage("the ledger was opened read-only; a session needs Access::Write".into())
         })?;
         let mut h = self.header();
+        // The table stops claiming a clean end before anything is appended: a clean header
+        // then means no writer appended past its checkpoint, so bytes found there were written
+        // by no crash of ours (docs/FORMAT.md, "Recovery").
+        h.clean = false;
+        self.state.write_header(&h)?;
         let id = h.last_session + 1;
         let (lsn, _) = j.append(
             &[Record::SessionOpen(SessionOpen {

@@ -145,16 +145,17 @@ pub fn scan(
         let is_last = i + 1 == numbers.len();
         let expected_number = segments.last().map_or(start.segment, |s| s.number + 1);
         if number != expected_number {
+            // Named by the file that is missing, the one to restore.
             return Err(Error::damaged(
-                &path,
+                segment::path(journal_dir, expected_number),
                 0,
                 if segments.is_empty() {
                     format!(
-                        "the journal starts at segment {number}, but segment {expected_number} is missing"
+                        "journal segment {expected_number} is missing: the journal starts at segment {number}; restore the ledger directory from a copy"
                     )
                 } else {
                     format!(
-                        "segment {number} follows segment {} : segment {expected_number} is missing",
+                        "journal segment {expected_number} is missing: segment {number} follows segment {}; restore the ledger directory from a copy",
                         expected_number - 1
                     )
                 },

@@ -45,6 +45,23 @@ pub enum BlockState {
     },
 }
 
+/// As the CLI prints a block's state everywhere: `tracked at generation 1 (crc e68b5f45)`.
+impl std::fmt::Display for BlockState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            BlockState::Tracked { generation, crc } => {
+                write!(f, "tracked at generation {generation} (crc {crc:08x})")
+            }
+            BlockState::Untracked { generation } => {
+                write!(f, "untracked (last generation {generation})")
+            }
+            BlockState::Unknown { generation } => {
+                write!(f, "unknown (the write of generation {generation} failed)")
+            }
+        }
+    }
+}
+
 impl BlockState {
     /// The block's current generation.
     pub fn generation(self) -> Generation {

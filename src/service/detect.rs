@@ -199,7 +199,13 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
     let mut quiet = 0usize;
     for (i, ((f, s), new)) in findings.iter().zip(&batch).zip(fresh).enumerate() {
         if !new {
-            tracing::debug!(export = e.log_name(), "block {} is still {} ({})", f.block, f.kind.name(), s.source);
+            tracing::debug!(
+                export = e.log_name(),
+                "block {} is still {} ({})",
+                f.block,
+                f.kind.name(),
+                s.source
+            );
             continue;
         }
         e.counters.findings[f.kind as usize].fetch_add(1, Ordering::Relaxed);

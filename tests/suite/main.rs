@@ -21,6 +21,7 @@ mod retention;
 mod service;
 mod tls;
 mod trust_cli;
+mod trust_ledger;
 mod trust_media;
 mod trust_serve;
 mod upstream;
