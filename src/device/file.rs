@@ -50,9 +50,13 @@ impl FileDevice {
             .write(writable)
             .open(path)
             .map_err(|e| {
-                let hint = match e.kind() {
-                    io::ErrorKind::NotFound => " (no such file: check the DEVICE argument)",
-                    io::ErrorKind::PermissionDenied => {
+                // EPERM is not about who runs us: root gets it for an immutable file.
+                let hint = match (e.kind(), e.raw_os_error()) {
+                    (io::ErrorKind::NotFound, _) => " (no such file: check the DEVICE argument)",
+                    (_, Some(nix::libc::EPERM)) => {
+                        " (not permitted: the file may be immutable or append-only, see lsattr)"
+                    }
+                    (io::ErrorKind::PermissionDenied, _) => {
                         " (permission denied: run as a user that may open it)"
                     }
                     _ => "",
