@@ -1,6 +1,6 @@
 //! The `lostwrite` binary: parse, run, pick the exit status. Errors print one line naming the
-//! file, offset or argument and what to do, and exit with status 2 ("trouble"); `verify` exits
-//! 1 for failing findings.
+//! file, offset or argument and what to do, and exit with status 2 ("trouble"); `verify` and
+//! `report` exit 1 for failing findings.
 
 mod cli;
 
@@ -75,6 +75,9 @@ fn main() {
             if closed_pipe {
                 0
             } else {
+                if service {
+                    lostwrite::logsink::QueuedStderr::flush(std::time::Duration::from_secs(1));
+                }
                 cli::output::write_stderr(format_args!("lostwrite: error: {}\n", message(&e)));
                 2
             }

@@ -149,6 +149,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let tmp;
     let (dir, keep) = match &a.dir {
         Some(d) => {
+            // The demo makes disk.img, staging/ and more here: never over someone's files.
+            if std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()) {
+                anyhow::bail!(
+                    "--dir {}: not empty; the demo writes disk.img, its ledger and scratch files there, so give a new or empty directory",
+                    d.display()
+                );
+            }
             std::fs::create_dir_all(d).with_context(|| {
                 format!(
                     "--dir {}: cannot create the demo's directory; give a writable place",
@@ -166,12 +173,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let image = dir.join("disk.img");
     let ledger_dir = dir.join("disk.img.ledger");
-    if ledger_dir.exists() {
-        anyhow::bail!(
-            "{}: a ledger from an earlier demo is here; remove it or pick another --dir",
-            ledger_dir.display()
-        );
-    }
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
 
     outln!("== 1. A {IMAGE_MIB} MiB ext4 image with an application's files (mkfs.ext4 -d, no mounting)");

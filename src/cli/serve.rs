@@ -316,6 +316,11 @@ fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
     let bs = validate_block_size(spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE as u64))?;
     let dev = lostwrite::device::open(&spec.device, !spec.read_only)
         .map_err(|e| read_only_hint(spec, e))?;
+    // Read-only, it still judges every read against its ledger: a writer beside it would make
+    // every block it writes look stale. A shared claim keeps writers out, not other readers.
+    if spec.read_only && !spec.no_record {
+        dev.claim()?;
+    }
     let ledger = if spec.no_record {
         tracing::warn!("--no-record: writes are NOT recorded; nothing served now can be verified");
         None
@@ -712,6 +717,7 @@ fn watch_signals() -> anyhow::Result<crossbeam_channel::Receiver<i32>> {
                     tracing::error!(
                         "signal {s} again: exiting without closing the session (the next start treats it as a crash)"
                     );
+                    lostwrite::logsink::QueuedStderr::flush(std::time::Duration::from_millis(500));
                     std::process::exit(1);
                 }
                 seen = true;

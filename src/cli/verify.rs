@@ -54,8 +54,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             progress: !a.json,
         },
     )?;
-    // A copy passing says nothing about the device the findings were made on.
+    // A copy passing says nothing about the device the findings were made on; a cached read
+    // cannot clear what the media lost (the scrubber read past the cache); a damaged ledger
+    // judged against a rebuilt view settles nothing.
     let clear = if a.device_moved {
+        Ok(0)
+    } else if a.cached || report.result == "ledger-damaged" {
+        tracing::info!(
+            "open findings and unclassified stale reads are kept: only a verification of the media with a sound ledger settles them"
+        );
         Ok(0)
     } else {
         verify::findings::clear_verified(&dir, &ledger, &report)

@@ -57,6 +57,11 @@ impl Claim {
                 let m = file.metadata().ctx(path, "stat")?;
                 Err(refused(path, &file_holders(m.dev(), m.ino())))
             }
+            Err(e @ (nix::errno::Errno::ENOLCK | nix::errno::Errno::EOPNOTSUPP)) => Err(Error::io(
+                path,
+                "claiming the device (OFD lock): its filesystem keeps no locks (NFS without a lock manager?), so lostwrite cannot make sure it is the device's only writer; put the image on a filesystem with locking, or enable locking on the mount",
+                std::io::Error::from_raw_os_error(e as i32),
+            )),
             Err(e) => Err(Error::io(
                 path,
                 "claiming the device (OFD lock)",

@@ -84,12 +84,22 @@ fn bound(own: Instant) -> (Instant, bool) {
 
 /// Why a wait was given up.
 fn reason(stopping: bool) -> String {
+    reason_after(stopping, timeout())
+}
+
+/// Why a wait of `allowed` was given up.
+fn reason_after(stopping: bool, allowed: Duration) -> String {
     if stopping {
         "the service is stopping and gave up waiting".into()
-    } else {
+    } else if allowed == timeout() {
         format!(
             "no answer within {} (the upstream timeout; --upstream-timeout or upstream_timeout = sets it)",
-            show(timeout())
+            show(allowed)
+        )
+    } else {
+        format!(
+            "no answer within {} (four times the upstream timeout, for a flush, trim or zeroing; --upstream-timeout or upstream_timeout = sets it)",
+            show(allowed)
         )
     }
 }
@@ -496,6 +506,20 @@ struct Shared {
     name: String,
     /// Set when this side hangs up, so the reader's end is not logged as a failure.
     closing: AtomicBool,
+    /// When the last reply arrived (milliseconds after `epoch()`): a server that answers is
+    /// alive, however long one request of it takes.
+    last_reply_ms: AtomicU64,
+}
+
+impl Shared {
+    fn heard(&self) {
+        self.last_reply_ms
+            .store(epoch().elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last_reply(&self) -> Instant {
+        epoch() + Duration::from_millis(self.last_reply_ms.load(Ordering::Relaxed))
+    }
 }
 
 impl Shared {
@@ -539,6 +563,18 @@ pub struct Connection {
 /// A request sent and not yet answered; [`Connection::wait`] collects it.
 pub struct InFlight {
     rx: Receiver<Reply>,
+    kind: u16,
+}
+
+/// How long a request may go without any sign of life from the upstream. A FLUSH (and a trim or
+/// zeroing, which may sync or walk a whole range) can legitimately keep a healthy server busy
+/// for long on a slow disk with much dirty data, and a timeout fails it for good (the
+/// connection is dropped, the session poisoned): such commands get four times the timeout.
+fn allowance(kind: u16) -> Duration {
+    match kind {
+        cmd::FLUSH | cmd::TRIM | cmd::WRITE_ZEROES => timeout() * 4,
+        _ => timeout(),
+    }
 }
 
 impl Connection {
@@ -557,6 +593,7 @@ impl Connection {
             writer: Mutex::new(s),
             name: uri.to_string(),
             closing: AtomicBool::new(false),
+            last_reply_ms: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let reader = std::thread::Builder::new()
@@ -614,8 +651,12 @@ impl Connection {
         .encode();
         let sent = {
             let mut w = lock(&self.shared.writer);
-            let own = Instant::now() + timeout();
-            let late = || {
+            // Past the timeout without a byte taken: a server that reads slowly is not stuck.
+            let mut own = Instant::now() + timeout();
+            let mut late = |moved: bool| {
+                if moved {
+                    own = Instant::now() + timeout();
+                }
                 let (until, stopping) = bound(own);
                 (Instant::now() >= until).then(|| reason(stopping))
             };
@@ -624,17 +665,17 @@ impl Connection {
                 let mut b = Vec::with_capacity(header.len() + payload.len());
                 b.extend_from_slice(&header);
                 b.extend_from_slice(payload);
-                write_all_until(&mut *w, &b, late)
+                write_all_until(&mut *w, &b, &mut late)
             } else {
-                write_all_until(&mut *w, &header, late)
-                    .and_then(|()| write_all_until(&mut *w, payload, late))
+                write_all_until(&mut *w, &header, &mut late)
+                    .and_then(|()| write_all_until(&mut *w, payload, &mut late))
             }
         };
         if let Err(e) = sent {
             // A partial request leaves the stream unusable: fail everything, this one too.
             self.shared.die(format!("sending a request failed: {e}"));
         }
-        Ok(InFlight { rx })
+        Ok(InFlight { rx, kind })
     }
 
     /// Waits for a request's reply: the READ payload, or empty. Past the upstream timeout (or
@@ -647,15 +688,18 @@ impl Connection {
                 format!("the connection to {} closed", self.shared.name),
             ))
         };
-        let own = Instant::now() + timeout();
+        let started = Instant::now();
+        let allowed = allowance(f.kind);
         loop {
-            // In slices: a stop begun meanwhile may bring the deadline forward.
+            // In slices: a stop begun meanwhile may bring the deadline forward, and a reply to
+            // another request pushes it back (the server is alive, only busy).
+            let own = started.max(self.shared.last_reply()) + allowed;
             let (until, stopping) = bound(own);
             match f.rx.recv_deadline(until.min(Instant::now() + WRITE_SLICE)) {
                 Ok(r) => return r,
                 Err(RecvTimeoutError::Disconnected) => return closed(),
                 Err(RecvTimeoutError::Timeout) if Instant::now() >= until => {
-                    let why = reason(stopping);
+                    let why = reason_after(stopping, allowed);
                     self.shared.die(format!("waiting for a reply: {why}"));
                     return f.rx.recv().unwrap_or_else(|_| closed());
                 }
@@ -709,6 +753,7 @@ fn read_replies(mut s: Stream, sh: &Shared) {
                 format!("reading a reply: {e}")
             };
         }
+        sh.heard();
         let Some((error, cookie)) = proto::parse_simple_reply(&h) else {
             break "the server sent a reply with a bad magic (or a structured reply, which was not negotiated)".into();
         };

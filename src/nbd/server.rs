@@ -353,7 +353,7 @@ impl Replies {
             Stream::Tls(_) => s.write_all(bytes),
             _ => {
                 let until = Instant::now() + REPLY_TIMEOUT;
-                write_all_until(&mut *s, bytes, || {
+                write_all_until(&mut *s, bytes, |_| {
                     (Instant::now() >= until).then(|| {
                         format!("the client took no reply for {} s", REPLY_TIMEOUT.as_secs())
                     })

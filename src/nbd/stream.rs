@@ -11,18 +11,23 @@ use std::time::Duration;
 pub const WRITE_SLICE: Duration = Duration::from_secs(1);
 
 /// Writes all of `buf` to a socket whose write timeout is a short slice, calling `give_up`
-/// whenever a write leaves something unsent: when it returns a reason, the write fails with it
-/// (ErrorKind::TimedOut). So a peer that stops reading holds the writer for a bounded time,
-/// even when each write moves a little.
+/// (told whether that write moved any bytes) whenever a write leaves something unsent: when it
+/// returns a reason, the write fails with it (ErrorKind::TimedOut). So a peer that stops
+/// reading holds the writer for a bounded time; the caller decides whether a peer that reads
+/// slowly counts as stopped (a total deadline) or not (a deadline reset by progress).
 pub fn write_all_until(
     w: &mut impl Write,
     mut buf: &[u8],
-    give_up: impl Fn() -> Option<String>,
+    mut give_up: impl FnMut(bool) -> Option<String>,
 ) -> io::Result<()> {
     while !buf.is_empty() {
+        let mut moved = false;
         match w.write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
+            Ok(n) => {
+                buf = &buf[n..];
+                moved = true;
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -33,7 +38,7 @@ pub fn write_all_until(
             Err(e) => return Err(e),
         }
         if !buf.is_empty() {
-            if let Some(why) = give_up() {
+            if let Some(why) = give_up(moved) {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, why));
             }
         }

@@ -135,6 +135,21 @@ fn errors_say_each_cause_once_and_name_the_path() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains(missing.to_str().unwrap()), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // The demo never writes over someone's files.
+    std::fs::write(d.path().join("disk.img"), b"precious").unwrap();
+    let o = bin()
+        .arg("demo")
+        .arg("--dir")
+        .arg(d.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not empty"), "{err}");
+    assert_eq!(
+        std::fs::read(d.path().join("disk.img")).unwrap(),
+        b"precious"
+    );
     if have("mkfs.ext4") && have("debugfs") {
         let o = bin()
             .args(["demo", "--dir", "/proc/nope"])
@@ -400,7 +415,16 @@ fn stale_reads_the_detector_had_no_room_for_are_never_silent() {
     let json = crate::helpers::lw_ok(bin().args(["status", "--json"]).arg(&f.image));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["stale_reads_unclassified"], dropped);
-    // A whole-device verify judges every block and settles them.
+    // A verify that read the page cache settles nothing.
+    let o = bin()
+        .args(["verify", "--cached"])
+        .arg(&f.image)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let status = crate::helpers::lw_ok(bin().arg("status").arg(&f.image));
+    assert!(status.contains("were not classified"), "{status}");
+    // A whole-device verify of the media judges every block and settles them.
     let o = bin().arg("verify").arg(&f.image).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let status = crate::helpers::lw_ok(bin().arg("status").arg(&f.image));

@@ -277,6 +277,20 @@ fn a_second_claimant_of_a_served_file_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(t.contains(&holder), "{t}");
     assert!(!b.exists(), "a refused init must not leave a ledger");
+    // A read-only serve still judges reads against a ledger: a writer beside it keeps it out.
+    let o = bin()
+        .arg("serve")
+        .arg(&s.image)
+        .args(["--read-only", "--ledger"])
+        .arg(&b)
+        .arg("--socket")
+        .arg(s.dir.path().join("b.sock"))
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains(&holder), "{t}");
     // Readers take no claim.
     let o = bin().arg("verify").arg(&s.image).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

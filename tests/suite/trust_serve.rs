@@ -486,10 +486,15 @@ struct StuckReads(Child);
 
 impl StuckReads {
     fn start(socket: &Path) -> StuckReads {
+        Self::delayed(socket, "delay-read=3600")
+    }
+
+    /// nbdkit's memory plugin behind its delay filter (`delay` as the filter takes it).
+    fn delayed(socket: &Path, delay: &str) -> StuckReads {
         let c = Command::new("nbdkit")
             .args(["-f", "-U"])
             .arg(socket)
-            .args(["--filter=delay", "memory", "4M", "delay-read=3600"])
+            .args(["--filter=delay", "memory", "4M", delay])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -558,4 +563,56 @@ fn an_upstream_request_without_reply_fails_after_the_timeout_and_sigterm_still_s
         "{took:?}: {log}"
     );
     assert!(!front.exists());
+}
+
+#[test]
+fn a_healthy_upstream_that_takes_longer_than_the_timeout_to_zero_is_waited_for() {
+    use lostwrite::nbd::proto::cmd;
+    if !have("nbdkit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.sock");
+    // A slow disk: every zeroing takes 3 s, longer than the 2 s timeout. Like a FLUSH, which
+    // gets the same allowance (four times the timeout), it is slow work, not a dead server.
+    let _nbdkit = StuckReads::delayed(&up, "delay-zero=3");
+    let uri = format!("nbd+unix:///?socket={}", up.display());
+    let ledger = dir.path().join("l");
+    let front = dir.path().join("front.sock");
+    let l = ledger.to_str().unwrap();
+    let svc = Service::start_on(
+        Path::new(&uri),
+        &front,
+        &["--ledger", l, "--upstream-timeout", "2s"],
+    );
+    let mut c = Client::connect(&front, "");
+    let (e, _) = c.call(cmd::WRITE, 0, 0, 8192, &[7u8; 8192]);
+    assert_eq!(e, 0);
+    let t = Instant::now();
+    let (e, _) = c.call(cmd::WRITE_ZEROES, 0, 4096, 4096, &[]);
+    assert_eq!(
+        e,
+        0,
+        "a slow zeroing is not a dead upstream ({:?})",
+        t.elapsed()
+    );
+    assert!(t.elapsed() >= Duration::from_secs(3));
+    let (e, _) = c.call(cmd::FLUSH, 0, 0, 0, &[]);
+    assert_eq!(e, 0);
+    drop(c);
+    let (code, log) = svc.stop_status();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("no answer within"), "{log}");
+    let o = bin()
+        .args(["verify", "--ledger", l, "--upstream-timeout", "10s"])
+        .arg(&uri)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
