@@ -13,7 +13,8 @@
 //!
 //! This module opens and recovers a ledger (truncating a torn journal tail, replaying the journal
 //! past the state table's checkpoint, rebuilding the table when it is damaged) and offers the
-//! recording API the sidecar calls. The durability rules of DESIGN.md are that API's contract:
+//! recording API the sidecar calls. The durability rules of docs/DESIGN.md (section 3, "The
+//! durability protocol") are that API's contract:
 //!
 //! - a change is recorded (its frame is in the kernel) before the caller issues the device write;
 //! - a failed device write is recorded as failed;

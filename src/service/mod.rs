@@ -1,6 +1,7 @@
 //! The service: one export — a device with its ledger — and the operations NBD requests map
-//! to, each following DESIGN.md's durability protocol. The NBD layer parses and replies; this
-//! layer decides what is recorded, in what order, and what the device is asked to do:
+//! to, each following the durability protocol of docs/DESIGN.md (section 3). The NBD layer
+//! parses and replies; this layer decides what is recorded, in what order, and what the device
+//! is asked to do:
 //!
 //! - a change is recorded (its journal frame in the kernel; with `--journal-sync strict`,
 //!   durable) before the device write is issued, while the blocks' range lock orders it

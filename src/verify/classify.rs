@@ -1,7 +1,7 @@
 //! Classifying one mismatched block: a pure function of what the block holds now, its recorded
 //! history, what other blocks were written with the same contents, and whether a crash could
-//! have left an unrecorded write on it. The rules are DESIGN.md's table; docs/VERIFY.md explains
-//! each decision with an example.
+//! have left an unrecorded write on it. The rules are the table of docs/DESIGN.md (section 4,
+//! "Classification contract"); docs/VERIFY.md explains each decision with an example.
 
 use crate::ledger::history::{Change, Event};
 use crate::ledger::record::{Generation, Lsn};

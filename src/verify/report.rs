@@ -1,5 +1,5 @@
-//! The verification report: the contract's JSON object (DESIGN.md, "verify --json") and the
-//! human summary and table.
+//! The verification report: the contract's JSON object (docs/DESIGN.md, section 5, "Command
+//! line and JSON") and the human summary and table.
 
 use super::classify::{Kind, Verdict};
 use crate::clock::rfc3339;
