@@ -9,7 +9,12 @@
 //! baseline    generation-0 checksums from `init --baseline`     (baseline.rs)
 //! journal/    append-only chained segments of checksummed frames (segment.rs, frame.rs,
 //!             reader.rs, writer.rs)
+//! compacted   what retention kept of the segments it deleted    (compact.rs, fold.rs)
+//! findings.jsonl, scrub.json   what `serve` saw online, where the scrubber stands
+//!             (verify/findings.rs, service/scrub.rs)
 //! ```
+//!
+//! Which of these a ledger must have, and how their absence is named, is files.rs.
 //!
 //! This module opens and recovers a ledger (truncating a torn journal tail, replaying the journal
 //! past the state table's checkpoint, rebuilding the table when it is damaged) and offers the

@@ -1,6 +1,6 @@
 //! The NBD wire format (NetworkBlockDevice/nbd `doc/proto.md`): every constant and structure
 //! this project puts on or reads off the wire, one comment per field, big-endian throughout.
-//! Both the server here and a future client share this module.
+//! The server and the client ([`super::client`]) share this module.
 
 use std::io::{self, Read, Write};
 

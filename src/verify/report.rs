@@ -331,8 +331,9 @@ impl Report {
             ),
             _ if !self.findings.is_empty() => writeln!(
                 out,
-                "OK: no lost writes; {} block{} lost only unflushed writes in a crash (allowed; --strict fails them)",
-                self.findings.len(),
+                "OK: no lost writes; {} unflushed and {} uncertain block{} after a crash (allowed: a crash may lose unflushed writes and their records; --strict fails them)",
+                self.summary.unflushed,
+                self.summary.uncertain,
                 if self.findings.len() == 1 { "" } else { "s" }
             ),
             "nothing-tracked" => writeln!(
