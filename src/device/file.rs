@@ -32,12 +32,32 @@ pub struct FileDevice {
     unchecked: AtomicBool,
 }
 
+/// Why direct I/O cannot read this file's media although opening it with O_DIRECT may
+/// succeed: the kernel reports (statx DIOALIGN, Linux 6.1+) no direct I/O support, which some
+/// filesystems then serve from the page cache without a word (ext4 with data=journal, for
+/// one), or an alignment beyond the 4096 bytes our buffers have. `None` when it can, or the
+/// kernel does not say.
+fn dio_refusal(file: &File) -> Option<String> {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let st = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
+    if st.stx_mask & StatxFlags::DIOALIGN.bits() == 0 {
+        return None;
+    }
+    match st.stx_dio_offset_align {
+        0 => Some("the filesystem does no direct I/O on this file (statx reports no O_DIRECT alignment), so O_DIRECT would read the page cache".into()),
+        a if a as usize > DIRECT_ALIGN || st.stx_dio_mem_align as usize > DIRECT_ALIGN => Some(format!(
+            "direct I/O here needs {a}-byte alignment, more than the {DIRECT_ALIGN} bytes lostwrite's buffers have"
+        )),
+        _ => None,
+    }
+}
+
 /// The way to the media.
 enum Media {
     /// The same file opened with O_DIRECT.
     Direct(File),
-    /// O_DIRECT refused: drop each range from the page cache, then read it.
-    Drop,
+    /// No direct I/O here (why): drop each range from the page cache, then read it.
+    Drop(String),
     /// Nothing but the page cache (tmpfs, or the write-back before dropping failed); why.
     Cache(String),
 }
@@ -144,13 +164,16 @@ impl FileDevice {
                     );
                 }
             }
-            let refused = match OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_DIRECT)
-                .open(&self.path)
-            {
-                Ok(f) => return Media::Direct(f),
-                Err(e) => e,
+            let refused = match dio_refusal(&self.file) {
+                Some(why) => why,
+                None => match OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_DIRECT)
+                    .open(&self.path)
+                {
+                    Ok(f) => return Media::Direct(f),
+                    Err(e) => format!("the filesystem refused O_DIRECT ({e})"),
+                },
             };
             // DONTNEED leaves dirty pages in place: write them back first so that the drop can
             // take them (they are then on the media too).
@@ -162,18 +185,18 @@ impl FileDevice {
                         Some(nix::libc::EINVAL) | Some(nix::libc::EROFS)
                     ) =>
                 {
-                    Media::Drop
+                    Media::Drop(refused)
                 }
                 Ok(()) => {
                     tracing::debug!(
-                        "{}: O_DIRECT refused ({refused}); dropping each range from the page cache before reading it",
+                        "{}: {refused}; dropping each range from the page cache before reading it",
                         self.name
                     );
-                    Media::Drop
+                    Media::Drop(refused)
                 }
                 Err(e) => {
                     let why = format!(
-                        "O_DIRECT refused ({refused}) and writing back dirty pages failed ({e}), so the page cache cannot be dropped"
+                        "{refused}, and writing back dirty pages failed ({e}), so the page cache cannot be dropped"
                     );
                     tracing::warn!("{}: {why}; reading through the page cache", self.name);
                     Media::Cache(why)
@@ -274,7 +297,7 @@ impl BlockDevice for FileDevice {
     fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         match self.media() {
             Media::Direct(f) => self.read_direct(f, buf, offset),
-            Media::Drop => {
+            Media::Drop(_) => {
                 let a = DIRECT_ALIGN as u64;
                 let start = offset / a * a;
                 let end = (offset + buf.len() as u64).div_ceil(a) * a;
@@ -317,7 +340,7 @@ impl BlockDevice for FileDevice {
                 mode: ReadMode::Direct,
                 note: None,
             },
-            Media::Drop => {
+            Media::Drop(why) => {
                 let undropped = self.undropped.load(Ordering::Relaxed);
                 let check = if undropped > 0 {
                     format!("; {undropped} bytes stayed in the page cache after the drop (mapped or dirtied by another process) and were read from it")
@@ -328,7 +351,7 @@ impl BlockDevice for FileDevice {
                 };
                 MediaRead {
                     mode: ReadMode::CacheDropped,
-                    note: Some(format!("the filesystem refused O_DIRECT{check}")),
+                    note: Some(format!("{why}{check}")),
                 }
             }
             Media::Cache(why) => MediaRead {

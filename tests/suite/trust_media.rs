@@ -365,7 +365,7 @@ fn a_file_that_refuses_o_direct_is_read_after_dropping_its_cache_and_says_so() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["read"], "cache-dropped", "{v}");
     let note = v["read_note"].as_str().unwrap_or_default();
-    assert!(note.starts_with("the filesystem refused O_DIRECT; "), "{v}");
+    assert!(note.starts_with("the filesystem refused O_DIRECT ("), "{v}");
 }
 
 /// An NBD export is read over NBD, and the output says so rather than claiming the media.
@@ -448,6 +448,60 @@ fn a_file_on_tmpfs_says_the_cache_is_all_there_is() {
             .as_str()
             .unwrap_or_default()
             .contains("tmpfs"),
+        "{v}"
+    );
+}
+
+/// ext4 with data=journal accepts O_DIRECT opens but serves such reads from the page cache: the
+/// kernel says so only through statx (no direct I/O alignment). The read must not be called
+/// direct: the cache is dropped before each read instead, and the note says why.
+#[test]
+fn a_filesystem_that_would_serve_o_direct_from_its_cache_is_not_called_direct() {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("the data=journal test needs root to mount, which CI provides");
+        }
+        eprintln!("SKIP: not root (mounting ext4 needs it)");
+        return;
+    }
+    if !have("mkfs.ext4") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("fs.img");
+    std::fs::File::create(&fs)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&fs));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run(Command::new("mount")
+        .args(["-o", "loop,data=journal"])
+        .arg(&fs)
+        .arg(&mnt));
+    let _mount = Mount(mnt.clone());
+    let image = mnt.join("disk.img");
+    random_image(&image, 4 << 20, 9);
+    let ledger = dir.path().join("disk.ledger");
+    let o = bin()
+        .args(["init", "--baseline", "--ledger"])
+        .arg(&ledger)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bin()
+        .args(["verify", "--json", "--ledger"])
+        .arg(&ledger)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["read"], "cache-dropped", "{v}");
+    assert!(
+        v["read_note"].as_str().unwrap().contains("no direct I/O"),
         "{v}"
     );
 }
