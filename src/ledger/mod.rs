@@ -257,12 +257,26 @@ fn lock_mutex<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A fresh ledger id from the kernel's random pool (getrandom(2), blocking until the pool is
+/// seeded, so an id drawn early at boot is still unpredictable).
 fn random_id() -> Result<[u8; 16]> {
-    use std::io::Read;
+    use rustix::rand::{getrandom, GetRandomFlags};
     let mut id = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut id))
-        .ctx("/dev/urandom", "reading a random ledger id")?;
+    let mut filled = 0;
+    // A signal can cut the call short or interrupt it; 16 bytes are otherwise drawn at once.
+    while filled < id.len() {
+        match getrandom(&mut id[filled..], GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(Error::io(
+                    "getrandom(2)",
+                    "drawing a random ledger id",
+                    e.into(),
+                ))
+            }
+        }
+    }
     Ok(id)
 }
 
