@@ -1,7 +1,9 @@
 //! Prometheus metrics for `serve --metrics HOST:PORT`: `GET /metrics` answers in the text
 //! exposition format, encoded by prometheus-client from the exports' own counters at scrape
 //! time (the I/O path only bumps atomics), every series labelled by export; `GET /healthz`
-//! answers 200 while every export can record, 503 naming those that cannot.
+//! answers 200 while every export can record, 503 naming those that cannot; `GET /status.json`
+//! answers the same live figures as JSON ([`LiveStatus`]), which `status --config` reads, so no
+//! client has to parse the text exposition.
 
 use crate::service::{Export, FLUSH_BUCKETS};
 use crate::verify::classify::Kind;
@@ -9,6 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -223,17 +226,78 @@ pub fn render(exports: &[Arc<Export>]) -> String {
     out
 }
 
+/// The route that answers [`LiveStatus`] as JSON.
+pub const STATUS_PATH: &str = "/status.json";
+
+/// The body of `GET /status.json`: the live figures of every export the service opened.
+/// Fields may be added, never renamed; a reader takes missing ones as their defaults, so a
+/// `status` of one version can read a service of another.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LiveStatus {
+    /// One entry per open export, in the order of the configuration.
+    pub exports: Vec<ExportStatus>,
+}
+
+/// One export's live figures, read from its counters when asked (as `/metrics` reads them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExportStatus {
+    /// The export's name (empty for `serve DEVICE` without `--export`).
+    pub export: String,
+    /// Client connections in transmission now.
+    pub clients: u64,
+    /// The ledger's write session, when one is open.
+    pub session: Option<u64>,
+    /// Write requests (WRITE, WRITE_ZEROES, TRIM) completed.
+    pub writes: u64,
+    /// Read requests completed.
+    pub reads: u64,
+    /// FLUSH requests completed.
+    pub flushes: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+    /// Findings in the findings log not yet cleared.
+    pub findings_open: u64,
+    /// Bytes in the ledger's journal segments.
+    pub journal_bytes: u64,
+    /// Why the export cannot record, when it cannot (what `/healthz` says of it).
+    pub failure: Option<String>,
+}
+
+/// The live figures of every export.
+pub fn live_status(exports: &[Arc<Export>]) -> LiveStatus {
+    LiveStatus {
+        exports: exports
+            .iter()
+            .map(|e| ExportStatus {
+                export: e.name().to_string(),
+                clients: load(&e.counters.clients),
+                session: e.ledger().and_then(|l| l.session_id()),
+                writes: load(&e.counters.writes),
+                reads: load(&e.counters.reads),
+                flushes: load(&e.counters.flushes),
+                errors: load(&e.counters.errors),
+                findings_open: e.findings_log().map_or(0, |f| f.still_open().len()) as u64,
+                journal_bytes: e.ledger().map_or(0, |l| l.journal_bytes()),
+                failure: failure(e),
+            })
+            .collect(),
+    }
+}
+
+/// Why one export cannot record, if it cannot.
+fn failure(e: &Export) -> Option<String> {
+    e.ledger()
+        .and_then(|l| l.session_failure())
+        .or_else(|| e.device_failure())
+}
+
 /// Why exports cannot record, one line each; empty when all is well.
 pub fn health(exports: &[Arc<Export>]) -> Vec<String> {
     exports
         .iter()
-        .filter_map(|e| {
-            let why = e
-                .ledger()
-                .and_then(|l| l.session_failure())
-                .or_else(|| e.device_failure())?;
-            Some(format!("export {:?}: {why}", e.name()))
-        })
+        .filter_map(|e| Some(format!("export {:?}: {}", e.name(), failure(e)?)))
         .collect()
 }
 
@@ -265,7 +329,7 @@ impl MetricsListener {
         &self.addr
     }
 
-    /// Serves `/metrics` and `/healthz` for `exports`; `down` names configured exports that
+    /// Serves `/metrics`, `/healthz` and `/status.json` for `exports`; `down` names configured exports that
     /// could not be opened (health reports them).
     pub fn start(
         self,
@@ -321,9 +385,15 @@ fn serve(server: &tiny_http::Server, exports: &[Arc<Export>], down: &[String]) {
                         .with_header(text("text/plain"))
                 }
             }
-            (Method::Get, _) => {
-                Response::from_string("not found: try /metrics or /healthz\n").with_status_code(404)
+            (Method::Get, STATUS_PATH) => {
+                let body = serde_json::to_string(&live_status(exports))
+                    .expect("plain numbers and strings always serialise");
+                Response::from_string(body + "\n").with_header(text("application/json"))
             }
+            (Method::Get, _) => Response::from_string(format!(
+                "not found: try /metrics, /healthz or {STATUS_PATH}\n"
+            ))
+            .with_status_code(404),
             _ => Response::from_string("only GET\n").with_status_code(405),
         };
         // A scraper that hung up is its own problem.

@@ -1,19 +1,22 @@
 //! `lostwrite status [DEVICE] [--json]` or `lostwrite status --config FILE`: what each ledger
 //! describes and where it stands: blocks, journal, sessions, the last flush, the scrubber, the
-//! open findings, and, when the service publishes metrics, its clients.
+//! open findings, and, when the service publishes metrics, its clients (read as JSON from the
+//! service's `/status.json`, see `lostwrite::metrics::LiveStatus`).
 
 use super::resolve_ledger;
 use lostwrite::clock::rfc3339;
 use lostwrite::ledger::history::{self, SessionEnd};
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions, LOCK_FILE};
+use lostwrite::metrics::{ExportStatus, LiveStatus, STATUS_PATH};
 use lostwrite::service::scrub::ScrubState;
 use lostwrite::verify::findings;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Flags of `status`.
 #[derive(clap::Args, Debug)]
@@ -43,7 +46,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     resolve_ledger(Some(&e.device), e.ledger.as_ref())?,
                 ));
             }
-            (t, c.metrics.and_then(|addr| scrape(&addr)))
+            (t, c.metrics.and_then(|addr| live(&addr)))
         }
         None => (
             vec![(
@@ -56,7 +59,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut all = Vec::new();
     let mut status = 0;
     for (name, dir) in &targets {
-        match one(dir, name, live.as_deref()) {
+        let figures = live
+            .as_ref()
+            .and_then(|l| l.exports.iter().find(|e| e.export == *name));
+        match one(dir, name, figures) {
             Ok(v) => {
                 if !v["ledger_damage"].is_null() {
                     status = 2;
@@ -89,25 +95,52 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     Ok(status)
 }
 
-/// The metrics text of a running service, if it answers.
-fn scrape(addr: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+/// How long `status` waits for a running service's figures, all told; a service that does not
+/// answer by then is shown without them.
+const LIVE_DEADLINE: Duration = Duration::from_secs(5);
+/// The most a `/status.json` answer may hold (a few hundred bytes per export).
+const LIVE_MAX_BYTES: usize = 4 << 20;
+
+/// The live figures of the service whose metrics endpoint is `addr`, if it answers in time.
+fn live(addr: &str) -> Option<LiveStatus> {
+    // Every wait on the service has a deadline: a hung or foreign listener must not hang
+    // `status`, which is what an operator runs when something already seems wrong.
+    let deadline = Instant::now() + LIVE_DEADLINE;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    };
+    let mut s = addr
+        .to_socket_addrs()
+        .ok()?
+        .find_map(|a| TcpStream::connect_timeout(&a, left()?).ok())?;
+    s.set_write_timeout(Some(left()?)).ok()?;
+    write!(s, "GET {STATUS_PATH} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        s.set_read_timeout(Some(left()?)).ok()?;
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+        if raw.len() > LIVE_MAX_BYTES {
+            return None;
+        }
+    }
+    // An HTTP/1.0 request gets a plain body (no chunking) that ends with the connection.
+    let text = std::str::from_utf8(&raw).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
 }
 
-/// One series' value from a metrics text.
-fn series(text: &str, name: &str, export: &str) -> Option<f64> {
-    let key = format!("{name}{{export=\"{export}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn one(dir: &Path, export: &str, live: Option<&str>) -> anyhow::Result<Value> {
+fn one(dir: &Path, export: &str, live: Option<&ExportStatus>) -> anyhow::Result<Value> {
     let l = Ledger::open(dir, None, OpenOptions::new(Access::Live))?;
     let meta = l.meta();
     let geo = l.geometry();
@@ -159,7 +192,7 @@ fn one(dir: &Path, export: &str, live: Option<&str>) -> anyhow::Result<Value> {
         .take(20)
         .map(|f| json!({"block": f.block, "kind": f.kind, "detail": f.detail()}))
         .collect();
-    let clients = live.and_then(|m| series(m, "lostwrite_clients", export));
+    let clients = live.map(|e| e.clients);
     Ok(json!({
         "export": export,
         "ledger": dir.display().to_string(),
@@ -266,7 +299,7 @@ fn human(v: &Value) -> String {
         "flushed  {}\n",
         v["last_flush"].as_str().unwrap_or("never through serve")
     );
-    if let Some(c) = v["clients"].as_f64() {
+    if let Some(c) = v["clients"].as_u64() {
         o += &format!("clients  {c}\n");
     }
     let sc = &v["scrub"];

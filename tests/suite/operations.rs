@@ -446,6 +446,70 @@ fn two_exports_in_one_process_with_a_third_missing() {
     }
 }
 
+/// `status --config` takes a running service's live figures from its `/status.json` route:
+/// with one client connected it says `clients 1`, and `/metrics` still has the same figure.
+#[test]
+fn status_of_a_config_shows_the_client_connected_now() {
+    use lostwrite::nbd::client::Client;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = d.join("a.img");
+    random_image(&img, 4 << 20, 7);
+    lw_ok(bin().args(["init", "--baseline"]).arg(&img));
+    let sock = d.join("host.sock");
+    let cfg = d.join("host.toml");
+    // A fixed port (found free just now): `status` finds the service through the config file.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "socket = {sock:?}\nmetrics = \"127.0.0.1:{port}\"\n\n\
+             [[export]]\nname = \"alpha\"\ndevice = {img:?}\n"
+        ),
+    )
+    .unwrap();
+    let svc = Service::start_config(&cfg, &sock);
+    let _c = Client::connect_unix(&sock, "alpha").unwrap();
+    // The server counts a client once its handshake is over, a moment after the client's.
+    wait_for("the client to be counted", || {
+        let (code, body) = http_get(&svc, "/status.json");
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        code == 200 && v["exports"][0]["clients"] == 1
+    });
+    let (_, body) = http_get(&svc, "/status.json");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["exports"][0]["export"], "alpha", "{body}");
+    assert!(v["exports"][0]["session"].is_u64(), "{body}");
+    let (_, m) = http_get(&svc, "/metrics");
+    assert_eq!(
+        metric(&m, "lostwrite_clients{export=\"alpha\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    let out = lw_ok(bin().args(["status", "--config"]).arg(&cfg));
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["clients", "1"])),
+        "{out}"
+    );
+    let o = bin()
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st[0]["export"], "alpha", "{st}");
+    assert_eq!(st[0]["clients"], 1, "{st}");
+    drop(_c);
+    let log = svc.stop();
+    assert!(log.contains("export \"alpha\" closed cleanly"), "{log}");
+}
+
 /// A config file with mistakes is refused before anything is served, naming the mistake.
 #[test]
 fn bad_config_files_are_refused_with_the_reason() {
