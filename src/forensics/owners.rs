@@ -1,0 +1,439 @@
+//! What owns a damaged block: the partition table says which region holds it, the region's
+//! ext2/3/4 filesystem (asked through debugfs, see [`ext4`]) says which file, directory or
+//! structure owns each of its filesystem blocks, and [`symptom`](super::symptom) gives the
+//! words. A block outside every region, or in a region whose filesystem lostwrite cannot read,
+//! is named as such, never guessed at. The findings mapped here are then summed per owner into
+//! the report's affected list.
+
+use super::ext4::{self, ExtFs, Owner};
+use super::partition::{self, Table};
+use super::symptom::{owner_name, symptom};
+use super::view::FuseView;
+use crate::clock::{self, rfc3339, Micros};
+use crate::device::BlockDevice;
+use crate::error::Result;
+use crate::ledger::Ledger;
+use crate::verify::classify::Kind;
+use crate::verify::report::Finding;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+
+/// What owns a damaged block, and what a user will see.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FileRef {
+    /// "whole disk", "partition 2", ...
+    pub region: String,
+    /// file, directory, block-map, inode-table, bitmap, superblock, descriptors, journal,
+    /// reserved, free, partition-table, unknown-filesystem.
+    pub owner: &'static str,
+    /// Path of the file or directory, where there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Byte range within the file [start, end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<(u64, u64)>,
+    /// The symptom.
+    pub symptom: String,
+    /// The damaged ledger block also holds other owners' filesystem blocks (the ledger block is
+    /// larger than the filesystem's): this owner's part may be intact.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+}
+
+/// A finding with what owns its block.
+#[derive(Clone, Debug, Serialize)]
+pub struct MappedFinding {
+    /// The finding, as `verify --json` gives it.
+    #[serde(flatten)]
+    pub finding: Finding,
+    /// Owners of the block (empty unless `--files`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRef>,
+}
+
+/// One affected file, directory or structure, summed over its findings.
+#[derive(Clone, Debug, Serialize)]
+pub struct Affected {
+    /// Region.
+    pub region: String,
+    /// Owner kind (as in [`FileRef`]).
+    pub owner: &'static str,
+    /// Path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Damaged blocks.
+    pub blocks: usize,
+    /// Byte ranges within the file, merged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bytes: Vec<(u64, u64)>,
+    /// Finding kinds.
+    pub kinds: Vec<Kind>,
+    /// The symptom.
+    pub symptom: String,
+    /// Earliest and latest lost write on these blocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_between: Option<(String, String)>,
+    /// Every damaged ledger block of this owner also held other owners' data: its own part
+    /// may be intact.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub maybe_intact: bool,
+}
+
+/// A region of the device and what the mapper found in it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionInfo {
+    /// Name.
+    pub name: String,
+    /// Byte offset.
+    pub start: u64,
+    /// Bytes.
+    pub len: u64,
+    /// ext2/ext3/ext4, or what is known of it.
+    pub filesystem: String,
+}
+
+/// A block to map: its device offset, and (for a finding) its kind and found time.
+pub type Item = (u64, Option<Kind>, Option<String>);
+
+/// Finds what owns each item's ledger block. Returns the partition scheme, the regions, and the
+/// owners of each item in order.
+pub fn map_blocks(
+    ledger: &Ledger,
+    dev: &dyn BlockDevice,
+    device_path: &str,
+    items: &[Item],
+    notes: &mut Vec<String>,
+) -> Result<(String, Vec<RegionInfo>, Vec<Vec<FileRef>>)> {
+    let table = partition::read_table(dev)
+        .map_err(|e| crate::Error::io(device_path, "reading the partition table", e))?;
+    notes.extend(table.warnings.iter().cloned());
+    let block_size = ledger.geometry().block_size as u64;
+    let disk = Disk::open(table, dev, device_path, block_size, notes);
+    let owners = disk.owners(items, notes);
+    let mut unknown_noted = BTreeSet::new();
+    let all = items
+        .iter()
+        .map(|(offset, kind, found)| {
+            disk.refs(
+                (*offset, *kind, found.as_deref()),
+                &owners,
+                &mut unknown_noted,
+                notes,
+            )
+        })
+        .collect();
+    Ok((disk.table.scheme.to_string(), disk.infos, all))
+}
+
+/// Maps the findings' blocks to their owners (filling in each finding's `files`). Returns the
+/// partition scheme and the regions.
+pub(super) fn map_findings(
+    ledger: &Ledger,
+    dev: &dyn BlockDevice,
+    device_path: &str,
+    mapped: &mut [MappedFinding],
+    notes: &mut Vec<String>,
+) -> Result<(String, Vec<RegionInfo>)> {
+    let items: Vec<Item> = mapped
+        .iter()
+        .map(|f| {
+            (
+                f.finding.offset,
+                Some(f.finding.kind),
+                f.finding.found_time.clone(),
+            )
+        })
+        .collect();
+    let (scheme, regions, files) = map_blocks(ledger, dev, device_path, &items, notes)?;
+    for (f, refs) in mapped.iter_mut().zip(files) {
+        f.files = refs;
+    }
+    Ok((scheme, regions))
+}
+
+/// The regions of a device and the filesystem found in each, ready to be asked who owns a block.
+struct Disk {
+    table: Table,
+    /// What was found in each region, for the report.
+    infos: Vec<RegionInfo>,
+    /// Each region's filesystem, where it is an ext2/3/4 lostwrite can read.
+    filesystems: Vec<Option<ExtFs>>,
+    /// Bytes in a ledger block: what one item covers.
+    block_size: u64,
+    /// The export's file view that debugfs reads, kept mounted until the owners are known.
+    _view: Option<std::result::Result<FuseView, String>>,
+}
+
+impl Disk {
+    /// Detects and opens the filesystem of every region of `table`, noting one that is found but
+    /// cannot be read.
+    fn open(
+        table: Table,
+        dev: &dyn BlockDevice,
+        device_path: &str,
+        block_size: u64,
+        notes: &mut Vec<String>,
+    ) -> Disk {
+        // debugfs opens files only: an NBD export is shown to it through nbdfuse, mounted on the
+        // first filesystem found and kept until the owners are known.
+        let mut view = None;
+        let mut infos = Vec::new();
+        let mut filesystems = Vec::new();
+        for r in &table.regions {
+            let (fs, desc) = match ext4::detect(dev, r) {
+                Some(kind) => match local_path(&mut view, dev, device_path)
+                    .and_then(|p| ExtFs::open(&p, kind, r))
+                {
+                    Ok(fs) => (Some(fs), kind.to_string()),
+                    Err(e) => {
+                        notes.push(format!(
+                            "{}: {kind} found but could not be read: {e}",
+                            r.name
+                        ));
+                        (None, format!("{kind} (unreadable)"))
+                    }
+                },
+                None => (None, "unknown (not ext2/3/4)".to_string()),
+            };
+            infos.push(RegionInfo {
+                name: r.name.clone(),
+                start: r.start,
+                len: r.len,
+                filesystem: desc,
+            });
+            filesystems.push(fs);
+        }
+        Disk {
+            table,
+            infos,
+            filesystems,
+            block_size,
+            _view: view,
+        }
+    }
+
+    /// The region that holds device offset `off`, if any.
+    fn region_of(&self, off: u64) -> Option<usize> {
+        self.table
+            .regions
+            .iter()
+            .position(|r| off >= r.start && off < r.start + r.len)
+    }
+
+    /// The blocks of region `i`'s filesystem `fs` that the ledger block at `off` covers, even in
+    /// part.
+    fn fs_blocks(&self, i: usize, off: u64, fs: &ExtFs) -> Range<u64> {
+        let r = &self.table.regions[i];
+        let lo = off.max(r.start) - r.start;
+        let hi = (off + self.block_size).min(r.start + r.len) - r.start;
+        lo / fs.block_size..hi.div_ceil(fs.block_size)
+    }
+
+    /// The owners of every filesystem block the items cover, per region: each filesystem is
+    /// asked once. One that cannot answer is noted and owns nothing.
+    fn owners(&self, items: &[Item], notes: &mut Vec<String>) -> Vec<HashMap<u64, Owner>> {
+        let mut wanted: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); self.table.regions.len()];
+        for &(offset, _, _) in items {
+            if let Some(i) = self.region_of(offset) {
+                if let Some(fs) = &self.filesystems[i] {
+                    wanted[i].extend(self.fs_blocks(i, offset, fs));
+                }
+            }
+        }
+        let mut owners = Vec::new();
+        for (i, fs) in self.filesystems.iter().enumerate() {
+            owners.push(match fs {
+                Some(fs) if !wanted[i].is_empty() => match fs.owners(&wanted[i]) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        notes.push(format!("{}: {e}", self.table.regions[i].name));
+                        HashMap::new()
+                    }
+                },
+                _ => HashMap::new(),
+            });
+        }
+        owners
+    }
+
+    /// What owns the ledger block of `item` (offset, finding kind, found time), with the symptom
+    /// of that kind of finding. A region without a filesystem lostwrite can read is noted once
+    /// (`unknown_noted` holds the regions noted so far).
+    fn refs(
+        &self,
+        (offset, kind, found): (u64, Option<Kind>, Option<&str>),
+        owners: &[HashMap<u64, Owner>],
+        unknown_noted: &mut BTreeSet<usize>,
+        notes: &mut Vec<String>,
+    ) -> Vec<FileRef> {
+        let Some(i) = self.region_of(offset) else {
+            return vec![outside_regions(offset, self.table.scheme)];
+        };
+        let region = self.table.regions[i].name.clone();
+        let Some(fs) = &self.filesystems[i] else {
+            if unknown_noted.insert(i) {
+                notes.push(format!(
+                    "{region} does not hold an ext2/3/4 filesystem lostwrite can read: its findings are not mapped to files"
+                ));
+            }
+            return vec![unknown_filesystem(region)];
+        };
+        // One entry per owner (per path, or per symptom for a structure), its byte range grown
+        // over the filesystem blocks it owns within this ledger block.
+        let mut refs: BTreeMap<(&'static str, Option<String>), FileRef> = BTreeMap::new();
+        for b in self.fs_blocks(i, offset, fs) {
+            let Some(o) = owners[i].get(&b) else { continue };
+            let (path, bytes) = match o {
+                Owner::FileData {
+                    path, file_offset, ..
+                } => (
+                    path.clone(),
+                    Some((*file_offset, file_offset + fs.block_size)),
+                ),
+                Owner::Directory { path, .. } | Owner::BlockMap { path, .. } => {
+                    (path.clone(), None)
+                }
+                _ => (None, None),
+            };
+            let key = (
+                owner_name(o),
+                path.clone().or_else(|| Some(symptom(o, kind, None))),
+            );
+            let entry = refs.entry(key).or_insert_with(|| FileRef {
+                region: region.clone(),
+                owner: owner_name(o),
+                path,
+                bytes,
+                symptom: symptom(o, kind, found),
+                shared: false,
+            });
+            if let (Some((a, z)), Some((ba, bz))) = (entry.bytes, bytes) {
+                entry.bytes = Some((a.min(ba), z.max(bz)));
+            }
+        }
+        let shared = refs.len() > 1;
+        refs.into_values()
+            .map(|mut r| {
+                r.shared = shared;
+                r
+            })
+            .collect()
+    }
+}
+
+/// A path debugfs can open for the device: the device itself, or for an NBD export the file of
+/// its nbdfuse view, mounted on first use.
+fn local_path(
+    view: &mut Option<std::result::Result<FuseView, String>>,
+    dev: &dyn BlockDevice,
+    device_path: &str,
+) -> std::result::Result<String, String> {
+    if !crate::nbd::uri::is_uri(device_path) {
+        return Ok(device_path.to_string());
+    }
+    view.get_or_insert_with(|| FuseView::open(device_path, dev.size()))
+        .as_ref()
+        .map(|v| v.path().display().to_string())
+        .map_err(|e| e.clone())
+}
+
+/// The owner of a block that lies in no region: the partition table's area at the start of a
+/// partitioned disk, or unused space.
+fn outside_regions(offset: u64, scheme: &str) -> FileRef {
+    FileRef {
+        region: "outside any partition".into(),
+        owner: "partition-table",
+        path: None,
+        bytes: None,
+        shared: false,
+        symptom: if offset < (1 << 20) && scheme != "none" {
+            "the partition table area: a damaged table can hide, shrink or move partitions".into()
+        } else {
+            "space outside every partition: harmless to the filesystems".into()
+        },
+    }
+}
+
+/// The owner of a block in a region whose filesystem lostwrite cannot read.
+fn unknown_filesystem(region: String) -> FileRef {
+    FileRef {
+        region,
+        owner: "unknown-filesystem",
+        path: None,
+        bytes: None,
+        shared: false,
+        symptom: "not an ext2/3/4 filesystem: lostwrite cannot say which file owns this block"
+            .into(),
+    }
+}
+
+/// Sums the mapped findings per affected file or structure.
+pub(super) fn summarize(findings: &[MappedFinding]) -> Vec<Affected> {
+    let mut by: BTreeMap<(String, &'static str, Option<String>, String), Affected> =
+        BTreeMap::new();
+    for f in findings {
+        let times: Vec<Micros> = f
+            .finding
+            .lost
+            .iter()
+            .filter_map(|l| clock::parse(&l.time).ok())
+            .collect();
+        for r in &f.files {
+            // Group one file's blocks together whatever their individual symptoms say.
+            let group_key = match r.owner {
+                "file" | "directory" | "block-map" => String::new(),
+                _ => r.symptom.clone(),
+            };
+            let a = by
+                .entry((r.region.clone(), r.owner, r.path.clone(), group_key))
+                .or_insert_with(|| Affected {
+                    region: r.region.clone(),
+                    owner: r.owner,
+                    path: r.path.clone(),
+                    blocks: 0,
+                    bytes: Vec::new(),
+                    kinds: Vec::new(),
+                    symptom: r.symptom.clone(),
+                    lost_between: None,
+                    maybe_intact: true,
+                });
+            a.maybe_intact &= r.shared;
+            a.blocks += 1;
+            if let Some(b) = r.bytes {
+                a.bytes.push(b);
+            }
+            if !a.kinds.contains(&f.finding.kind) {
+                a.kinds.push(f.finding.kind);
+            }
+            if let (Some(&lo), Some(&hi)) = (times.iter().min(), times.iter().max()) {
+                let (l0, h0) = a
+                    .lost_between
+                    .as_ref()
+                    .map(|(x, y)| (clock::parse(x).unwrap_or(lo), clock::parse(y).unwrap_or(hi)))
+                    .unwrap_or((lo, hi));
+                a.lost_between = Some((rfc3339(l0.min(lo)), rfc3339(h0.max(hi))));
+            }
+        }
+    }
+    let mut out: Vec<Affected> = by.into_values().collect();
+    for a in &mut out {
+        a.bytes.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for &(s, e) in &a.bytes {
+            match merged.last_mut() {
+                Some(m) if s <= m.1 => m.1 = m.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        a.bytes = merged;
+    }
+    // Files and directories first: they are what people ask about.
+    out.sort_by_key(|a| {
+        (
+            !matches!(a.owner, "file" | "directory" | "block-map"),
+            a.owner == "free",
+        )
+    });
+    out
+}

@@ -1,0 +1,119 @@
+//! When the writes were lost: every lost write of the findings as a point in time, the incident
+//! window the durable ones span (and what survived before it), and the histogram of them over
+//! time. Times are parsed back from the findings' RFC 3339 strings here and printed again as
+//! RFC 3339; points whose time does not parse are left out.
+
+use super::{MappedFinding, Options};
+use crate::clock::{self, rfc3339, Micros};
+use crate::verify::classify::Kind;
+use serde::Serialize;
+use std::collections::HashSet;
+
+/// When the lost durable writes happened.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct IncidentWindow {
+    /// Earliest lost durable write.
+    pub start: String,
+    /// Latest lost durable write.
+    pub end: String,
+    /// Length of the window in seconds.
+    pub seconds: f64,
+    /// Durable writes lost.
+    pub lost_durable_writes: usize,
+    /// Blocks that lost at least one durable write.
+    pub blocks: usize,
+    /// The newest generation found on a reverted block that was written before the window: data
+    /// written up to then survived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_surviving: Option<String>,
+}
+
+/// One bar of the histogram of lost writes.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Bin {
+    /// Start of the bin.
+    pub start: String,
+    /// End of the bin.
+    pub end: String,
+    /// Durable writes lost in it.
+    pub lost_writes: usize,
+}
+
+/// A lost write of a finding: (time, durable, kind, block).
+pub type LostPoint = (Micros, bool, Kind, u64);
+
+/// Every lost write of the findings, parsed.
+pub fn lost_points(findings: &[MappedFinding]) -> Vec<LostPoint> {
+    let mut out = Vec::new();
+    for f in findings {
+        for l in &f.finding.lost {
+            if let Ok(t) = clock::parse(&l.time) {
+                out.push((t, l.durable, f.finding.kind, f.finding.block));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `t` lies within `--since` / `--until` (both inclusive).
+pub(super) fn in_view(t: Micros, o: &Options) -> bool {
+    o.since.is_none_or(|s| t >= s) && o.until.is_none_or(|u| t <= u)
+}
+
+/// The window the lost durable writes span, if any were lost. `findings` give the found
+/// generations' times, the newest of which before the window is what survived.
+pub(super) fn incident_window(
+    durable: &[&LostPoint],
+    findings: &[MappedFinding],
+) -> Option<IncidentWindow> {
+    match (
+        durable.iter().map(|p| p.0).min(),
+        durable.iter().map(|p| p.0).max(),
+    ) {
+        (Some(a), Some(z)) => {
+            let newest_surviving = findings
+                .iter()
+                .filter_map(|f| f.finding.found_time.as_deref())
+                .filter_map(|t| clock::parse(t).ok())
+                .filter(|&t| t < a)
+                .max()
+                .map(rfc3339);
+            Some(IncidentWindow {
+                start: rfc3339(a),
+                end: rfc3339(z),
+                seconds: (z - a) as f64 / 1e6,
+                lost_durable_writes: durable.len(),
+                blocks: durable.iter().map(|p| p.3).collect::<HashSet<_>>().len(),
+                newest_surviving,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The lost durable writes counted in `bins` equal bins, from `--since` (or the first) to
+/// `--until` (or the last); empty when there is neither a point nor a bound on both sides.
+pub(super) fn histogram(durable: &[&LostPoint], opts: &Options, bins: usize) -> Vec<Bin> {
+    let (Some(lo), Some(hi)) = (
+        opts.since.or(durable.iter().map(|p| p.0).min()),
+        opts.until.or(durable.iter().map(|p| p.0).max()),
+    ) else {
+        return Vec::new();
+    };
+    let span = (hi - lo).max(1);
+    let width = (span + bins as i64 - 1) / bins as i64;
+    let mut counts = vec![0usize; bins];
+    for p in durable {
+        let i = (((p.0 - lo) / width.max(1)) as usize).min(bins - 1);
+        counts[i] += 1;
+    }
+    counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| Bin {
+            start: rfc3339(lo + i as i64 * width),
+            end: rfc3339((lo + (i as i64 + 1) * width).min(hi.max(lo + width))),
+            lost_writes: n,
+        })
+        .collect()
+}
