@@ -18,6 +18,7 @@ pub mod logsink;
 pub mod metrics;
 pub mod nbd;
 pub mod scan;
+pub mod server;
 pub mod service;
 pub mod verify;
 

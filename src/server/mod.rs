@@ -12,12 +12,20 @@
 //! exports (device and ledger synced, session closed). A client that has not taken its replies
 //! [`SHUTDOWN_GRACE`] after the stop began is disconnected, so no client can hold a shutdown.
 
-use super::buffers::{Buf, Buffers};
-use super::handshake::{self, Exports, Outcome, MAX_PAYLOAD};
-use super::proto::{self, cflags, cmd, Request};
-use super::stream::{write_all_until, Listener, Stream, WRITE_SLICE};
+pub mod buffers;
+pub mod conn;
+pub mod handshake;
+pub mod listener;
+pub mod tls;
+
+use crate::nbd::proto::{self, cflags, cmd, Request};
+use crate::nbd::stream::{write_all_until, WRITE_SLICE};
 use crate::service::{errno, Export, OpError};
+use buffers::{Buf, Buffers};
+use conn::Conn;
 use crossbeam_channel::{Receiver, Sender};
+use handshake::{Exports, Outcome, MAX_PAYLOAD};
+use listener::Listener;
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::net::Shutdown;
@@ -74,7 +82,7 @@ struct Shared {
     exports: Exports,
     config: Config,
     stopping: AtomicBool,
-    conns: Mutex<HashMap<u64, Stream>>,
+    conns: Mutex<HashMap<u64, Conn>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     active: AtomicUsize,
     next_id: AtomicU64,
@@ -227,7 +235,7 @@ fn accept_loop(l: &Listener, shared: &Arc<Shared>) {
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
                 // Whatever happens in the connection, its bookkeeping is undone.
-                let run = std::panic::AssertUnwindSafe(|| connection(s, id, &sh));
+                let run = std::panic::AssertUnwindSafe(|| connection(Conn::Plain(s), id, &sh));
                 if std::panic::catch_unwind(run).is_err() {
                     tracing::error!(
                         "connection {id}: a bug ended this connection (panic); the service goes on"
@@ -250,7 +258,7 @@ fn accept_loop(l: &Listener, shared: &Arc<Shared>) {
     }
 }
 
-fn connection(mut s: Stream, id: u64, shared: &Arc<Shared>) {
+fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
     let peer = s.peer();
     if let Ok(c) = s.try_clone() {
         lock(&shared.conns).insert(id, c);
@@ -279,9 +287,17 @@ fn connection(mut s: Stream, id: u64, shared: &Arc<Shared>) {
                 let Some(config) = shared.config.tls.clone() else {
                     return tracing::error!("connection {id}: STARTTLS accepted without TLS");
                 };
-                match crate::nbd::tls::TlsStream::accept(s, config) {
+                let raw = match s {
+                    Conn::Plain(raw) => raw,
+                    Conn::Tls(_) => {
+                        return tracing::error!(
+                            "connection {id}: STARTTLS on an encrypted connection"
+                        )
+                    }
+                };
+                match tls::TlsStream::accept(raw, config) {
                     Ok(t) => {
-                        s = Stream::Tls(t);
+                        s = Conn::Tls(t);
                         tls.active = true;
                     }
                     Err(e) => {
@@ -302,7 +318,7 @@ fn connection(mut s: Stream, id: u64, shared: &Arc<Shared>) {
             // forever: writes wake every slice to look at the reply's deadline. (TLS cannot
             // resume a timed-out write, so there the socket's own timeout is the deadline.)
             let slice = match s {
-                Stream::Tls(_) => REPLY_TIMEOUT,
+                Conn::Tls(_) => REPLY_TIMEOUT,
                 _ => WRITE_SLICE,
             };
             let _ = s.set_write_timeout(Some(slice));
@@ -339,7 +355,7 @@ impl Drop for ClientCount {
 
 /// The reply side of a connection, shared by the workers.
 struct Replies {
-    stream: Mutex<Stream>,
+    stream: Mutex<Conn>,
     dead: AtomicBool,
 }
 
@@ -350,7 +366,7 @@ impl Replies {
         }
         let mut s = lock(&self.stream);
         let sent = match &*s {
-            Stream::Tls(_) => s.write_all(bytes),
+            Conn::Tls(_) => s.write_all(bytes),
             _ => {
                 let until = Instant::now() + REPLY_TIMEOUT;
                 write_all_until(&mut *s, bytes, |_| {
@@ -501,7 +517,7 @@ impl Batch {
     }
 }
 
-fn transmission(s: Stream, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -> u64 {
+fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -> u64 {
     let replies = match s.try_clone() {
         Ok(w) => Arc::new(Replies {
             stream: Mutex::new(w),

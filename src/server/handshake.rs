@@ -2,7 +2,7 @@
 //! gets NBD_REP_ERR_UNSUP and negotiation goes on (qemu 10 and libnbd send EXTENDED_HEADERS and
 //! STRUCTURED_REPLY first); malformed input ends this connection only.
 
-use super::proto::{self, client_flags, handshake_flags, opt, rep, tflags};
+use crate::nbd::proto::{self, client_flags, handshake_flags, opt, rep, tflags};
 use crate::service::Export;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
