@@ -369,14 +369,9 @@ fn negotiate_by(s: &mut Bounded, export: &str) -> io::Result<ExportInfo> {
     Ok(info)
 }
 
-/// The error a failed request returns: NBD error values are Linux errno values.
+/// The error a failed request returns, saying which request failed.
 fn nbd_error(kind: u16, offset: u64, e: u32) -> io::Error {
-    let errno = if e == 0 || e > 4095 {
-        nix::libc::EIO
-    } else {
-        e as i32
-    };
-    let os = io::Error::from_raw_os_error(errno);
+    let os = super::errno::io_error_of(e);
     io::Error::new(
         os.kind(),
         format!(

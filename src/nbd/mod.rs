@@ -1,6 +1,6 @@
 //! The NBD protocol, written for this project, and nothing above it: the wire format
-//! ([`proto`], with the protocol's error values and the one mapping from a host I/O error to
-//! them), the client for NBD upstreams ([`client`]), `nbd://` and `nbd+unix://` URIs
+//! ([`proto`]), the protocol's error values and the one mapping between them and host I/O
+//! errors ([`errno`]), the client for NBD upstreams ([`client`]), `nbd://` and `nbd+unix://` URIs
 //! ([`uri`]), and plain sockets ([`stream`]).
 //!
 //! This is the bottom layer: it imports nothing from the rest of the crate (not even
@@ -9,6 +9,7 @@
 //! without either pulling the other in. A test (tests/suite/layering.rs) keeps it so.
 
 pub mod client;
+pub mod errno;
 pub mod proto;
 pub mod stream;
 pub mod uri;

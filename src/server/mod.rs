@@ -18,9 +18,10 @@ pub mod handshake;
 pub mod listener;
 pub mod tls;
 
+use crate::nbd::errno;
 use crate::nbd::proto::{self, cflags, cmd, Request};
 use crate::nbd::stream::{write_all_until, WRITE_SLICE};
-use crate::service::{errno, Export, OpError};
+use crate::service::{Export, OpError};
 use buffers::{Buf, Buffers};
 use conn::Conn;
 use crossbeam_channel::{Receiver, Sender};
