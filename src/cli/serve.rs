@@ -11,7 +11,7 @@ use lostwrite::ledger::compact::Retention;
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
 use lostwrite::metrics::MetricsListener;
-use lostwrite::server::handshake::MAX_NAME;
+use lostwrite::nbd::proto::MAX_NAME;
 use lostwrite::server::listener::Listener;
 use lostwrite::server::{Config, Server};
 use lostwrite::service::alert::Alerter;

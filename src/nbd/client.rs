@@ -276,8 +276,11 @@ fn negotiate_by(s: &mut Bounded, export: &str) -> io::Result<ExportInfo> {
         cf |= proto::client_flags::NO_ZEROES;
     }
     s.write_all(&cf.to_be_bytes())?;
-    if export.len() > 4096 {
-        return Err(bad("export names are at most 4096 bytes"));
+    if export.len() > proto::MAX_NAME {
+        return Err(bad(format!(
+            "export names are at most {} bytes",
+            proto::MAX_NAME
+        )));
     }
     let mut data = (export.len() as u32).to_be_bytes().to_vec();
     data.extend_from_slice(export.as_bytes());
