@@ -3,8 +3,9 @@
 //! A write-journal sidecar (`serve`) records, for every block written through it, a generation
 //! and a checksum in a [`ledger`] kept apart from the device; [`verify`] later holds the device
 //! against the ledger and classifies every block that no longer holds its latest durable
-//! contents. Data flows nbd → service → device + ledger on the way in, and verify → classify →
-//! report on the way out; each module owns one step.
+//! contents. Data flows server → service → device + ledger on the way in, and verify →
+//! classify → report on the way out; each module owns one step. [`nbd`] is the protocol alone,
+//! under both the server and the NBD device.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod logsink;
 pub mod metrics;
 pub mod nbd;
 pub mod scan;
+pub mod server;
 pub mod service;
 pub mod verify;
 

@@ -2,7 +2,7 @@
 //! error or a clean end, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use lostwrite::nbd::handshake::{negotiate, Exports};
+use lostwrite::server::handshake::{negotiate, Exports};
 use lostwrite::service::{Export, ExportOptions, OnMismatch};
 use std::io::{self, Read, Write};
 use std::sync::{Arc, OnceLock};

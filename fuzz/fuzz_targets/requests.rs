@@ -4,7 +4,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use lostwrite::nbd::proto::{cmd, Request, REQUEST_LEN};
-use lostwrite::nbd::server::{dispatch, validate};
+use lostwrite::server::transmission::{dispatch, validate};
 use lostwrite::service::{Export, ExportOptions, OnMismatch};
 use std::sync::OnceLock;
 

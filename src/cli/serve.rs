@@ -11,9 +11,9 @@ use lostwrite::ledger::compact::Retention;
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
 use lostwrite::metrics::MetricsListener;
-use lostwrite::nbd::handshake::MAX_NAME;
-use lostwrite::nbd::server::{Config, Server};
-use lostwrite::nbd::stream::Listener;
+use lostwrite::nbd::proto::MAX_NAME;
+use lostwrite::server::listener::Listener;
+use lostwrite::server::{Config, Server};
 use lostwrite::service::alert::Alerter;
 use lostwrite::service::detect::Detector;
 use lostwrite::service::retain::Retainer;
@@ -422,7 +422,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         None => (a.into_config()?, false),
     };
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(c), Some(k)) => Some(lostwrite::nbd::tls::server_config(
+        (Some(c), Some(k)) => Some(lostwrite::server::tls::server_config(
             c,
             k,
             config.tls_client_ca.as_deref(),

@@ -276,8 +276,11 @@ fn negotiate_by(s: &mut Bounded, export: &str) -> io::Result<ExportInfo> {
         cf |= proto::client_flags::NO_ZEROES;
     }
     s.write_all(&cf.to_be_bytes())?;
-    if export.len() > 4096 {
-        return Err(bad("export names are at most 4096 bytes"));
+    if export.len() > proto::MAX_NAME {
+        return Err(bad(format!(
+            "export names are at most {} bytes",
+            proto::MAX_NAME
+        )));
     }
     let mut data = (export.len() as u32).to_be_bytes().to_vec();
     data.extend_from_slice(export.as_bytes());
@@ -369,14 +372,9 @@ fn negotiate_by(s: &mut Bounded, export: &str) -> io::Result<ExportInfo> {
     Ok(info)
 }
 
-/// The error a failed request returns: NBD error values are Linux errno values.
+/// The error a failed request returns, saying which request failed.
 fn nbd_error(kind: u16, offset: u64, e: u32) -> io::Error {
-    let errno = if e == 0 || e > 4095 {
-        nix::libc::EIO
-    } else {
-        e as i32
-    };
-    let os = io::Error::from_raw_os_error(errno);
+    let os = super::errno::io_error_of(e);
     io::Error::new(
         os.kind(),
         format!(

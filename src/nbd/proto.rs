@@ -14,6 +14,8 @@ pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of a simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Longest export name (any NBD string): the protocol's limit.
+pub const MAX_NAME: usize = 4096;
 
 /// Handshake flags (server → client).
 pub mod handshake_flags {

@@ -25,6 +25,7 @@ use crate::device::{BlockDevice, TrimOutcome};
 use crate::error::Error;
 use crate::ledger::state::BlockState;
 use crate::ledger::{Ledger, NewContents, Ticket};
+use crate::nbd::errno::{self, errno_of};
 use crate::verify::classify::Found;
 use crate::verify::findings::FindingsLog;
 use detect::{Msg, Suspect};
@@ -34,27 +35,8 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-/// NBD error values (the protocol's, not the host's errno).
-pub mod errno {
-    /// Operation not permitted (write to a read-only export).
-    pub const EPERM: u32 = 1;
-    /// I/O error.
-    pub const EIO: u32 = 5;
-    /// Out of memory.
-    pub const ENOMEM: u32 = 12;
-    /// Invalid argument (out of range, bad flags, unknown command).
-    pub const EINVAL: u32 = 22;
-    /// No space (write beyond the end, or nowhere to record it).
-    pub const ENOSPC: u32 = 28;
-    /// Value too large.
-    pub const EOVERFLOW: u32 = 75;
-    /// Not supported (FAST_ZERO that cannot be fast).
-    pub const ENOTSUP: u32 = 95;
-    /// The server is shutting down.
-    pub const ESHUTDOWN: u32 = 108;
-}
-
-/// A failed operation: the NBD error value for the client and a sentence for the log.
+/// A failed operation: the NBD error value for the client (from [`crate::nbd::errno`]) and a
+/// sentence for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpError {
     /// NBD error value.
@@ -73,28 +55,14 @@ impl OpError {
 }
 
 fn from_io(e: &io::Error, what: &str) -> OpError {
-    let code = match e.raw_os_error() {
-        Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT) | Some(nix::libc::EFBIG) => errno::ENOSPC,
-        Some(nix::libc::ENOTSUP) => errno::ENOTSUP,
-        Some(_) => errno::EIO,
-        // An NBD upstream's errors arrive with a message, their errno kept only as the kind.
-        None => match e.kind() {
-            io::ErrorKind::StorageFull
-            | io::ErrorKind::QuotaExceeded
-            | io::ErrorKind::FileTooLarge => errno::ENOSPC,
-            io::ErrorKind::Unsupported => errno::ENOTSUP,
-            io::ErrorKind::InvalidInput => errno::EINVAL,
-            _ => errno::EIO,
-        },
-    };
-    OpError::new(code, format!("{what}: {e}"))
+    OpError::new(errno_of(e), format!("{what}: {e}"))
 }
 
 fn from_ledger(e: Error) -> OpError {
     // A ledger that cannot record must refuse the write rather than let data through
-    // unrecorded; a full ledger disk is ENOSPC for the client.
+    // unrecorded; a full ledger disk is ENOSPC for the client, anything else EIO.
     let code = match e.raw_os_error() {
-        Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT) | Some(nix::libc::EFBIG) => errno::ENOSPC,
+        Some(os) if errno_of(&io::Error::from_raw_os_error(os)) == errno::ENOSPC => errno::ENOSPC,
         _ => errno::EIO,
     };
     OpError::new(code, format!("ledger: {e}"))

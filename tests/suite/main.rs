@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod interop;
 mod journal;
+mod layering;
 mod nbd_client;
 mod operations;
 mod powercut;

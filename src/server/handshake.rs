@@ -2,7 +2,7 @@
 //! gets NBD_REP_ERR_UNSUP and negotiation goes on (qemu 10 and libnbd send EXTENDED_HEADERS and
 //! STRUCTURED_REPLY first); malformed input ends this connection only.
 
-use super::proto::{self, client_flags, handshake_flags, opt, rep, tflags};
+use crate::nbd::proto::{self, client_flags, handshake_flags, opt, rep, tflags, MAX_NAME};
 use crate::service::Export;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -10,8 +10,6 @@ use std::sync::Arc;
 /// Largest option payload accepted; larger ones end the connection (a string is at most 4096
 /// bytes, so no valid option comes close).
 pub const MAX_OPTION: u32 = 64 << 10;
-/// Longest export name (any NBD string): the protocol's limit.
-pub const MAX_NAME: usize = 4096;
 /// Largest request payload served (the protocol's 32 MiB default).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 

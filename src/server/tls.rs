@@ -3,8 +3,8 @@
 //! against a CA. A TLS connection is shared by the thread that reads requests and the workers
 //! that write replies: one rustls connection behind a mutex, socket reads done without it.
 
-use super::stream::Stream;
 use crate::error::{Error, Result};
+use crate::nbd::stream::Stream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
