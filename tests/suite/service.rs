@@ -195,7 +195,8 @@ impl SocketTimeout for std::os::unix::net::UnixStream {
     }
 }
 
-fn wait_timeout(c: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {
+/// Waits up to `d` for the child; past that it is killed (by its PID) and the answer is None.
+pub fn wait_timeout(c: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {
     let t = Instant::now();
     loop {
         if let Some(s) = c.try_wait().unwrap() {

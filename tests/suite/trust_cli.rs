@@ -272,18 +272,8 @@ fn wait_up(socket: &Path, child: &mut std::process::Child) {
 /// Stops serve with SIGTERM and returns its exit status, within a generous bound.
 fn stop(child: &mut std::process::Child) -> std::process::ExitStatus {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let t = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if t.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve did not stop within 60 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::service::wait_timeout(child, Duration::from_secs(60))
+        .expect("serve stops within 60 s of SIGTERM")
 }
 
 /// Rewrites the whole export through NBD (flushed), reverts it underneath, reads it back.

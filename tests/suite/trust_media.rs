@@ -314,19 +314,47 @@ impl Drop for Mount {
     }
 }
 
+/// True when this process may mount filesystems; a skip says so (CI, which runs as root,
+/// fails instead).
+fn may_mount(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the {what} test needs root to mount, which CI provides");
+    }
+    eprintln!("SKIP: not root (mounting {what} needs it)");
+    false
+}
+
+/// `init --baseline` then `verify --json` of `image` with a ledger beside `dir`: both succeed;
+/// returns init's output and verify's JSON.
+fn init_and_verify(dir: &Path, image: &Path) -> (String, serde_json::Value) {
+    let ledger = dir.join("disk.ledger");
+    let o = bin()
+        .args(["init", "--baseline", "--ledger"])
+        .arg(&ledger)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let init = text(&o);
+    let o = bin()
+        .args(["verify", "--json", "--ledger"])
+        .arg(&ledger)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    (init, serde_json::from_slice(&o.stdout).unwrap())
+}
+
 /// Where the filesystem refuses O_DIRECT (squashfs), the device is dropped from the page cache
 /// before each read, and the output says so and how far that could be checked, instead of
 /// claiming a direct read or silently reading the cache.
 #[test]
 fn a_file_that_refuses_o_direct_is_read_after_dropping_its_cache_and_says_so() {
-    if !nix::unistd::geteuid().is_root() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("the squashfs test needs root to mount, which CI provides");
-        }
-        eprintln!("SKIP: not root (mounting squashfs needs it)");
-        return;
-    }
-    if !have("mksquashfs") {
+    if !may_mount("squashfs") || !have("mksquashfs") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -345,24 +373,8 @@ fn a_file_that_refuses_o_direct_is_read_after_dropping_its_cache_and_says_so() {
         .arg(&sq)
         .arg(&mnt));
     let _mount = Mount(mnt.clone());
-    let image = mnt.join("disk.img");
-    let ledger = dir.path().join("disk.ledger");
-    let o = bin()
-        .args(["init", "--baseline", "--ledger"])
-        .arg(&ledger)
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("read: cache-dropped"), "{}", text(&o));
-    let o = bin()
-        .args(["verify", "--json", "--ledger"])
-        .arg(&ledger)
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (init, v) = init_and_verify(dir.path(), &mnt.join("disk.img"));
+    assert!(init.contains("read: cache-dropped"), "{init}");
     assert_eq!(v["read"], "cache-dropped", "{v}");
     let note = v["read_note"].as_str().unwrap_or_default();
     assert!(note.starts_with("the filesystem refused O_DIRECT ("), "{v}");
@@ -457,14 +469,7 @@ fn a_file_on_tmpfs_says_the_cache_is_all_there_is() {
 /// direct: the cache is dropped before each read instead, and the note says why.
 #[test]
 fn a_filesystem_that_would_serve_o_direct_from_its_cache_is_not_called_direct() {
-    if !nix::unistd::geteuid().is_root() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("the data=journal test needs root to mount, which CI provides");
-        }
-        eprintln!("SKIP: not root (mounting ext4 needs it)");
-        return;
-    }
-    if !have("mkfs.ext4") {
+    if !may_mount("ext4 data=journal") || !have("mkfs.ext4") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -483,22 +488,7 @@ fn a_filesystem_that_would_serve_o_direct_from_its_cache_is_not_called_direct() 
     let _mount = Mount(mnt.clone());
     let image = mnt.join("disk.img");
     random_image(&image, 4 << 20, 9);
-    let ledger = dir.path().join("disk.ledger");
-    let o = bin()
-        .args(["init", "--baseline", "--ledger"])
-        .arg(&ledger)
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let o = bin()
-        .args(["verify", "--json", "--ledger"])
-        .arg(&ledger)
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (_, v) = init_and_verify(dir.path(), &image);
     assert_eq!(v["read"], "cache-dropped", "{v}");
     assert!(
         v["read_note"].as_str().unwrap().contains("no direct I/O"),

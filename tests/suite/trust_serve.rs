@@ -4,13 +4,13 @@
 
 use crate::helpers::*;
 use crate::nbd_client::*;
-use crate::service::{have, Service};
+use crate::service::{have, wait_timeout, Service};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BS: u32 = 4096;
@@ -28,29 +28,13 @@ fn spawn(args: &[&str], log: &Path) -> Child {
         .unwrap()
 }
 
-/// Waits up to `d` for the child; on timeout kills it (by its PID) and returns None.
-fn wait_for(c: &mut Child, d: Duration) -> Option<ExitStatus> {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return Some(s);
-        }
-        if t.elapsed() > d {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-            let _ = c.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs `lostwrite serve ARGS...`, which must give up with exit 2 (rather than serve); returns
 /// its stderr.
 fn serve_refused(args: &[&str], log: &Path) -> String {
     let mut all = vec!["serve"];
     all.extend_from_slice(args);
     let mut c = spawn(&all, log);
-    let st = wait_for(&mut c, Duration::from_secs(30));
+    let st = wait_timeout(&mut c, Duration::from_secs(30));
     let text = std::fs::read_to_string(log).unwrap_or_default();
     assert_eq!(st.and_then(|s| s.code()), Some(2), "serve {args:?}: {text}");
     text
@@ -431,7 +415,7 @@ fn sigterm_stops_serve_in_front_of_an_upstream_that_never_greets() {
     std::thread::sleep(Duration::from_millis(300));
     kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).unwrap();
     let t = Instant::now();
-    let st = wait_for(&mut c, Duration::from_secs(60));
+    let st = wait_timeout(&mut c, Duration::from_secs(60));
     let took = t.elapsed();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
