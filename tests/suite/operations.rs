@@ -105,6 +105,13 @@ fn a_block_changed_underneath_fails_its_read_and_is_logged_counted_and_alerted()
     wait_for("the finding in the log", || {
         !findings_log(&s.ledger).is_empty()
     });
+    // The detector counts a finding just after its log line is synced.
+    wait_for("the finding counted", || {
+        metric(
+            &http_get(&svc, "/metrics").1,
+            r#"lostwrite_findings_total{export="",kind="corrupt"}"#,
+        ) == Some(1.0)
+    });
     let (code, m) = http_get(&svc, "/metrics");
     assert_eq!(code, 200);
     assert_eq!(
