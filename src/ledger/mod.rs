@@ -16,6 +16,10 @@
 //!
 //! Which of these a ledger must have, and how their absence is named, is files.rs.
 //!
+//! This file is long (create, open and recover, record and flush rounds, replay) because those
+//! jobs share the open ledger's private state; splitting it along them, with a write session
+//! as a type of its own, is docs/DESIGN.md's "where the layering is going".
+//!
 //! This module opens and recovers a ledger (truncating a torn journal tail, replaying the journal
 //! past the state table's checkpoint, rebuilding the table when it is damaged) and offers the
 //! recording API the sidecar calls. The durability rules of docs/DESIGN.md (section 3, "The

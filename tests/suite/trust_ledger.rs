@@ -76,20 +76,26 @@ fn a_deleted_baseline_is_damage_that_verify_status_and_check_name() {
     assert!(!text(&o).contains("zeroed\""), "{}", text(&o));
 }
 
-/// A ledger written in 4 KiB segments over two sessions and compacted by `ledger compact`.
-fn compacted(s: &Scratch) {
+/// A baselined ledger written in 4 KiB segments (300 writes over 64 blocks, flushed) in one
+/// clean session.
+fn written_in_small_segments(s: &Scratch, seed: u64) {
     s.init(BS as u32, true);
     let dev = s.device(true);
     let mut opts = OpenOptions::new(Access::Write);
     opts.segment_bytes = 4096;
     let mut l = Ledger::open(&s.ledger, Some((dev.identity(), dev.size())), opts).unwrap();
     l.begin_session(false).unwrap();
-    let mut rng = Rng(5);
+    let mut rng = Rng(seed);
     for i in 0..300u64 {
         write_through(&l, &dev, i % 64, &rng.block(BS as usize), false);
     }
     flush(&l, &dev);
     l.close(|| dev.flush()).unwrap();
+}
+
+/// A ledger written in 4 KiB segments over two sessions and compacted by `ledger compact`.
+fn compacted(s: &Scratch) {
+    written_in_small_segments(s, 5);
     lw_ok(
         bin()
             .args(["ledger", "compact", "--retain", "0s", "--ledger"])
@@ -358,18 +364,7 @@ fn bytes_after_a_crashed_session_are_still_a_torn_tail() {
 
 /// A ledger written in 4 KiB segments in one clean session: (ledger, sorted segment paths).
 fn segmented(s: &Scratch) -> Vec<std::path::PathBuf> {
-    s.init(BS as u32, true);
-    let dev = s.device(true);
-    let mut opts = OpenOptions::new(Access::Write);
-    opts.segment_bytes = 4096;
-    let mut l = Ledger::open(&s.ledger, Some((dev.identity(), dev.size())), opts).unwrap();
-    l.begin_session(false).unwrap();
-    let mut rng = Rng(6);
-    for i in 0..300u64 {
-        write_through(&l, &dev, i % 64, &rng.block(BS as usize), false);
-    }
-    flush(&l, &dev);
-    l.close(|| dev.flush()).unwrap();
+    written_in_small_segments(s, 6);
     let mut segs: Vec<_> = std::fs::read_dir(s.ledger.join("journal"))
         .unwrap()
         .map(|e| e.unwrap().path())

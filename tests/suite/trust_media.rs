@@ -248,49 +248,44 @@ fn a_second_claimant_of_a_served_file_is_refused() {
         &["--ledger", a.to_str().unwrap()],
     );
     let holder = format!("process {}", svc.pid());
-    let o = bin()
-        .arg("serve")
-        .arg(&s.image)
-        .arg("--ledger")
-        .arg(&b)
-        .arg("--socket")
-        .arg(s.dir.path().join("b.sock"))
-        .timeout(Duration::from_secs(60))
-        .output()
-        .unwrap();
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{t}");
+    // Each claimant is refused with exit 2, naming the holder; returns what it said.
+    let refused = |args: &[&std::ffi::OsStr]| {
+        let o = bin()
+            .args(args)
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap();
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(&holder), "{args:?}: {t}");
+        t
+    };
+    let (image, b_sock) = (s.image.as_os_str(), s.dir.path().join("b.sock"));
+    let os = |a: &'static str| std::ffi::OsStr::new(a);
+    let t = refused(&[
+        os("serve"),
+        image,
+        os("--ledger"),
+        b.as_os_str(),
+        os("--socket"),
+        b_sock.as_os_str(),
+    ]);
     assert!(
         t.contains(&format!("{}: the device is claimed by", s.image.display())),
         "{t}"
     );
-    assert!(t.contains(&holder), "{t}");
-    let o = bin()
-        .arg("init")
-        .arg(&s.image)
-        .arg("--ledger")
-        .arg(&b)
-        .timeout(Duration::from_secs(60))
-        .output()
-        .unwrap();
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{t}");
-    assert!(t.contains(&holder), "{t}");
+    refused(&[os("init"), image, os("--ledger"), b.as_os_str()]);
     assert!(!b.exists(), "a refused init must not leave a ledger");
     // A read-only serve still judges reads against a ledger: a writer beside it keeps it out.
-    let o = bin()
-        .arg("serve")
-        .arg(&s.image)
-        .args(["--read-only", "--ledger"])
-        .arg(&b)
-        .arg("--socket")
-        .arg(s.dir.path().join("b.sock"))
-        .timeout(Duration::from_secs(60))
-        .output()
-        .unwrap();
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{t}");
-    assert!(t.contains(&holder), "{t}");
+    refused(&[
+        os("serve"),
+        image,
+        os("--read-only"),
+        os("--ledger"),
+        b.as_os_str(),
+        os("--socket"),
+        b_sock.as_os_str(),
+    ]);
     // Readers take no claim.
     let o = bin().arg("verify").arg(&s.image).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
