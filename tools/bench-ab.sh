@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A/B of two lostwrite builds serving the same workloads: `serve` of build A and of build B,
 # each on its own non-sparse copy of one baselined image, driven by fio's nbd engine in
-# alternating rounds (bench-lib.sh). Both copies are put in the same page-cache state first
-# (written back, dropped, then read once the same way): how an image entered the cache moves 4 KiB
-# write IOPS several-fold on ext4, and an A/B must measure the builds, not the cache.
+# alternating rounds (bench-lib.sh), which puts both copies in the same page-cache state before
+# every run (written back, dropped, then read once the same way): how an image entered the cache
+# moves 4 KiB write IOPS several-fold on ext4, and an A/B must measure the builds, not the cache.
 #
 #   tools/bench-ab.sh OLD_BINARY [NEW_BINARY=target/release/lostwrite] [WORKDIR=/var/tmp/lostwrite-ab]
 #   RUNTIME=6 ROUNDS=4 SIZE_MIB=1024 ONLY=randwrite-4k-qd16,read-1m-qd4 tools/bench-ab.sh old/lostwrite
@@ -33,12 +33,6 @@ for s in old new; do
   rm -rf "$s.img" "$s.img.ledger" "$s.sock"
   cp --sparse=never base.img "$s.img"
   "${bin[$s]}" init --baseline "$s.img" >/dev/null
-  # The same cache state for both: written back, dropped, then read once the same way.
-  python3 -c 'import os, sys
-fd = os.open(sys.argv[1], os.O_RDWR)
-os.fdatasync(fd)
-os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$s.img"
-  cat "$s.img" > /dev/null
 done
 for s in old new; do
   "${bin[$s]}" serve "$s.img" --socket "$s.sock" 2>"$s.log" & pids+=($!)

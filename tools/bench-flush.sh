@@ -5,7 +5,8 @@
 # filesystem: of the device (fio psync 4 KiB random writes to a copy of the image, fdatasync
 # every 16) and of the journal (fio psync 64-byte appends, fdatasync after each, as a journal
 # sync of one FLUSH record). A FLUSH through serve syncs both, one after the other, so its
-# goal is 1.2 × (device p99 + journal p99). Prints a markdown table.
+# goal is 1.2 × (device p99 + journal p99). Every image is put in the same page-cache state
+# before each run (bench-lib.sh `settle_cache`). Prints a markdown table.
 #
 #   tools/bench-flush.sh [WORKDIR=/var/tmp/lostwrite-bench]
 #   RUNTIME=8 ROUNDS=3 SIZE_MIB=1024 tools/bench-flush.sh
@@ -41,16 +42,24 @@ for s in serve nbdkit; do
   for _ in $(seq 100); do [ -S "$s.sock" ] && break; sleep 0.1; done
 done
 
+source "$top/tools/bench-lib.sh"
 : > results.tsv
 for r in $(seq "$rounds"); do
-  for s in serve nbdkit; do
-    sync; sleep 1
+  # Orders rotate: neither server always runs first.
+  order=(serve nbdkit)
+  [ $((r % 2)) = 1 ] || order=(nbdkit serve)
+  for s in "${order[@]}"; do
+    sync
+    settle_cache "$s.img"
+    sleep 1
     fio --name=f --ioengine=nbd --uri="nbd+unix:///?socket=$PWD/$s.sock" --rw=randwrite --bs=4k \
       --iodepth=16 --fsync=16 --size="${size_mib}m" --runtime="$runtime" --time_based \
       --output-format=json --output="fio-$s-$r.json" >/dev/null 2>&1
     echo "$s fio-$s-$r.json" >> results.tsv
   done
-  sync; sleep 1
+  sync
+  settle_cache raw.img
+  sleep 1
   fio --name=d --ioengine=psync --filename=raw.img --rw=randwrite --bs=4k --fdatasync=16 \
     --size="${size_mib}m" --runtime="$runtime" --time_based --output-format=json \
     --output="fio-device-$r.json" >/dev/null 2>&1
@@ -61,7 +70,6 @@ for r in $(seq "$rounds"); do
   echo "journal fio-journal-$r.json" >> results.tsv
 done
 
-source "$top/tools/bench-lib.sh"
 machine_line
 echo "image: ${size_mib} MiB per server; ${runtime}s per run, ${rounds} alternating rounds; FLUSH every 16 writes at QD16"
 python3 - <<'EOF'

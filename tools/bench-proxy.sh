@@ -42,6 +42,7 @@ wait_sock serve.sock
 wait_sock norecord.sock
 ln -sf direct-up.sock direct.sock
 
+declare -A images=([direct]="$work/direct.qcow2" [serve]="$work/serve.qcow2" [norecord]="$work/norecord.qcow2")
 source "$top/tools/bench-lib.sh"
 machine_line
 echo "image: ${size_mib} MiB qcow2 (preallocation=full) behind qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}'); fio $(fio --version); ${runtime}s per run, ${rounds} alternating rounds"
