@@ -5,7 +5,8 @@
 //! against the ledger and classifies every block that no longer holds its latest durable
 //! contents. Data flows server → service → device + ledger on the way in, and verify →
 //! classify → report on the way out; each module owns one step. [`nbd`] is the protocol alone,
-//! under both the server and the NBD device.
+//! under both the server and the NBD device. [`host`] owns a server's whole life, from its
+//! configuration to the closing of every export.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod device;
 pub mod error;
 pub mod forensics;
+pub mod host;
 pub mod ledger;
 pub mod logsink;
 pub mod metrics;

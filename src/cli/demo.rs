@@ -1,9 +1,9 @@
 //! `lostwrite demo [--dir DIR]`: the incident, end to end, with no setup and no root.
 //!
 //! A scratch ext4 image is made with `mkfs.ext4 -d` (files, no mounting), baselined, and put
-//! behind the sidecar, started in this process on a unix socket. Three phases of work reach the
-//! image *through NBD*, each ending with a FLUSH: in-place updates of data files and new files
-//! in a directory. Each phase is prepared with debugfs on a scratch copy of the filesystem; the
+//! behind the sidecar, started in this process on a unix socket (the same `Host` that `serve`
+//! starts). Three phases of work reach the image *through NBD*, each ending with a FLUSH:
+//! in-place updates of data files and new files in a directory. Each phase is prepared with debugfs on a scratch copy of the filesystem; the
 //! blocks it changed are then written through the NBD client exactly as a guest kernel would
 //! write them. Then the storage layer "loses" the writes of phase 2 that nothing overwrote
 //! later: they read their phase-1 contents again. Finally verify and report say what was lost,
@@ -14,17 +14,14 @@ use anyhow::Context;
 use lostwrite::block::Geometry;
 use lostwrite::device::{BlockDevice, FileDevice};
 use lostwrite::forensics::{self, plot};
+use lostwrite::host::{ExportSpec, Host, Outcome, ServeConfig, Started};
 use lostwrite::ledger::{Access, BaselineSource, Ledger, OpenOptions};
 use lostwrite::nbd::client::Client;
-use lostwrite::server::listener::Listener;
-use lostwrite::server::{Config, Server};
-use lostwrite::service::{Export, ExportOptions, OnMismatch};
 use lostwrite::verify;
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Flags of `demo`.
@@ -224,26 +221,25 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         "== 3. lostwrite serve, in this process, on {}",
         socket.display()
     );
-    let mut ledger = Ledger::open(
-        &ledger_dir,
-        Some((dev.identity(), dev.size())),
-        OpenOptions::new(Access::Write),
-    )?;
-    ledger.begin_session(false)?;
-    let export = Arc::new(Export::new(
-        Box::new(dev),
-        Some(ledger),
-        ExportOptions {
-            name: String::new(),
-            read_only: false,
-            on_mismatch: OnMismatch::Log,
-        },
-    ));
-    let server = Server::start(
-        vec![export],
-        vec![Listener::unix(&socket)?],
-        Config::default(),
-    );
+    // The same host `serve` starts, with the defaults of `serve DEVICE --socket PATH`.
+    drop(dev);
+    let device = image
+        .to_str()
+        .context("the demo's directory must be a UTF-8 path (give --dir DIR)")?
+        .to_string();
+    let config = ServeConfig {
+        socket: Some(socket.clone()),
+        export: vec![ExportSpec {
+            device,
+            ledger: Some(ledger_dir.clone()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let host = match Host::start(config, &crossbeam_channel::never())? {
+        Started::Serving(host) => host,
+        Started::Interrupted(_) => unreachable!("nothing sends on a channel that never sends"),
+    };
     let mut client = Client::connect_unix(&socket, "")?;
 
     let phases = [
@@ -309,10 +305,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     }
     client.disconnect()?;
-    for e in server.shutdown() {
-        Arc::try_unwrap(e)
-            .map_err(|_| anyhow::anyhow!("export still in use"))?
-            .close()?;
+    for closed in host.stop()? {
+        if let Outcome::CloseFailed(e) = closed.outcome {
+            return Err(e.into());
+        }
     }
     outln!("   the sidecar stopped cleanly: every write is recorded and durable");
 

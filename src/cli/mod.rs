@@ -14,7 +14,8 @@ pub mod status;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
-use lostwrite::ledger::default_dir;
+// Durations and sizes read the same in flags as in a `serve --config` file.
+pub use lostwrite::host::config::{parse_duration, parse_size};
 use std::path::PathBuf;
 
 /// Catch lost writes: a write-journal sidecar for block devices, and its verifier.
@@ -78,50 +79,13 @@ impl Target {
     }
 }
 
-/// The ledger directory from `--ledger`, or beside a device path.
+/// The ledger directory from `--ledger`, or beside a device path (the host's rule, shared by
+/// every subcommand).
 pub fn resolve_ledger(device: Option<&str>, ledger: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(l) = ledger {
-        return Ok(l.clone());
-    }
-    match device {
-        Some(d) if d.contains("://") => anyhow::bail!(
-            "{d}: an NBD URI has no directory to keep a ledger beside; give one with --ledger DIR"
-        ),
-        Some(d) => Ok(default_dir(d)),
-        None => anyhow::bail!("give the DEVICE or the ledger directory (--ledger DIR)"),
-    }
-}
-
-/// Parses a duration such as `30s`, `10m`, `24h`, `7d`, `1h30m` or `0s` (jiff's friendly
-/// format; a day is 24 hours).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = |e: &dyn std::fmt::Display| {
-        format!("{s:?} is not a duration like 30s, 10m, 24h or 7d ({e})")
-    };
-    let span: jiff::Span = s.trim().parse().map_err(|e| bad(&e))?;
-    let d = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| bad(&e))?;
-    std::time::Duration::try_from(d).map_err(|e| bad(&e))
-}
-
-/// Parses a byte count such as `4096`, `512K`, `64M`, `10G`, `1T` or `64MiB` (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let bad = || format!("{s:?} is not a size like 4096, 512K, 64M, 10G or 1T");
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" | "kb" => 10,
-        "m" | "mib" | "mb" => 20,
-        "g" | "gib" | "gb" => 30,
-        "t" | "tib" | "tb" => 40,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    Ok(lostwrite::host::config::resolve_ledger(
+        device,
+        ledger.map(PathBuf::as_path),
+    )?)
 }
 
 /// A duration that must not be zero (a timeout).
@@ -129,15 +93,6 @@ pub fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err(format!("{s:?}: a timeout must be longer than zero")),
         d => Ok(d),
-    }
-}
-
-/// A duration as [`parse_duration`] reads it: `24h`, `30s`, `1h 30m`.
-pub fn show_duration(d: std::time::Duration) -> String {
-    match jiff::SignedDuration::try_from(d) {
-        Ok(s) if s.is_zero() => "0s".into(),
-        Ok(s) => format!("{s:#}"),
-        Err(_) => format!("{d:?}"),
     }
 }
 

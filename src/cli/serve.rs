@@ -3,39 +3,18 @@
 //! host), recording every write in each export's ledger; with detection of stale reads, a
 //! background scrubber, an alert hook and Prometheus metrics. SIGTERM or SIGINT ends it
 //! cleanly.
+//!
+//! This file only turns the flags (or the `--config` file) into a [`ServeConfig`], starts a
+//! [`Host`] with it, and stops it at a signal: the host (src/host/) owns the server's life. What
+//! belongs to the process stays here: the signal handlers (a second signal exits at once) and
+//! systemd's notifications.
 
 use super::parse_duration;
-use lostwrite::block::{validate_block_size, DEFAULT_BLOCK_SIZE};
-use lostwrite::device::BlockDevice;
-use lostwrite::ledger::compact::Retention;
-use lostwrite::ledger::state::BlockState;
-use lostwrite::ledger::{Access, Ledger, OpenOptions};
-use lostwrite::metrics::MetricsListener;
+use lostwrite::host::{Closed, ExportSpec, Host, JournalSync, ServeConfig, Started};
 use lostwrite::nbd::proto::MAX_NAME;
-use lostwrite::server::listener::Listener;
-use lostwrite::server::{Config, Server};
-use lostwrite::service::alert::Alerter;
-use lostwrite::service::detect::Detector;
-use lostwrite::service::retain::Retainer;
-use lostwrite::service::scrub::{ScrubOptions, Scrubber};
-use lostwrite::service::{Export, ExportOptions, OnMismatch};
-use serde::Deserialize;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use lostwrite::service::OnMismatch;
+use std::path::PathBuf;
 use std::time::Duration;
-
-/// When a record must be durable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JournalSync {
-    /// At every FLUSH and FUA (group commit): a host crash may lose the journal tail after the
-    /// last flush, which verify reports as `uncertain`.
-    #[default]
-    Flush,
-    /// Before every device write: nothing is ever uncertain, at the cost of a journal sync per
-    /// write.
-    Strict,
-}
 
 /// Flags of `serve`.
 #[derive(clap::Args, Debug)]
@@ -127,90 +106,6 @@ pub struct Args {
     no_record: bool,
 }
 
-/// The `--config` file: the listener and host-wide settings, then one `[[export]]` table each.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeConfig {
-    /// Unix socket to listen on.
-    pub socket: Option<PathBuf>,
-    /// TCP HOST:PORT to listen on (instead of, or with, the socket).
-    pub listen: Option<String>,
-    /// Prometheus endpoint HOST:PORT.
-    pub metrics: Option<String>,
-    /// Alert hook command.
-    pub on_finding: Option<String>,
-    /// Least time between hook runs, e.g. "60s".
-    #[serde(default, deserialize_with = "de_duration")]
-    pub on_finding_interval: Option<Duration>,
-    /// Worker threads.
-    pub threads: Option<usize>,
-    /// TLS certificate chain (PEM).
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    pub tls_key: Option<PathBuf>,
-    /// CA for client certificates (PEM).
-    pub tls_client_ca: Option<PathBuf>,
-    /// How long an NBD upstream may take to connect or answer, e.g. "30s" (the global
-    /// --upstream-timeout flag, which this overrides).
-    #[serde(default, deserialize_with = "de_duration")]
-    pub upstream_timeout: Option<Duration>,
-    /// The exports.
-    #[serde(default)]
-    pub export: Vec<ExportSpec>,
-}
-
-/// One export of a config file (or of the command line).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExportSpec {
-    /// Name clients ask for (required, and not empty, in a config file; on the command line
-    /// it defaults to the empty name).
-    #[serde(default)]
-    pub name: String,
-    /// Device path or NBD URI.
-    pub device: String,
-    /// Ledger directory [default: DEVICE.ledger].
-    pub ledger: Option<PathBuf>,
-    /// Refuse writes.
-    #[serde(default)]
-    pub read_only: bool,
-    /// "log" or "error".
-    #[serde(default)]
-    pub on_mismatch: OnMismatch,
-    /// "flush" or "strict".
-    #[serde(default)]
-    pub journal_sync: JournalSync,
-    /// Block size of a ledger made now.
-    pub block_size: Option<u64>,
-    /// Accept a device whose identity differs from the ledger's.
-    #[serde(default)]
-    pub device_moved: bool,
-    /// Scrub rate in MiB/s.
-    pub scrub_rate: Option<f64>,
-    /// Time between scrub pass starts, e.g. "24h".
-    #[serde(default, deserialize_with = "de_duration")]
-    pub scrub_interval: Option<Duration>,
-    /// Journal history to keep, e.g. "30d".
-    #[serde(default, deserialize_with = "de_duration")]
-    pub retain: Option<Duration>,
-    /// Journal bytes to keep, e.g. "10G" or 10737418240.
-    #[serde(default, deserialize_with = "de_size")]
-    pub retain_bytes: Option<u64>,
-    /// Do not record (benchmarks only).
-    #[serde(skip)]
-    pub no_record: bool,
-}
-
-impl ExportSpec {
-    /// The retention it asks for.
-    pub fn retention(&self) -> Retention {
-        Retention {
-            age: self.retain,
-            bytes: self.retain_bytes,
-        }
-    }
-}
-
 impl Args {
     /// The command line as a one-export config.
     fn into_config(self) -> anyhow::Result<ServeConfig> {
@@ -241,6 +136,7 @@ impl Args {
             tls_key: self.tls_key,
             tls_client_ca: self.tls_client_ca,
             upstream_timeout: None,
+            serve_what_opens: false,
             export: vec![ExportSpec {
                 name: self.export,
                 device,
@@ -260,365 +156,20 @@ impl Args {
     }
 }
 
-/// Reads and checks a `--config` file.
-pub fn read_config(path: &Path) -> anyhow::Result<ServeConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
-    let c: ServeConfig =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
-    if c.export.is_empty() {
-        anyhow::bail!(
-            "--config {}: no [[export]] tables; list at least one (name, device, ledger)",
-            path.display()
-        );
-    }
-    if c.upstream_timeout.is_some_and(|t| t.is_zero()) {
-        anyhow::bail!(
-            "--config {}: upstream_timeout must be longer than zero (e.g. \"30s\")",
-            path.display()
-        );
-    }
-    if c.socket.is_none() && c.listen.is_none() {
-        anyhow::bail!(
-            "--config {}: say where to listen: socket = \"PATH\" or listen = \"HOST:PORT\"",
-            path.display()
-        );
-    }
-    let mut names = std::collections::HashSet::new();
-    for (i, e) in c.export.iter().enumerate() {
-        let which = format!(
-            "--config {}: [[export]] number {} (device {:?})",
-            path.display(),
-            i + 1,
-            e.device
-        );
-        let n = e.name.as_str();
-        if n.is_empty() {
-            anyhow::bail!(
-                "{which} has no name; give it one (name = \"disk1\"): clients ask for an export by name"
-            );
-        }
-        if n.len() > MAX_NAME {
-            anyhow::bail!(
-                "{which}: its name of {} bytes is longer than NBD allows ({MAX_NAME} bytes); give a shorter one",
-                n.len()
-            );
-        }
-        if !names.insert(n) {
-            anyhow::bail!("{which}: export name {n:?} is used twice");
-        }
-    }
-    Ok(c)
-}
-
-/// Opens one export's device and ledger and begins its session.
-fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
-    let bs = validate_block_size(spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE as u64))?;
-    let dev = lostwrite::device::open(&spec.device, !spec.read_only)
-        .map_err(|e| read_only_hint(spec, e))?;
-    // Read-only, it still judges every read against its ledger: a writer beside it would make
-    // every block it writes look stale. A shared claim keeps writers out, not other readers.
-    if spec.read_only && !spec.no_record {
-        dev.claim()?;
-    }
-    let ledger = if spec.no_record {
-        tracing::warn!("--no-record: writes are NOT recorded; nothing served now can be verified");
-        None
-    } else {
-        let dir = super::resolve_ledger(Some(&spec.device), spec.ledger.as_ref())?;
-        if !dir.exists() {
-            Ledger::create(&dir, dev.identity(), dev.size(), bs, None)?;
-            let blocks = dev.size().div_ceil(bs as u64);
-            tracing::warn!(
-                "created ledger {} without a baseline: the device's {blocks} blocks are untracked until written through this service. To track every block from the start, stop now, remove {} and run `lostwrite init --baseline {}`",
-                dir.display(),
-                dir.display(),
-                spec.device
-            );
-        }
-        let mut opts = OpenOptions::new(Access::Write);
-        opts.device_moved = spec.device_moved;
-        opts.segment_bytes = spec.retention().segment_bytes();
-        let mut l = Ledger::open(&dir, Some((dev.identity(), dev.size())), opts)?;
-        if spec.block_size.is_some() && l.geometry().block_size != bs {
-            anyhow::bail!(
-                "--block-size {bs}: the ledger {} uses {}-byte blocks, and a ledger's block size cannot change; drop --block-size, or make a new ledger elsewhere with `lostwrite init --block-size {bs}`",
-                dir.display(),
-                l.geometry().block_size
-            );
-        }
-        for w in &l.recovery().warnings {
-            tracing::warn!("{w}");
-        }
-        let session = l.begin_session(spec.journal_sync == JournalSync::Strict)?;
-        let geo = l.geometry();
-        let untracked = (0..geo.block_count())
-            .filter(|&b| !matches!(l.state(b), BlockState::Tracked { .. }))
-            .count();
-        tracing::info!(
-            "ledger {}: session {session}, {} blocks of {} bytes, {untracked} not tracked yet{}",
-            dir.display(),
-            geo.block_count(),
-            geo.block_size,
-            if l.recovery().previous_clean {
-                ""
-            } else {
-                "; the previous session did not end cleanly"
-            }
-        );
-        Some(l)
-    };
-    Ok(Export::new(
-        Box::new(dev),
-        ledger,
-        ExportOptions {
-            name: spec.name.clone(),
-            read_only: spec.read_only,
-            on_mismatch: spec.on_mismatch,
-        },
-    ))
-}
-
-/// A device that cannot be opened for writing but can be for reading (immutable, on a read-only
-/// file system, or without write permission) may be what the operator meant to serve read-only.
-fn read_only_hint(spec: &ExportSpec, e: lostwrite::Error) -> anyhow::Error {
-    use nix::libc::{EACCES, EPERM, EROFS};
-    let denied = matches!(e.raw_os_error(), Some(EPERM | EACCES | EROFS));
-    if spec.read_only || !denied || std::fs::File::open(&spec.device).is_err() {
-        return e.into();
-    }
-    anyhow::anyhow!(
-        "{e}; it can be opened for reading only (immutable, a read-only file system, or no write permission): serve it with --read-only (read_only = true in a config), or make it writable (chattr -i, remount, chmod)"
-    )
-}
-
-/// A byte count in a config file: an integer, or a string as the command line reads one.
-fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Option::<Size>::deserialize(d)? {
-        None => Ok(None),
-        Some(Size::Bytes(n)) => Ok(Some(n)),
-        Some(Size::Text(t)) => super::parse_size(&t)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
-/// A duration in a config file, read as the command line reads one ("30s", "24h").
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
-        .transpose()
-}
-
+/// Turns the flags or the config file into a host, serves until a signal, then stops it: exit
+/// status 0 when every export closed cleanly, 1 when one did not.
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let (config, many) = match &a.config {
-        Some(p) => (read_config(p)?, true),
-        None => (a.into_config()?, false),
+    let config = match &a.config {
+        Some(p) => lostwrite::host::config::read_config(p)?,
+        None => a.into_config()?,
     };
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(c), Some(k)) => Some(lostwrite::server::tls::server_config(
-            c,
-            k,
-            config.tls_client_ca.as_deref(),
-        )?),
-        (None, None) => None,
-        _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
-    };
-    // Everything that can fail for reasons of configuration or of the host (bad values, a
-    // socket or port in use) is checked before any ledger is opened: a session begun and then
-    // abandoned would count as a crash and weaken later verdicts.
-    let mut scrub = Vec::new();
-    for spec in &config.export {
-        scrub.push(match spec.scrub_rate {
-            Some(r) if !(r >= 1.0 / 1024.0 && r.is_finite()) => anyhow::bail!(
-                "scrub rate {r} MiB/s for {}: give at least 1/1024 MiB/s",
-                spec.device
-            ),
-            Some(r) => Some(ScrubOptions {
-                rate: (r * (1u64 << 20) as f64) as u64,
-                interval: spec
-                    .scrub_interval
-                    .unwrap_or(Duration::from_secs(24 * 3600)),
-            }),
-            None => None,
-        });
-    }
-    let alert_interval = config
-        .on_finding_interval
-        .unwrap_or(Duration::from_secs(60));
-    let mut listeners = Vec::new();
-    let cleanup = |ls: &[Listener]| ls.iter().for_each(|l| l.cleanup());
-    if let Some(path) = &config.socket {
-        listeners.push(
-            Listener::unix(path).map_err(|e| anyhow::anyhow!("socket {}: {e}", path.display()))?,
-        );
-    }
-    if let Some(addr) = &config.listen {
-        match Listener::tcp(addr) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                cleanup(&listeners);
-                anyhow::bail!("listen {addr}: {e}");
-            }
-        }
-    }
-    let metrics_listener = match config.metrics.as_deref().map(MetricsListener::bind) {
-        None => None,
-        Some(Ok(m)) => Some(m),
-        Some(Err(e)) => {
-            cleanup(&listeners);
-            return Err(e.into());
-        }
-    };
-    if let Some(t) = config.upstream_timeout {
-        lostwrite::nbd::client::set_timeout(t);
-    }
+    let bound = Host::bind(config)?;
     let stop = watch_signals()?;
-    // A signal during start ends the start: exports already open are closed cleanly.
-    let mut early = None;
-    let stopped = |early: &mut Option<i32>| {
-        if let Ok(s) = stop.try_recv() {
-            *early = Some(s);
-        }
-        early.is_some()
+    let host = match bound.start(&stop)? {
+        Started::Serving(host) => host,
+        Started::Interrupted(_) => return Ok(0),
     };
-    let mut exports = Vec::new();
-    let mut scrub_of = Vec::new();
-    let mut retain_of = Vec::new();
-    let mut down = Vec::new();
-    for (spec, scrub_opts) in config.export.iter().zip(scrub) {
-        if stopped(&mut early) {
-            break;
-        }
-        match open_export(spec) {
-            Err(e) if stopped(&mut early) => {
-                tracing::warn!("export {:?} ({}) not opened: {e}", spec.name, spec.device);
-                break;
-            }
-            Ok(e) => {
-                exports.push(Arc::new(e));
-                scrub_of.push(scrub_opts);
-                retain_of.push(spec.retention());
-            }
-            // With many disks, one that cannot be opened must not keep the others offline.
-            Err(e) if many => {
-                let why = format!(
-                    "export {:?} ({}) is NOT served: {e}",
-                    spec.name, spec.device
-                );
-                tracing::error!("{why}");
-                down.push(why);
-            }
-            Err(e) => {
-                cleanup(&listeners);
-                return Err(e);
-            }
-        }
-    }
-    if exports.is_empty() {
-        cleanup(&listeners);
-        if let Some(s) = early {
-            tracing::info!("signal {s} during start: stopped before serving anything");
-            return Ok(0);
-        }
-        anyhow::bail!("no export could be opened (see the errors above)");
-    }
-    let alerter = config
-        .on_finding
-        .as_ref()
-        .map(|cmd| Alerter::start(cmd.clone(), alert_interval));
-    let detectors: Vec<Detector> = exports
-        .iter()
-        .filter(|e| e.ledger().is_some())
-        .map(|e| Detector::start(e, alerter.as_ref().map(|a| a.sink())))
-        .collect();
-    let mut scrubbers = Vec::new();
-    for (e, opts) in exports.iter().zip(&scrub_of) {
-        if let Some(o) = opts {
-            match Scrubber::start(e, *o) {
-                Ok(s) => scrubbers.push(s),
-                Err(err) => tracing::error!("{}: NOT scrubbed: {err}", label(e.name())),
-            }
-            tracing::info!(
-                "{}: scrubbing at {:.1} MiB/s, a pass every {}",
-                label(e.name()),
-                o.rate as f64 / (1u64 << 20) as f64,
-                super::show_duration(o.interval)
-            );
-        }
-    }
-    let mut retainers = Vec::new();
-    for (e, keep) in exports.iter().zip(&retain_of) {
-        if keep.is_none() || e.ledger().is_none() {
-            continue;
-        }
-        match Retainer::start(e, *keep) {
-            Ok(r) => {
-                tracing::info!(
-                    "{}: retaining {}{}{} of journal history",
-                    label(e.name()),
-                    keep.age.map(super::show_duration).unwrap_or_default(),
-                    if keep.age.is_some() && keep.bytes.is_some() {
-                        " and at most "
-                    } else {
-                        ""
-                    },
-                    keep.bytes.map(|b| format!("{b} bytes")).unwrap_or_default()
-                );
-                retainers.push(r);
-            }
-            Err(err) => tracing::error!("{}: NO retention: {err}", label(e.name())),
-        }
-    }
-    let metrics = match metrics_listener {
-        Some(m) => {
-            tracing::info!("metrics on http://{}/metrics", m.addr());
-            Some(m.start(exports.clone(), down)?)
-        }
-        None => None,
-    };
-    for e in &exports {
-        tracing::info!(
-            "serving {} as {}{}",
-            e.device_name(),
-            label(e.name()),
-            if e.read_only() { " (read-only)" } else { "" }
-        );
-    }
-    for l in &listeners {
-        if tls.is_none() && !l.loopback_only() {
-            tracing::warn!(
-                "{} is not a loopback address and TLS is off: anyone who can reach it can read and overwrite the device, unauthenticated and unencrypted. Give --tls-cert and --tls-key (tls_cert, tls_key in a config), or listen on a loopback address or a unix socket",
-                l.describe()
-            );
-        }
-        tracing::info!(
-            "listening on {}{}",
-            l.describe(),
-            match (&tls, &config.tls_client_ca) {
-                (Some(_), Some(_)) => ", TLS required, client certificates required",
-                (Some(_), None) => ", TLS required",
-                _ => "",
-            }
-        );
-    }
-    let mut server_config = Config::default();
-    if exports.iter().any(|e| !e.quick_writes()) {
-        // Workers mostly wait for the upstream's replies: enough of them to keep a deep queue.
-        server_config.workers = server_config.workers.max(32);
-    }
-    if let Some(t) = config.threads {
-        server_config.workers = t.max(1);
-    }
-    server_config.tls = tls;
-    let server = Server::start(exports, listeners, server_config);
-    let sig = match early {
+    let sig = match host.interrupted() {
         Some(s) => s,
         None => {
             sd_notify("READY=1");
@@ -630,66 +181,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         "signal {sig}: finishing requests in flight and closing the ledger within {} s (a second signal exits at once, leaving the session unclosed)",
         STOP_BOUND.as_secs()
     );
-    let exports = server.shutdown();
-    for s in scrubbers {
-        s.stop();
-    }
-    for r in retainers {
-        r.stop();
-    }
-    if let Some(m) = metrics {
-        m.stop();
-    }
-    for d in detectors {
-        d.finish();
-    }
-    if let Some(a) = alerter {
-        a.finish();
-    }
-    let mut status = 0;
-    for e in exports {
-        let e =
-            Arc::try_unwrap(e).map_err(|_| anyhow::anyhow!("export still in use at shutdown"))?;
-        let c = &e.counters;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let unclassified = match load(&c.suspects_dropped) {
-            0 => String::new(),
-            n => format!(
-                " ({n} of them unclassified, the detection queue being full: run `lostwrite verify`)"
-            ),
-        };
-        let logs = match lostwrite::logsink::dropped() {
-            0 => String::new(),
-            n => format!(", {n} log lines dropped (stderr full, closed or failing)"),
-        };
-        let summary = format!(
-            "{} writes ({} bytes), {} reads, {} flushes, {} stale reads{unclassified}, {} findings, {} errors{logs}",
-            load(&c.writes),
-            load(&c.written_bytes),
-            load(&c.reads),
-            load(&c.flushes),
-            load(&c.read_mismatches),
-            c.findings.iter().map(load).sum::<u64>(),
-            load(&c.errors),
-        );
-        let name = label(e.name());
-        let failure = e.ledger().and_then(|l| l.session_failure());
-        if let Err(err) = e.close() {
-            tracing::error!("{name}: closing: {err}");
-            status = 1;
-            continue;
-        }
-        match failure {
-            None => tracing::info!("{name} closed cleanly: {summary}"),
-            Some(why) => {
-                tracing::error!(
-                    "{name}: the session is left unclosed, so the next start and `verify` treat it as a crash: {why}; {summary}"
-                );
-                status = 1;
-            }
-        }
-    }
-    Ok(status)
+    let closed = host.stop()?;
+    Ok(if closed.iter().all(Closed::is_clean) {
+        0
+    } else {
+        1
+    })
 }
 
 /// How long after SIGTERM anything still waits for an NBD upstream.
@@ -727,15 +224,6 @@ fn watch_signals() -> anyhow::Result<crossbeam_channel::Receiver<i32>> {
             }
         })?;
     Ok(rx)
-}
-
-/// An export as log lines name it: `export "web1"`, or `the unnamed export`.
-fn label(name: &str) -> String {
-    if name.is_empty() {
-        "the unnamed export".into()
-    } else {
-        format!("export {name:?}")
-    }
 }
 
 /// Tells systemd (Type=notify) how the service stands; nothing without $NOTIFY_SOCKET.

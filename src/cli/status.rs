@@ -38,7 +38,7 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let (targets, live): (Vec<(String, PathBuf)>, _) = match &a.config {
         Some(p) => {
-            let c = super::serve::read_config(p)?;
+            let c = lostwrite::host::config::read_config(p)?;
             let mut t = Vec::new();
             for e in &c.export {
                 t.push((

@@ -10,6 +10,7 @@ mod durability;
 mod ext4;
 mod forensics;
 mod helpers;
+mod host;
 mod hostile;
 mod interop;
 mod journal;
