@@ -12,9 +12,9 @@ use super::view::FuseView;
 use crate::clock::{self, rfc3339, Micros};
 use crate::device::BlockDevice;
 use crate::error::Result;
+use crate::findings::classify::Kind;
+use crate::findings::Finding;
 use crate::ledger::Ledger;
-use crate::verify::classify::Kind;
-use crate::verify::report::Finding;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -94,7 +94,7 @@ pub struct RegionInfo {
 }
 
 /// A block to map: its device offset, and (for a finding) its kind and found time.
-pub type Item = (u64, Option<Kind>, Option<String>);
+pub type Item = (u64, Option<Kind>, Option<Micros>);
 
 /// Finds what owns each item's ledger block. Returns the partition scheme, the regions, and the
 /// owners of each item in order.
@@ -115,12 +115,7 @@ pub fn map_blocks(
     let all = items
         .iter()
         .map(|(offset, kind, found)| {
-            disk.refs(
-                (*offset, *kind, found.as_deref()),
-                &owners,
-                &mut unknown_noted,
-                notes,
-            )
+            disk.refs((*offset, *kind, *found), &owners, &mut unknown_noted, notes)
         })
         .collect();
     Ok((disk.table.scheme.to_string(), disk.infos, all))
@@ -137,13 +132,7 @@ pub(super) fn map_findings(
 ) -> Result<(String, Vec<RegionInfo>)> {
     let items: Vec<Item> = mapped
         .iter()
-        .map(|f| {
-            (
-                f.finding.offset,
-                Some(f.finding.kind),
-                f.finding.found_time.clone(),
-            )
-        })
+        .map(|f| (f.finding.offset, Some(f.finding.kind), f.finding.found_time))
         .collect();
     let (scheme, regions, files) = map_blocks(ledger, dev, device_path, &items, notes)?;
     for (f, refs) in mapped.iter_mut().zip(files) {
@@ -262,7 +251,7 @@ impl Disk {
     /// (`unknown_noted` holds the regions noted so far).
     fn refs(
         &self,
-        (offset, kind, found): (u64, Option<Kind>, Option<&str>),
+        (offset, kind, found): (u64, Option<Kind>, Option<Micros>),
         owners: &[HashMap<u64, Owner>],
         unknown_noted: &mut BTreeSet<usize>,
         notes: &mut Vec<String>,
@@ -373,12 +362,7 @@ pub(super) fn summarize(findings: &[MappedFinding]) -> Vec<Affected> {
     let mut by: BTreeMap<(String, &'static str, Option<String>, String), Affected> =
         BTreeMap::new();
     for f in findings {
-        let times: Vec<Micros> = f
-            .finding
-            .lost
-            .iter()
-            .filter_map(|l| clock::parse(&l.time).ok())
-            .collect();
+        let times: Vec<Micros> = f.finding.lost.iter().map(|l| l.time).collect();
         for r in &f.files {
             // Group one file's blocks together whatever their individual symptoms say.
             let group_key = match r.owner {

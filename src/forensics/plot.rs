@@ -5,7 +5,7 @@
 
 use super::{lost_points, ForensicReport};
 use crate::clock::{rfc3339, Micros};
-use crate::verify::classify::Kind;
+use crate::findings::classify::Kind;
 use std::fmt::Write as _;
 
 const W: f64 = 1000.0;

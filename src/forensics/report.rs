@@ -6,12 +6,13 @@
 use super::owners::{map_findings, summarize};
 use super::window::{histogram, in_view, incident_window, lost_points};
 use super::{Affected, Bin, IncidentWindow, LostPoint, MappedFinding, RegionInfo};
-use crate::clock::{self, rfc3339, Micros};
+use crate::clock::{rfc3339, Micros};
 use crate::device::BlockDevice;
 use crate::error::Result;
+use crate::findings::Finding;
 use crate::ledger::history::{self, SessionInfo};
 use crate::ledger::Ledger;
-use crate::verify::report::{Finding, Summary};
+use crate::verify::report::Summary;
 use serde::Serialize;
 use std::collections::HashSet;
 
@@ -82,13 +83,7 @@ pub fn build(
     let all = findings.len();
     let findings: Vec<Finding> = findings
         .into_iter()
-        .filter(|f| {
-            !viewed
-                || f.lost
-                    .iter()
-                    .filter_map(|l| clock::parse(&l.time).ok())
-                    .any(|t| in_view(t, opts))
-        })
+        .filter(|f| !viewed || f.lost.iter().any(|l| in_view(l.time, opts)))
         .collect();
     let outside_view = all - findings.len();
     let mut summary = Summary::default();

@@ -4,8 +4,8 @@
 //! RFC 3339; points whose time does not parse are left out.
 
 use super::{MappedFinding, Options};
-use crate::clock::{self, rfc3339, Micros};
-use crate::verify::classify::Kind;
+use crate::clock::{rfc3339, Micros};
+use crate::findings::classify::Kind;
 use serde::Serialize;
 use std::collections::HashSet;
 
@@ -42,14 +42,12 @@ pub struct Bin {
 /// A lost write of a finding: (time, durable, kind, block).
 pub type LostPoint = (Micros, bool, Kind, u64);
 
-/// Every lost write of the findings, parsed.
+/// Every lost write of the findings.
 pub fn lost_points(findings: &[MappedFinding]) -> Vec<LostPoint> {
     let mut out = Vec::new();
     for f in findings {
         for l in &f.finding.lost {
-            if let Ok(t) = clock::parse(&l.time) {
-                out.push((t, l.durable, f.finding.kind, f.finding.block));
-            }
+            out.push((l.time, l.durable, f.finding.kind, f.finding.block));
         }
     }
     out
@@ -73,8 +71,7 @@ pub(super) fn incident_window(
         (Some(a), Some(z)) => {
             let newest_surviving = findings
                 .iter()
-                .filter_map(|f| f.finding.found_time.as_deref())
-                .filter_map(|t| clock::parse(t).ok())
+                .filter_map(|f| f.finding.found_time)
                 .filter(|&t| t < a)
                 .max()
                 .map(rfc3339);
