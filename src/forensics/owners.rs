@@ -9,13 +9,13 @@ use super::ext4::{self, ExtFs, Owner};
 use super::partition::{self, Table};
 use super::symptom::{owner_name, symptom};
 use super::view::FuseView;
-use crate::clock::{self, rfc3339, Micros};
+use crate::clock::{rfc3339, Micros};
 use crate::device::BlockDevice;
 use crate::error::Result;
 use crate::findings::classify::Kind;
 use crate::findings::Finding;
 use crate::ledger::Ledger;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 
@@ -71,13 +71,24 @@ pub struct Affected {
     pub kinds: Vec<Kind>,
     /// The symptom.
     pub symptom: String,
-    /// Earliest and latest lost write on these blocks.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lost_between: Option<(String, String)>,
+    /// Earliest and latest lost write on these blocks (RFC 3339 in JSON).
+    #[serde(
+        serialize_with = "lost_between_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lost_between: Option<(Micros, Micros)>,
     /// Every damaged ledger block of this owner also held other owners' data: its own part
     /// may be intact.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub maybe_intact: bool,
+}
+
+/// `lost_between` as the pair of RFC 3339 texts it is printed as.
+fn lost_between_text<S: Serializer>(
+    v: &Option<(Micros, Micros)>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    v.map(|(a, z)| (rfc3339(a), rfc3339(z))).serialize(s)
 }
 
 /// A region of the device and what the mapper found in it.
@@ -391,12 +402,8 @@ pub(super) fn summarize(findings: &[MappedFinding]) -> Vec<Affected> {
                 a.kinds.push(f.finding.kind);
             }
             if let (Some(&lo), Some(&hi)) = (times.iter().min(), times.iter().max()) {
-                let (l0, h0) = a
-                    .lost_between
-                    .as_ref()
-                    .map(|(x, y)| (clock::parse(x).unwrap_or(lo), clock::parse(y).unwrap_or(hi)))
-                    .unwrap_or((lo, hi));
-                a.lost_between = Some((rfc3339(l0.min(lo)), rfc3339(h0.max(hi))));
+                let (l0, h0) = a.lost_between.unwrap_or((lo, hi));
+                a.lost_between = Some((l0.min(lo), h0.max(hi)));
             }
         }
     }
