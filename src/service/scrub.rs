@@ -273,3 +273,24 @@ fn scrub_chunk(e: &Export, first: u64, n: u64, buf: &mut [u8]) -> std::io::Resul
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ScrubState;
+
+    #[test]
+    fn a_saved_position_reads_back_as_the_same_bytes() {
+        for text in [
+            r#"{"passes":3,"next_block":77,"pass_started":"2026-11-25T14:03:11.123456Z","last_pass_ended":"2026-11-25T13:00:00.000001Z"}"#,
+            r#"{"passes":0,"next_block":0,"pass_started":null,"last_pass_ended":null}"#,
+        ] {
+            let st: ScrubState = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::to_string(&st).unwrap(), text);
+        }
+        let st: ScrubState = serde_json::from_str(
+            r#"{"passes":1,"next_block":5,"pass_started":"2026-11-25T14:03:11.5Z","last_pass_ended":null}"#,
+        )
+        .unwrap();
+        assert_eq!(st.pass_started.map(|t| t % 1_000_000), Some(500_000));
+    }
+}
