@@ -4,9 +4,10 @@
 //! and a checksum in a [`ledger`] kept apart from the device; [`verify`] later holds the device
 //! against the ledger and classifies every block that no longer holds its latest durable
 //! contents. Data flows server → service → device + ledger on the way in, and verify →
-//! classify → report on the way out; each module owns one step. [`nbd`] is the protocol alone,
-//! under both the server and the NBD device. [`host`] owns a server's whole life, from its
-//! configuration to the closing of every export.
+//! classify → report on the way out; each module owns one step. [`findings`] (classification
+//! and the findings log) sits below both `verify` and `service`, which share it. [`nbd`] is the
+//! protocol alone, under both the server and the NBD device. [`host`] owns a server's whole
+//! life, from its configuration to the closing of every export.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod block;
 pub mod clock;
 pub mod device;
 pub mod error;
+pub mod findings;
 pub mod forensics;
 pub mod host;
 pub mod ledger;

@@ -5,8 +5,8 @@
 //! answers the same live figures as JSON ([`LiveStatus`]), which `status --config` reads, so no
 //! client has to parse the text exposition.
 
+use crate::findings::classify::Kind;
 use crate::service::{Export, FLUSH_BUCKETS};
-use crate::verify::classify::Kind;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;

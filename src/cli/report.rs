@@ -5,9 +5,10 @@
 
 use super::Target;
 use lostwrite::device::BlockDevice;
+use lostwrite::findings::Finding;
 use lostwrite::forensics::{self, plot};
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
-use lostwrite::verify;
+use lostwrite::verify::{self, report::Outcome};
 use std::path::PathBuf;
 
 /// Flags of `report`.
@@ -66,7 +67,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut read = None;
     let mut damaged = false;
     let mut untracked = false;
-    let findings: Vec<verify::report::Finding> = match &a.findings {
+    let findings: Vec<Finding> = match &a.findings {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -93,8 +94,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     progress: !a.json,
                 },
             )?;
-            damaged = r.result == "ledger-damaged";
-            untracked = r.result == "nothing-tracked";
+            damaged = r.result == Outcome::LedgerDamaged;
+            untracked = r.result == Outcome::NothingTracked;
             read = Some((r.read, r.read_note));
             r.findings
         }

@@ -5,12 +5,12 @@
 
 use super::resolve_ledger;
 use lostwrite::clock::rfc3339;
+use lostwrite::findings::log as findings;
 use lostwrite::ledger::history::{self, SessionEnd};
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, OpenOptions, LOCK_FILE};
 use lostwrite::metrics::{ExportStatus, LiveStatus, STATUS_PATH};
 use lostwrite::service::scrub::ScrubState;
-use lostwrite::verify::findings;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -223,12 +223,12 @@ fn one(dir: &Path, export: &str, live: Option<&ExportStatus>) -> anyhow::Result<
         "scrub": scrubbed.then(|| json!({
             "passes": scrub.passes,
             "progress": scrub.next_block as f64 / geo.block_count().max(1) as f64,
-            "pass_started": scrub.pass_started,
-            "last_pass_ended": scrub.last_pass_ended,
+            "pass_started": scrub.pass_started.map(rfc3339),
+            "last_pass_ended": scrub.last_pass_ended.map(rfc3339),
         })),
         "findings_open": open.len(),
         "stale_reads_unclassified": unclassified,
-        "stale_reads_unclassified_last": unclassified_last,
+        "stale_reads_unclassified_last": unclassified_last.map(rfc3339),
         "findings": open_list,
     }))
 }

@@ -4,8 +4,9 @@
 
 use super::Target;
 use lostwrite::device::BlockDevice;
+use lostwrite::findings::log::clear_verified;
 use lostwrite::ledger::{Access, Ledger, OpenOptions};
-use lostwrite::verify;
+use lostwrite::verify::{self, report::Outcome};
 
 /// Flags of `verify`.
 #[derive(clap::Args, Debug)]
@@ -59,13 +60,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // judged against a rebuilt view settles nothing.
     let clear = if a.device_moved {
         Ok(0)
-    } else if a.cached || report.result == "ledger-damaged" {
+    } else if a.cached || report.result == Outcome::LedgerDamaged {
         tracing::info!(
             "open findings and unclassified stale reads are kept: only a verification of the media with a sound ledger settles them"
         );
         Ok(0)
     } else {
-        verify::findings::clear_verified(&dir, &ledger, &report)
+        clear_verified(&dir, &ledger, &report.findings)
     };
     match clear {
         Ok(0) => {}
@@ -80,8 +81,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     Ok(match report.result {
         // Nothing was verified: exit 0 would certify a device nobody checked.
-        "ledger-damaged" | "nothing-tracked" => 2,
-        "findings" => 1,
-        _ => 0,
+        Outcome::LedgerDamaged | Outcome::NothingTracked => 2,
+        Outcome::Findings => 1,
+        Outcome::Clean => 0,
     })
 }

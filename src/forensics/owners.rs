@@ -9,13 +9,13 @@ use super::ext4::{self, ExtFs, Owner};
 use super::partition::{self, Table};
 use super::symptom::{owner_name, symptom};
 use super::view::FuseView;
-use crate::clock::{self, rfc3339, Micros};
+use crate::clock::{rfc3339, Micros};
 use crate::device::BlockDevice;
 use crate::error::Result;
+use crate::findings::classify::Kind;
+use crate::findings::Finding;
 use crate::ledger::Ledger;
-use crate::verify::classify::Kind;
-use crate::verify::report::Finding;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 
@@ -71,13 +71,24 @@ pub struct Affected {
     pub kinds: Vec<Kind>,
     /// The symptom.
     pub symptom: String,
-    /// Earliest and latest lost write on these blocks.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lost_between: Option<(String, String)>,
+    /// Earliest and latest lost write on these blocks (RFC 3339 in JSON).
+    #[serde(
+        serialize_with = "lost_between_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lost_between: Option<(Micros, Micros)>,
     /// Every damaged ledger block of this owner also held other owners' data: its own part
     /// may be intact.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub maybe_intact: bool,
+}
+
+/// `lost_between` as the pair of RFC 3339 texts it is printed as.
+fn lost_between_text<S: Serializer>(
+    v: &Option<(Micros, Micros)>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    v.map(|(a, z)| (rfc3339(a), rfc3339(z))).serialize(s)
 }
 
 /// A region of the device and what the mapper found in it.
@@ -94,7 +105,7 @@ pub struct RegionInfo {
 }
 
 /// A block to map: its device offset, and (for a finding) its kind and found time.
-pub type Item = (u64, Option<Kind>, Option<String>);
+pub type Item = (u64, Option<Kind>, Option<Micros>);
 
 /// Finds what owns each item's ledger block. Returns the partition scheme, the regions, and the
 /// owners of each item in order.
@@ -115,12 +126,7 @@ pub fn map_blocks(
     let all = items
         .iter()
         .map(|(offset, kind, found)| {
-            disk.refs(
-                (*offset, *kind, found.as_deref()),
-                &owners,
-                &mut unknown_noted,
-                notes,
-            )
+            disk.refs((*offset, *kind, *found), &owners, &mut unknown_noted, notes)
         })
         .collect();
     Ok((disk.table.scheme.to_string(), disk.infos, all))
@@ -137,13 +143,7 @@ pub(super) fn map_findings(
 ) -> Result<(String, Vec<RegionInfo>)> {
     let items: Vec<Item> = mapped
         .iter()
-        .map(|f| {
-            (
-                f.finding.offset,
-                Some(f.finding.kind),
-                f.finding.found_time.clone(),
-            )
-        })
+        .map(|f| (f.finding.offset, Some(f.finding.kind), f.finding.found_time))
         .collect();
     let (scheme, regions, files) = map_blocks(ledger, dev, device_path, &items, notes)?;
     for (f, refs) in mapped.iter_mut().zip(files) {
@@ -262,7 +262,7 @@ impl Disk {
     /// (`unknown_noted` holds the regions noted so far).
     fn refs(
         &self,
-        (offset, kind, found): (u64, Option<Kind>, Option<&str>),
+        (offset, kind, found): (u64, Option<Kind>, Option<Micros>),
         owners: &[HashMap<u64, Owner>],
         unknown_noted: &mut BTreeSet<usize>,
         notes: &mut Vec<String>,
@@ -373,12 +373,7 @@ pub(super) fn summarize(findings: &[MappedFinding]) -> Vec<Affected> {
     let mut by: BTreeMap<(String, &'static str, Option<String>, String), Affected> =
         BTreeMap::new();
     for f in findings {
-        let times: Vec<Micros> = f
-            .finding
-            .lost
-            .iter()
-            .filter_map(|l| clock::parse(&l.time).ok())
-            .collect();
+        let times: Vec<Micros> = f.finding.lost.iter().map(|l| l.time).collect();
         for r in &f.files {
             // Group one file's blocks together whatever their individual symptoms say.
             let group_key = match r.owner {
@@ -407,12 +402,8 @@ pub(super) fn summarize(findings: &[MappedFinding]) -> Vec<Affected> {
                 a.kinds.push(f.finding.kind);
             }
             if let (Some(&lo), Some(&hi)) = (times.iter().min(), times.iter().max()) {
-                let (l0, h0) = a
-                    .lost_between
-                    .as_ref()
-                    .map(|(x, y)| (clock::parse(x).unwrap_or(lo), clock::parse(y).unwrap_or(hi)))
-                    .unwrap_or((lo, hi));
-                a.lost_between = Some((rfc3339(l0.min(lo)), rfc3339(h0.max(hi))));
+                let (l0, h0) = a.lost_between.unwrap_or((lo, hi));
+                a.lost_between = Some((l0.min(lo), h0.max(hi)));
             }
         }
     }

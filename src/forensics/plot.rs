@@ -5,7 +5,7 @@
 
 use super::{lost_points, ForensicReport};
 use crate::clock::{rfc3339, Micros};
-use crate::verify::classify::Kind;
+use crate::findings::classify::Kind;
 use std::fmt::Write as _;
 
 const W: f64 = 1000.0;
@@ -89,7 +89,10 @@ pub fn render(r: &ForensicReport, device_size: u64) -> String {
     let sub = match &r.incident_window {
         Some(w) => format!(
             "{} durable writes lost between {} and {} ({:.3} s)",
-            w.lost_durable_writes, w.start, w.end, w.seconds
+            w.lost_durable_writes,
+            rfc3339(w.start),
+            rfc3339(w.end),
+            w.seconds
         ),
         None => "no durable write lost".into(),
     };
@@ -122,17 +125,15 @@ pub fn render(r: &ForensicReport, device_size: u64) -> String {
         .ok();
     }
     if let Some(w) = &r.incident_window {
-        if let (Ok(a), Ok(b)) = (crate::clock::parse(&w.start), crate::clock::parse(&w.end)) {
-            let (xa, xb) = (x(a), x(b).max(x(a) + 2.0));
-            writeln!(s, r##"<rect class="window" x="{:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#d62728" fill-opacity="0.12" stroke="#d62728" stroke-dasharray="4 3"/>"##, xa - 2.0, xb - xa + 4.0, bottom - top).ok();
-            writeln!(
-                s,
-                r##"<text x="{:.1}" y="{}" fill="#d62728" font-size="11">incident window</text>"##,
-                xa,
-                bottom + 14.0
-            )
-            .ok();
-        }
+        let (xa, xb) = (x(w.start), x(w.end).max(x(w.start) + 2.0));
+        writeln!(s, r##"<rect class="window" x="{:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#d62728" fill-opacity="0.12" stroke="#d62728" stroke-dasharray="4 3"/>"##, xa - 2.0, xb - xa + 4.0, bottom - top).ok();
+        writeln!(
+            s,
+            r##"<text x="{:.1}" y="{}" fill="#d62728" font-size="11">incident window</text>"##,
+            xa,
+            bottom + 14.0
+        )
+        .ok();
     }
     // Flush points.
     let flushes: Vec<Micros> = r

@@ -3,6 +3,7 @@
 //! and structures, the notes, and where the timeline picture went.
 
 use super::ForensicReport;
+use crate::clock::rfc3339;
 use std::fmt::Write as _;
 
 impl ForensicReport {
@@ -38,8 +39,8 @@ impl ForensicReport {
             writeln!(
                 o,
                 "view: lost writes from {} to {}",
-                a.as_deref().unwrap_or("the start"),
-                b.as_deref().unwrap_or("the end")
+                a.map_or("the start".into(), rfc3339),
+                b.map_or("the end".into(), rfc3339)
             )
             .ok();
             if self.outside_view > 0 {
@@ -69,17 +70,18 @@ impl ForensicReport {
                 writeln!(
                     o,
                     "INCIDENT WINDOW: {} durable writes to {} blocks were lost, written between\n  {}  and  {}  ({:.3} s)",
-                    w.lost_durable_writes, w.blocks, w.start, w.end, w.seconds
+                    w.lost_durable_writes, w.blocks, rfc3339(w.start), rfc3339(w.end), w.seconds
                 )
                 .ok();
-                if let Some(t) = &w.newest_surviving {
+                if let Some(t) = w.newest_surviving {
                     writeln!(
                         o,
-                        "  data written up to {t} survived on the reverted blocks"
+                        "  data written up to {} survived on the reverted blocks",
+                        rfc3339(t)
                     )
                     .ok();
                 }
-                writeln!(o, "  anything written between these times is at risk; nothing written after {} was lost", w.end).ok();
+                writeln!(o, "  anything written between these times is at risk; nothing written after {} was lost", rfc3339(w.end)).ok();
                 let peak = self
                     .histogram
                     .iter()
@@ -90,7 +92,7 @@ impl ForensicReport {
                 writeln!(o, "\nlost durable writes over time:").ok();
                 for b in &self.histogram {
                     let bar = "#".repeat((b.lost_writes * 40).div_ceil(peak));
-                    writeln!(o, "  {}  {:<40} {}", b.start, bar, b.lost_writes).ok();
+                    writeln!(o, "  {}  {:<40} {}", rfc3339(b.start), bar, b.lost_writes).ok();
                 }
             }
             None => {
@@ -158,8 +160,8 @@ impl ForensicReport {
                     )
                     .ok();
                 }
-                if let Some((x, y)) = &a.lost_between {
-                    writeln!(o, "      lost writes from {x} to {y}").ok();
+                if let Some((x, y)) = a.lost_between {
+                    writeln!(o, "      lost writes from {} to {}", rfc3339(x), rfc3339(y)).ok();
                 }
             }
             if self.affected.len() > max_rows {

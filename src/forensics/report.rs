@@ -6,13 +6,14 @@
 use super::owners::{map_findings, summarize};
 use super::window::{histogram, in_view, incident_window, lost_points};
 use super::{Affected, Bin, IncidentWindow, LostPoint, MappedFinding, RegionInfo};
-use crate::clock::{self, rfc3339, Micros};
+use crate::clock::{rfc3339, Micros};
 use crate::device::BlockDevice;
 use crate::error::Result;
+use crate::findings::Finding;
 use crate::ledger::history::{self, SessionInfo};
 use crate::ledger::Ledger;
-use crate::verify::report::{Finding, Summary};
-use serde::Serialize;
+use crate::verify::report::Summary;
+use serde::{Serialize, Serializer};
 use std::collections::HashSet;
 
 /// What to include.
@@ -57,9 +58,9 @@ pub struct ForensicReport {
     pub partitions: Option<(String, Vec<RegionInfo>)>,
     /// Notes (a damaged partition table, a filesystem the mapper does not know).
     pub notes: Vec<String>,
-    /// `--since` / `--until` in effect.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub view: Option<(Option<String>, Option<String>)>,
+    /// `--since` / `--until` in effect (RFC 3339 in JSON).
+    #[serde(serialize_with = "view_text", skip_serializing_if = "Option::is_none")]
+    pub view: Option<(Option<Micros>, Option<Micros>)>,
     /// Findings that `--since` / `--until` left out (none without a view).
     pub outside_view: usize,
     /// The SVG written, if any.
@@ -68,6 +69,15 @@ pub struct ForensicReport {
     /// Sessions (for the plot).
     #[serde(skip)]
     pub sessions: Vec<SessionInfo>,
+}
+
+/// `view` as the RFC 3339 texts it is printed as.
+fn view_text<S: Serializer>(
+    v: &Option<(Option<Micros>, Option<Micros>)>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    v.map(|(a, z)| (a.map(rfc3339), z.map(rfc3339)))
+        .serialize(s)
 }
 
 /// Builds the report from findings (of `verify::run`, or read back from `verify --json`).
@@ -82,13 +92,7 @@ pub fn build(
     let all = findings.len();
     let findings: Vec<Finding> = findings
         .into_iter()
-        .filter(|f| {
-            !viewed
-                || f.lost
-                    .iter()
-                    .filter_map(|l| clock::parse(&l.time).ok())
-                    .any(|t| in_view(t, opts))
-        })
+        .filter(|f| !viewed || f.lost.iter().any(|l| in_view(l.time, opts)))
         .collect();
     let outside_view = all - findings.len();
     let mut summary = Summary::default();
@@ -131,7 +135,7 @@ pub fn build(
         affected,
         partitions,
         notes,
-        view: viewed.then(|| (opts.since.map(rfc3339), opts.until.map(rfc3339))),
+        view: viewed.then_some((opts.since, opts.until)),
         outside_view,
         plot: None,
         sessions: hist.sessions.into_values().collect(),

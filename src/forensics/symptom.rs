@@ -3,7 +3,8 @@
 //! is no finding (for `history --files`).
 
 use super::ext4::Owner;
-use crate::verify::classify::Kind;
+use crate::clock::{rfc3339, Micros};
+use crate::findings::classify::Kind;
 
 /// The owner kind named in [`FileRef::owner`](super::FileRef::owner).
 pub(super) fn owner_name(o: &Owner) -> &'static str {
@@ -23,14 +24,14 @@ pub(super) fn owner_name(o: &Owner) -> &'static str {
 
 /// The symptom a user sees when a block of this owner is damaged this way (`kind` None: what
 /// the block is, for `history --files`).
-pub(super) fn symptom(o: &Owner, kind: Option<Kind>, found_time: Option<&str>) -> String {
+pub(super) fn symptom(o: &Owner, kind: Option<Kind>, found_time: Option<Micros>) -> String {
     if kind.is_none() {
         return describe(o);
     }
     let contents = match (kind, found_time) {
         (None, _) => "holds this part of the file".into(),
         (Some(Kind::Reverted | Kind::Unflushed), Some(t)) => {
-            format!("reads OLD contents (as written at {t})")
+            format!("reads OLD contents (as written at {})", rfc3339(t))
         }
         (Some(Kind::Reverted | Kind::Unflushed), None) => "reads OLD contents".into(),
         (Some(Kind::Zeroed), _) => "reads zeroes".into(),

@@ -1,11 +1,10 @@
 //! When the writes were lost: every lost write of the findings as a point in time, the incident
 //! window the durable ones span (and what survived before it), and the histogram of them over
-//! time. Times are parsed back from the findings' RFC 3339 strings here and printed again as
-//! RFC 3339; points whose time does not parse are left out.
+//! time. Times are [`Micros`] throughout, written as RFC 3339 only when printed or serialised.
 
 use super::{MappedFinding, Options};
-use crate::clock::{self, rfc3339, Micros};
-use crate::verify::classify::Kind;
+use crate::clock::Micros;
+use crate::findings::classify::Kind;
 use serde::Serialize;
 use std::collections::HashSet;
 
@@ -13,9 +12,11 @@ use std::collections::HashSet;
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct IncidentWindow {
     /// Earliest lost durable write.
-    pub start: String,
+    #[serde(with = "crate::clock::as_rfc3339")]
+    pub start: Micros,
     /// Latest lost durable write.
-    pub end: String,
+    #[serde(with = "crate::clock::as_rfc3339")]
+    pub end: Micros,
     /// Length of the window in seconds.
     pub seconds: f64,
     /// Durable writes lost.
@@ -24,17 +25,22 @@ pub struct IncidentWindow {
     pub blocks: usize,
     /// The newest generation found on a reverted block that was written before the window: data
     /// written up to then survived.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub newest_surviving: Option<String>,
+    #[serde(
+        with = "crate::clock::as_rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub newest_surviving: Option<Micros>,
 }
 
 /// One bar of the histogram of lost writes.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Bin {
     /// Start of the bin.
-    pub start: String,
+    #[serde(with = "crate::clock::as_rfc3339")]
+    pub start: Micros,
     /// End of the bin.
-    pub end: String,
+    #[serde(with = "crate::clock::as_rfc3339")]
+    pub end: Micros,
     /// Durable writes lost in it.
     pub lost_writes: usize,
 }
@@ -42,14 +48,12 @@ pub struct Bin {
 /// A lost write of a finding: (time, durable, kind, block).
 pub type LostPoint = (Micros, bool, Kind, u64);
 
-/// Every lost write of the findings, parsed.
+/// Every lost write of the findings.
 pub fn lost_points(findings: &[MappedFinding]) -> Vec<LostPoint> {
     let mut out = Vec::new();
     for f in findings {
         for l in &f.finding.lost {
-            if let Ok(t) = clock::parse(&l.time) {
-                out.push((t, l.durable, f.finding.kind, f.finding.block));
-            }
+            out.push((l.time, l.durable, f.finding.kind, f.finding.block));
         }
     }
     out
@@ -73,14 +77,12 @@ pub(super) fn incident_window(
         (Some(a), Some(z)) => {
             let newest_surviving = findings
                 .iter()
-                .filter_map(|f| f.finding.found_time.as_deref())
-                .filter_map(|t| clock::parse(t).ok())
+                .filter_map(|f| f.finding.found_time)
                 .filter(|&t| t < a)
-                .max()
-                .map(rfc3339);
+                .max();
             Some(IncidentWindow {
-                start: rfc3339(a),
-                end: rfc3339(z),
+                start: a,
+                end: z,
                 seconds: (z - a) as f64 / 1e6,
                 lost_durable_writes: durable.len(),
                 blocks: durable.iter().map(|p| p.3).collect::<HashSet<_>>().len(),
@@ -111,9 +113,43 @@ pub(super) fn histogram(durable: &[&LostPoint], opts: &Options, bins: usize) -> 
         .into_iter()
         .enumerate()
         .map(|(i, n)| Bin {
-            start: rfc3339(lo + i as i64 * width),
-            end: rfc3339((lo + (i as i64 + 1) * width).min(hi.max(lo + width))),
+            start: lo + i as i64 * width,
+            end: (lo + (i as i64 + 1) * width).min(hi.max(lo + width)),
             lost_writes: n,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::parse;
+    use crate::findings::Finding;
+
+    #[test]
+    fn the_window_and_its_bins_are_written_as_rfc3339_to_the_microsecond() {
+        let text = r#"{"block":3,"offset":12288,"kind":"reverted","expected_generation":4,"found_generation":1,"found_time":"2026-11-25T14:00:00.000007Z","lost":[{"generation":2,"time":"2026-11-25T14:00:01.250000Z","durable":true,"session":1,"change":"write"},{"generation":4,"time":"2026-11-25T14:00:03.000001Z","durable":true,"session":1,"change":"write"}]}"#;
+        let finding: Finding = serde_json::from_str(text).unwrap();
+        let mapped = [MappedFinding {
+            finding,
+            files: Vec::new(),
+        }];
+        let points = lost_points(&mapped);
+        let durable: Vec<&LostPoint> = points.iter().collect();
+        let w = incident_window(&durable, &mapped).unwrap();
+        assert_eq!(
+            serde_json::to_string(&w).unwrap(),
+            r#"{"start":"2026-11-25T14:00:01.250000Z","end":"2026-11-25T14:00:03.000001Z","seconds":1.750001,"lost_durable_writes":2,"blocks":1,"newest_surviving":"2026-11-25T14:00:00.000007Z"}"#
+        );
+        let opts = Options {
+            since: Some(parse("2026-11-25T14:00:00Z").unwrap()),
+            ..Options::default()
+        };
+        let bins = histogram(&durable, &opts, 3);
+        assert_eq!(
+            serde_json::to_string(&bins[0]).unwrap(),
+            r#"{"start":"2026-11-25T14:00:00.000000Z","end":"2026-11-25T14:00:01.000001Z","lost_writes":0}"#
+        );
+        assert_eq!(bins.iter().map(|b| b.lost_writes).sum::<usize>(), 2);
+    }
 }

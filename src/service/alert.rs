@@ -8,7 +8,7 @@
 //! ```
 
 use super::detect::Sink;
-use crate::verify::report::Finding;
+use crate::findings::Finding;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::io::Write;
 use std::os::unix::process::CommandExt;

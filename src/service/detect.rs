@@ -4,9 +4,9 @@
 //! that found it has already been answered (or refused with `--on-mismatch error`).
 
 use super::Export;
+use crate::findings::classify::Found;
+use crate::findings::{Finding, Source};
 use crate::ledger::state::BlockState;
-use crate::verify::classify::Found;
-use crate::verify::report::Finding;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -25,8 +25,8 @@ pub struct Suspect {
     pub expected: BlockState,
     /// What was found.
     pub found: Found,
-    /// What found it: "read", "read-modify-write", "scrub".
-    pub source: &'static str,
+    /// What found it: a read or the scrubber.
+    pub source: Source,
 }
 
 pub(super) enum Msg {
@@ -104,7 +104,7 @@ impl Drops {
              blocks are stale that no finding names; run `lostwrite verify` to judge every block"
         );
         if let Some(log) = e.findings_log() {
-            if let Err(err) = log.unclassified("read", n) {
+            if let Err(err) = log.unclassified(Source::Read, n) {
                 tracing::error!("{err}");
             }
         }
@@ -171,7 +171,7 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
         return;
     }
     let mismatches: Vec<(u64, Found)> = batch.iter().map(|s| (s.block, s.found)).collect();
-    let findings = match crate::verify::classify_all(ledger, &mismatches) {
+    let findings = match crate::findings::classify_all(ledger, &mismatches) {
         Ok(f) => f,
         Err(err) => {
             tracing::error!(
@@ -184,7 +184,7 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
     };
     // One write and one sync for the whole batch: a storm of stale blocks must not cost a
     // sync each.
-    let items: Vec<(&str, &Finding)> = findings
+    let items: Vec<(Source, &Finding)> = findings
         .iter()
         .zip(&batch)
         .map(|(f, s)| (s.source, f))

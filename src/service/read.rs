@@ -7,9 +7,10 @@ use super::detect::{Msg, Suspect};
 use super::error::{from_io, OpError};
 use super::{Export, OnMismatch};
 use crate::block;
+use crate::findings::classify::Found;
+use crate::findings::Source;
 use crate::ledger::state::BlockState;
 use crate::nbd::errno;
-use crate::verify::classify::Found;
 use std::sync::atomic::Ordering;
 
 impl Export {
@@ -72,7 +73,7 @@ impl Export {
                 let data = &buf[start..start + self.geo.bytes_in(b)];
                 let found = block::checksum_padded(data, bs as u32);
                 if found == crc {
-                    self.passed(b, "read");
+                    self.passed(b, Source::Read);
                     continue;
                 }
                 // A change that began after our snapshot, or is in flight, explains it.
@@ -83,9 +84,9 @@ impl Export {
                     block: b,
                     expected,
                     found: Found::of(found, data, l.zero_crc()),
-                    source: "read",
+                    source: Source::Read,
                 });
-                self.mismatch(b, generation, "read")?;
+                self.mismatch(b, generation, Source::Read)?;
             }
         }
         Ok(true)
@@ -93,7 +94,7 @@ impl Export {
 
     /// A block that does not hold its latest generation, found on a read or a read-modify-write
     /// (`how`): counted and logged; on a read under `--on-mismatch error`, refused with EIO.
-    pub(super) fn mismatch(&self, block: u64, generation: u32, how: &str) -> Result<(), OpError> {
+    pub(super) fn mismatch(&self, block: u64, generation: u32, how: Source) -> Result<(), OpError> {
         let n = self
             .counters
             .read_mismatches
@@ -108,7 +109,7 @@ impl Export {
                 n + 1
             );
         }
-        if self.on_mismatch == OnMismatch::Error && how == "read" {
+        if self.on_mismatch == OnMismatch::Error && how == Source::Read {
             return Err(OpError::new(
                 errno::EIO,
                 format!("block {block} is stale; refusing to serve it (--on-mismatch error)"),
@@ -122,7 +123,7 @@ impl Export {
     /// scrubber, which has time, waits for room.
     pub(super) fn suspect(&self, s: Suspect) {
         if let Some(tx) = self.suspects.get() {
-            let sent = if s.source == "scrub" {
+            let sent = if s.source == Source::Scrub {
                 tx.send(Msg::Suspect(s)).is_ok()
             } else {
                 tx.try_send(Msg::Suspect(s)).is_ok()
@@ -136,7 +137,7 @@ impl Export {
     }
 
     /// A verification of `block` passed: its open finding, if any, is cleared.
-    pub(super) fn passed(&self, block: u64, source: &str) {
+    pub(super) fn passed(&self, block: u64, source: Source) {
         if let Some(f) = &self.findings {
             if f.any_open() {
                 if let Err(e) = f.cleared(source, block) {

@@ -9,8 +9,10 @@
 use super::detect::Suspect;
 use super::Export;
 use crate::block;
+use crate::clock::Micros;
+use crate::findings::classify::Found;
+use crate::findings::Source;
 use crate::ledger::state::BlockState;
-use crate::verify::classify::Found;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -42,10 +44,12 @@ pub struct ScrubState {
     pub passes: u64,
     /// The next block the current pass reads.
     pub next_block: u64,
-    /// When the current pass began (RFC 3339), if one is under way.
-    pub pass_started: Option<String>,
-    /// When the last pass ended (RFC 3339).
-    pub last_pass_ended: Option<String>,
+    /// When the current pass began (RFC 3339 in the file), if one is under way.
+    #[serde(default, with = "crate::clock::as_rfc3339_opt")]
+    pub pass_started: Option<Micros>,
+    /// When the last pass ended (RFC 3339 in the file).
+    #[serde(default, with = "crate::clock::as_rfc3339_opt")]
+    pub last_pass_ended: Option<Micros>,
 }
 
 impl ScrubState {
@@ -155,7 +159,7 @@ fn run(export: Weak<Export>, dir: PathBuf, opts: ScrubOptions, stopped: Receiver
     loop {
         let pass_start = Instant::now();
         if st.pass_started.is_none() {
-            st.pass_started = Some(crate::clock::rfc3339(crate::clock::now()));
+            st.pass_started = Some(crate::clock::now());
         }
         let (mut read_bytes, mut checked, mut skipped, mut stale) = (0u64, 0u64, 0u64, 0u64);
         let mut saved = Instant::now();
@@ -199,7 +203,7 @@ fn run(export: Weak<Export>, dir: PathBuf, opts: ScrubOptions, stopped: Receiver
         st.passes += 1;
         st.next_block = 0;
         st.pass_started = None;
-        st.last_pass_ended = Some(crate::clock::rfc3339(crate::clock::now()));
+        st.last_pass_ended = Some(crate::clock::now());
         st.save(&dir);
         if let Some(e) = export.upgrade() {
             e.counters.scrub_passes.fetch_add(1, Ordering::Relaxed);
@@ -256,7 +260,7 @@ fn scrub_chunk(e: &Export, first: u64, n: u64, buf: &mut [u8]) -> std::io::Resul
         let found = block::checksum_padded(data, bs as u32);
         r.checked += 1;
         if found == crc {
-            e.passed(b, "scrub");
+            e.passed(b, Source::Scrub);
             continue;
         }
         r.stale += 1;
@@ -264,8 +268,29 @@ fn scrub_chunk(e: &Export, first: u64, n: u64, buf: &mut [u8]) -> std::io::Resul
             block: b,
             expected,
             found: Found::of(found, data, l.zero_crc()),
-            source: "scrub",
+            source: Source::Scrub,
         });
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ScrubState;
+
+    #[test]
+    fn a_saved_position_reads_back_as_the_same_bytes() {
+        for text in [
+            r#"{"passes":3,"next_block":77,"pass_started":"2026-11-25T14:03:11.123456Z","last_pass_ended":"2026-11-25T13:00:00.000001Z"}"#,
+            r#"{"passes":0,"next_block":0,"pass_started":null,"last_pass_ended":null}"#,
+        ] {
+            let st: ScrubState = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::to_string(&st).unwrap(), text);
+        }
+        let st: ScrubState = serde_json::from_str(
+            r#"{"passes":1,"next_block":5,"pass_started":"2026-11-25T14:03:11.5Z","last_pass_ended":null}"#,
+        )
+        .unwrap();
+        assert_eq!(st.pass_started.map(|t| t % 1_000_000), Some(500_000));
+    }
 }

@@ -75,7 +75,7 @@ impl Export {
                 // once, so there is nothing left for the detector to classify it against.
                 if let BlockState::Tracked { crc, generation } = l.state(b) {
                     if block::checksum(&tmp) != crc {
-                        self.mismatch(b, generation, "read-modify-write")?;
+                        self.mismatch(b, generation, crate::findings::Source::ReadModifyWrite)?;
                     }
                 }
             }

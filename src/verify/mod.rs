@@ -1,22 +1,20 @@
 //! Verification: hold the device against the ledger. Workers scan the device in parallel and
 //! compare each tracked block's checksum with the state table (scan.rs does the reading); the
 //! few mismatched blocks are then classified against the journal's history, read once for all
-//! of them (classify.rs), and the verdicts become a report (report.rs). The device is read
-//! from the media where it allows (O_DIRECT); the report says how it was read.
+//! of them ([`crate::findings::classify_all`], shared with the service's online detection),
+//! and the verdicts become a report (report.rs). The device is read from the media where it
+//! allows (O_DIRECT); the report says how it was read.
 
-pub mod classify;
-pub mod findings;
 pub mod report;
 
 use crate::block;
 use crate::device::BlockDevice;
 use crate::error::Result;
-use crate::ledger::history;
+use crate::findings::classify::Found;
+use crate::findings::classify_all;
 use crate::ledger::state::{BlockState, StateTable};
 use crate::ledger::Ledger;
-use classify::Found;
-use report::{Finding, Report, Summary};
-use std::collections::HashSet;
+use report::{Report, Summary};
 use std::sync::atomic::Ordering;
 
 /// How to verify.
@@ -105,49 +103,4 @@ pub fn run(ledger: &Ledger, dev: &dyn BlockDevice, opts: &Options) -> Result<Rep
         findings,
         opts.strict,
     ))
-}
-
-/// Classifies mismatched blocks with one pass over the journal.
-pub fn classify_all(ledger: &Ledger, mismatches: &[(u64, Found)]) -> Result<Vec<Finding>> {
-    if mismatches.is_empty() {
-        return Ok(Vec::new());
-    }
-    let blocks: HashSet<u64> = mismatches.iter().map(|m| m.0).collect();
-    let crcs: HashSet<u32> = mismatches.iter().map(|m| m.1.crc).collect();
-    let hist = history::collect(ledger, &blocks, &crcs)?;
-    let zero = ledger.zero_crc();
-    let empty = Vec::new();
-    let geo = ledger.geometry();
-    // Crashed sessions that may have lost journal records, as (last surviving LSN).
-    let lossy: Vec<u64> = hist.lossy_crashes().map(|s| s.last_lsn).collect();
-    let mut out = Vec::with_capacity(mismatches.len());
-    let mut no_history = 0usize;
-    for &(b, found) in mismatches {
-        let events = hist.events.get(&b).unwrap_or(&empty);
-        if events.is_empty() {
-            no_history += 1;
-        }
-        let other = hist
-            .crc_hits
-            .get(&found.crc)
-            .and_then(|hits| hits.iter().filter(|e| e.block != b).max_by_key(|e| e.lsn));
-        let last_durable = events.iter().rev().find(|e| e.durable).map_or(0, |e| e.lsn);
-        let crash_could_explain = lossy.iter().any(|&end| end > last_durable);
-        let mut v = classify::classify(events, found, zero, other, crash_could_explain);
-        if let (Some((_, t)), classify::Kind::Corrupt, None) = (hist.compacted, v.kind, &v.note) {
-            // Older generations than the first retained one were folded away.
-            v.note = Some(format!(
-                "matches nothing in the history retained since {} (older history was compacted: these may be contents from before then)",
-                crate::clock::rfc3339(t)
-            ));
-        }
-        let expected = ledger.state(b);
-        out.push(Finding::new(b, geo.offset(b), expected, events.last(), v));
-    }
-    if no_history > 0 {
-        tracing::warn!(
-            "{no_history} tracked blocks have no history in the journal (was the journal replaced?)"
-        );
-    }
-    Ok(out)
 }

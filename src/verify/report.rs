@@ -1,15 +1,14 @@
 //! The verification report: the contract's JSON object (docs/DESIGN.md, section 5, "Command
-//! line and JSON") and the human summary and table.
+//! line and JSON"), its [`Outcome`], and the human summary and table. The findings in it are
+//! [`crate::findings::Finding`]s, shared with the service's online detection.
 
-use super::classify::{Kind, Verdict};
-use crate::clock::rfc3339;
+use crate::clock::Micros;
 use crate::device::{MediaRead, ReadMode};
-use crate::ledger::history::Event;
-use crate::ledger::record::Generation;
-use crate::ledger::state::BlockState;
+use crate::findings::classify::Kind;
+use crate::findings::Finding;
 use crate::ledger::Ledger;
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 /// Counts per outcome.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,152 +59,42 @@ impl Summary {
     }
 }
 
-/// A lost generation as reported.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LostWrite {
-    /// Generation.
-    pub generation: Generation,
-    /// When it was written (RFC 3339).
-    pub time: String,
-    /// Whether it had been made durable.
-    pub durable: bool,
-    /// Session that wrote it.
-    pub session: u64,
-    /// write, zero, trim or failed.
-    #[serde(default)]
-    pub change: String,
+/// What a verification concluded (the report's `result`; the CLI's exit status follows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Every tracked block holds its latest generation (findings that do not fail may remain).
+    Clean,
+    /// At least one finding fails verification.
+    Findings,
+    /// The state table failed its checks and was rebuilt for this run: nothing is settled.
+    LedgerDamaged,
+    /// The ledger tracks no block, so nothing was verified: not a clean bill.
+    NothingTracked,
 }
 
-/// Where misdirected contents belong.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BelongsTo {
-    /// The block whose contents these are.
-    pub block: u64,
-    /// Its generation.
-    pub generation: Generation,
-}
-
-/// One finding.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Finding {
-    /// Block number (in the ledger's block size).
-    pub block: u64,
-    /// Byte offset on the device.
-    pub offset: u64,
-    /// Kind.
-    pub kind: Kind,
-    /// The generation the block should hold.
-    pub expected_generation: Generation,
-    /// When that generation was written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_time: Option<String>,
-    /// The older generation found (reverted, unflushed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub found_generation: Option<Generation>,
-    /// When the found generation was written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub found_time: Option<String>,
-    /// Generations lost, oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub lost: Vec<LostWrite>,
-    /// Misdirected: whose contents these are.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub belongs_to: Option<BelongsTo>,
-    /// Explanation, when the kind alone does not say enough.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-impl Finding {
-    /// Builds a finding from a verdict.
-    pub fn new(
-        block: u64,
-        offset: u64,
-        expected: BlockState,
-        latest: Option<&Event>,
-        v: Verdict,
-    ) -> Finding {
-        Finding {
-            block,
-            offset,
-            kind: v.kind,
-            expected_generation: expected.generation(),
-            expected_time: latest.map(|e| rfc3339(e.time)),
-            found_generation: v.found_generation,
-            found_time: v.found_time.map(rfc3339),
-            lost: v
-                .lost
-                .iter()
-                .map(|l| LostWrite {
-                    generation: l.generation,
-                    time: rfc3339(l.time),
-                    durable: l.durable,
-                    session: l.session,
-                    change: l.change.to_string(),
-                })
-                .collect(),
-            belongs_to: v
-                .belongs_to
-                .map(|(block, generation)| BelongsTo { block, generation }),
-            note: v.note,
+impl Outcome {
+    /// The word written for it: `clean`, `findings`, `ledger-damaged`, `nothing-tracked`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Clean => "clean",
+            Outcome::Findings => "findings",
+            Outcome::LedgerDamaged => "ledger-damaged",
+            Outcome::NothingTracked => "nothing-tracked",
         }
     }
+}
 
-    /// One line of detail for the human table.
-    pub fn detail(&self) -> String {
-        let mut s = String::new();
-        match self.kind {
-            Kind::Reverted | Kind::Unflushed => {
-                match self.found_generation {
-                    Some(g) => write!(
-                        s,
-                        "holds gen {g}, expected gen {}",
-                        self.expected_generation
-                    ),
-                    None => write!(s, "expected gen {}", self.expected_generation),
-                }
-                .ok();
-                let lost: Vec<String> = self
-                    .lost
-                    .iter()
-                    .map(|l| {
-                        format!(
-                            "gen {} {}{}",
-                            l.generation,
-                            l.time,
-                            if l.durable { " durable" } else { " unflushed" }
-                        )
-                    })
-                    .collect();
-                if !lost.is_empty() {
-                    let shown = lost.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
-                    write!(s, "; lost {shown}").ok();
-                    if lost.len() > 3 {
-                        write!(s, " and {} more", lost.len() - 3).ok();
-                    }
-                }
-            }
-            Kind::Misdirected => {
-                if let Some(b) = &self.belongs_to {
-                    write!(
-                        s,
-                        "holds block {} gen {}; expected gen {}",
-                        b.block, b.generation, self.expected_generation
-                    )
-                    .ok();
-                }
-            }
-            Kind::Zeroed | Kind::Corrupt | Kind::Uncertain => {
-                write!(s, "expected gen {}", self.expected_generation).ok();
-                if let Some(t) = &self.expected_time {
-                    write!(s, " ({t})").ok();
-                }
-            }
-        }
-        if let Some(n) = &self.note {
-            write!(s, "; {n}").ok();
-        }
-        s
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An outcome equals its word, so callers holding the JSON's text can compare with it.
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, word: &&str) -> bool {
+        self.name() == *word
     }
 }
 
@@ -236,13 +125,14 @@ pub struct Report {
     pub strict: bool,
     /// "clean", "findings", "ledger-damaged", or "nothing-tracked" (the ledger tracks no
     /// block, so nothing was verified: not a clean bill).
-    pub result: &'static str,
+    pub result: Outcome,
     /// Findings in block order.
     pub findings: Vec<Finding>,
     /// What opening the ledger found (torn tail, rebuilt state table).
     pub ledger_warnings: Vec<String>,
-    /// When the verification ran.
-    pub time: String,
+    /// When the verification ran (RFC 3339 in JSON).
+    #[serde(with = "crate::clock::as_rfc3339")]
+    pub time: Micros,
 }
 
 impl Report {
@@ -272,17 +162,17 @@ impl Report {
             summary,
             strict,
             result: if damaged {
-                "ledger-damaged"
+                Outcome::LedgerDamaged
             } else if failing {
-                "findings"
+                Outcome::Findings
             } else if blocks_tracked == 0 {
-                "nothing-tracked"
+                Outcome::NothingTracked
             } else {
-                "clean"
+                Outcome::Clean
             },
             findings,
             ledger_warnings: ledger.recovery().warnings.clone(),
-            time: rfc3339(crate::clock::now()),
+            time: crate::clock::now(),
         }
     }
 
@@ -316,7 +206,7 @@ impl Report {
         }
         let failing = self.failing();
         match self.result {
-            "ledger-damaged" => writeln!(
+            Outcome::LedgerDamaged => writeln!(
                 out,
                 "LEDGER DAMAGED: the state table failed its checks and was rebuilt from the journal for this run; run `lostwrite ledger check` (and `ledger check --repair`)"
             ),
@@ -336,7 +226,7 @@ impl Report {
                 self.summary.uncertain,
                 if self.findings.len() == 1 { "" } else { "s" }
             ),
-            "nothing-tracked" => writeln!(
+            Outcome::NothingTracked => writeln!(
                 out,
                 "NOTHING VERIFIED: the ledger tracks no block (it was made without --baseline and nothing has been written through serve since); `lostwrite init --baseline` on a new ledger records every block"
             ),
@@ -380,5 +270,25 @@ pub fn read_line(mode: ReadMode, note: Option<&str>) -> String {
     match note {
         Some(n) => format!("read: {} ({n}): {}", mode.name(), mode.meaning()),
         None => format!("read: {}: {}", mode.name(), mode.meaning()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn outcomes_are_written_as_the_words_of_the_contract() {
+        for (o, word) in [
+            (Outcome::Clean, "clean"),
+            (Outcome::Findings, "findings"),
+            (Outcome::LedgerDamaged, "ledger-damaged"),
+            (Outcome::NothingTracked, "nothing-tracked"),
+        ] {
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{word}\""));
+            assert_eq!((o.name(), o.to_string()), (word, word.to_string()));
+            assert_eq!(o, word);
+        }
+        assert_ne!(Outcome::Clean, "findings");
     }
 }

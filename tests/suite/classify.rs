@@ -3,9 +3,9 @@
 
 use crate::helpers::*;
 use lostwrite::device::BlockDevice;
+use lostwrite::findings::classify::Kind;
+use lostwrite::findings::Finding;
 use lostwrite::ledger::state::BlockState;
-use lostwrite::verify::classify::Kind;
-use lostwrite::verify::report::Finding;
 
 const BS: usize = 4096;
 

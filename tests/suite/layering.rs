@@ -1,7 +1,8 @@
 //! The layering, checked: the NBD protocol layer (src/nbd/) is the bottom of the crate and
 //! names nothing above it. A `crate::` path there may only lead back into `nbd`; anything
 //! else (`crate::service`, `crate::error`, ...) makes an arrow that runs up (docs/DESIGN.md,
-//! section 6).
+//! section 6). Likewise `service` (with `metrics.rs`) and `verify` share classification and
+//! the findings log through `findings`, below both, and never import each other.
 
 use std::path::{Path, PathBuf};
 
@@ -97,6 +98,50 @@ fn the_protocol_layer_imports_nothing_from_the_rest_of_the_crate() {
     assert!(
         bad.is_empty(),
         "the NBD protocol layer must not import from the layers above it:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// Every file of `rel` under src/ (a folder or one file) that names one of `forbidden`, as
+/// "file names crate::module".
+fn naming(rel: &str, forbidden: &[&str]) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(rel);
+    let files = if path.is_dir() {
+        rust_files(&path)
+    } else {
+        vec![path]
+    };
+    assert!(!files.is_empty(), "src/{rel} exists");
+    let mut bad = Vec::new();
+    for f in files {
+        let code = std::fs::read_to_string(&f).unwrap();
+        for m in named_modules(&code) {
+            if forbidden.contains(&m.as_str()) {
+                bad.push(format!("{} names crate::{m}", f.display()));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn service_and_verify_share_findings_without_importing_each_other() {
+    // The check sees a path in code as well as in a `use` group.
+    assert_eq!(
+        named_modules(
+            "let f = crate::verify::run(l, d, o);\nuse crate::{findings, verify::report};"
+        ),
+        ["verify", "findings", "verify"]
+    );
+    let mut bad = Vec::new();
+    bad.extend(naming("service", &["verify"]));
+    bad.extend(naming("metrics.rs", &["verify"]));
+    bad.extend(naming("verify", &["service"]));
+    // Below both: it may use neither.
+    bad.extend(naming("findings", &["verify", "service", "metrics"]));
+    assert!(
+        bad.is_empty(),
+        "classification and the findings log live in findings/, below service and verify:\n{}",
         bad.join("\n")
     );
 }

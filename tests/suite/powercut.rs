@@ -8,9 +8,10 @@
 
 use crate::helpers::*;
 use lostwrite::device::{BlockDevice, DeviceIdentity, TrimOutcome};
+use lostwrite::findings::classify::Kind;
 use lostwrite::ledger::{frame, segment, Access, BaselineSource, Ledger, OpenOptions};
 use lostwrite::service::{Export, ExportOptions, OnMismatch};
-use lostwrite::verify::{self, classify::Kind};
+use lostwrite::verify;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -391,9 +391,9 @@ fn stale_reads_the_detector_had_no_room_for_are_never_silent() {
     );
     // The findings log keeps the count, and status tells the operator what to do.
     let (entries, _) =
-        lostwrite::verify::findings::read(&f.image.with_extension("img.ledger")).unwrap();
+        lostwrite::findings::log::read(&f.image.with_extension("img.ledger")).unwrap();
     assert_eq!(
-        lostwrite::verify::findings::unclassified_since_verify(&entries).0,
+        lostwrite::findings::log::unclassified_since_verify(&entries).0,
         dropped
     );
     let status = crate::helpers::lw_ok(bin().arg("status").arg(&f.image));

@@ -15,10 +15,11 @@
 //! not findings, but they say that blocks were seen stale and that only a `verify` can say
 //! which. A later whole-device `verify` writes `verified`, which settles them.
 //!
-//! A torn last line (a crash mid-append) is ignored when read; any other unreadable line is
-//! reported and skipped.
+//! A torn last line (a crash mid-append) is ignored when read; any other unreadable line (one
+//! with a source, kind or time this version does not know among them) is reported and skipped.
 
-use super::report::Finding;
+use super::{Finding, Source};
+use crate::clock::Micros;
 use crate::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,10 +38,11 @@ pub const FINDINGS_FILE: &str = "findings.jsonl";
 pub enum Entry {
     /// A block found not holding its latest generation.
     Found {
-        /// When it was detected (RFC 3339).
-        time: String,
+        /// When it was detected (RFC 3339 in the log).
+        #[serde(with = "crate::clock::as_rfc3339")]
+        time: Micros,
         /// What detected it: `read`, `scrub`.
-        source: String,
+        source: Source,
         /// The finding, classified as `verify` would.
         #[serde(flatten)]
         finding: Finding,
@@ -48,38 +50,41 @@ pub enum Entry {
     /// A later verification of the block passed.
     Cleared {
         /// When.
-        time: String,
+        #[serde(with = "crate::clock::as_rfc3339")]
+        time: Micros,
         /// What verified it: `read`, `scrub`, `verify`.
-        source: String,
+        source: Source,
         /// The block.
         block: u64,
     },
     /// Stale blocks seen that could not be classified (the detection queue was full).
     Unclassified {
         /// When they were counted.
-        time: String,
+        #[serde(with = "crate::clock::as_rfc3339")]
+        time: Micros,
         /// What saw them: `read`.
-        source: String,
+        source: Source,
         /// How many stale reads were dropped since the last such line.
         count: u64,
     },
     /// A whole-device `verify` ran after earlier unclassified stale reads and settled them.
     Verified {
         /// When.
-        time: String,
+        #[serde(with = "crate::clock::as_rfc3339")]
+        time: Micros,
     },
 }
 
 /// Stale reads dropped unclassified since the last whole-device verification: how many, and
 /// when the last were counted.
-pub fn unclassified_since_verify(entries: &[Entry]) -> (u64, Option<&str>) {
+pub fn unclassified_since_verify(entries: &[Entry]) -> (u64, Option<Micros>) {
     let mut count = 0;
     let mut last = None;
     for e in entries {
         match e {
             Entry::Unclassified { time, count: n, .. } => {
                 count += n;
-                last = Some(time.as_str());
+                last = Some(*time);
             }
             Entry::Verified { .. } => {
                 count = 0;
@@ -95,7 +100,7 @@ pub fn unclassified_since_verify(entries: &[Entry]) -> (u64, Option<&str>) {
 pub struct FindingsLog {
     path: PathBuf,
     file: Mutex<File>,
-    open: Mutex<BTreeMap<u64, (String, Finding)>>,
+    open: Mutex<BTreeMap<u64, (Source, Finding)>>,
     open_count: AtomicUsize,
 }
 
@@ -150,14 +155,14 @@ pub fn open_findings(entries: &[Entry]) -> BTreeMap<u64, Finding> {
         .collect()
 }
 
-fn open_with_source(entries: &[Entry]) -> BTreeMap<u64, (String, Finding)> {
+fn open_with_source(entries: &[Entry]) -> BTreeMap<u64, (Source, Finding)> {
     let mut open = BTreeMap::new();
     for e in entries {
         match e {
             Entry::Found {
                 finding, source, ..
             } => {
-                open.insert(finding.block, (source.clone(), finding.clone()));
+                open.insert(finding.block, (*source, finding.clone()));
             }
             Entry::Cleared { block, .. } => {
                 open.remove(block);
@@ -222,14 +227,14 @@ impl FindingsLog {
 
     /// Records a finding unless one for the same lost write (block and expected generation)
     /// is already open. Returns whether it was new.
-    pub fn found(&self, source: &str, f: &Finding) -> Result<bool> {
+    pub fn found(&self, source: Source, f: &Finding) -> Result<bool> {
         Ok(self.found_all(&[(source, f)])?[0])
     }
 
     /// Records a batch of findings with one write and one sync; says which were new.
-    pub fn found_all(&self, items: &[(&str, &Finding)]) -> Result<Vec<bool>> {
+    pub fn found_all(&self, items: &[(Source, &Finding)]) -> Result<Vec<bool>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let time = crate::clock::rfc3339(crate::clock::now());
+        let time = crate::clock::now();
         let mut new = Vec::with_capacity(items.len());
         let mut entries = Vec::new();
         for &(source, f) in items {
@@ -241,8 +246,8 @@ impl FindingsLog {
             new.push(!same);
             if !same {
                 entries.push(Entry::Found {
-                    time: time.clone(),
-                    source: source.into(),
+                    time,
+                    source,
                     finding: f.clone(),
                 });
             }
@@ -252,7 +257,7 @@ impl FindingsLog {
         }
         for (&(source, f), &n) in items.iter().zip(&new) {
             if n {
-                open.insert(f.block, (source.to_string(), f.clone()));
+                open.insert(f.block, (source, f.clone()));
             }
         }
         self.open_count.store(open.len(), Ordering::Relaxed);
@@ -262,19 +267,19 @@ impl FindingsLog {
     /// Clears the open finding of `block`, if there is one, because a verification passed.
     /// A client's read (which the page cache may serve) clears only what a read found: a
     /// finding of the scrubber, which read the media, waits for a scrub or `verify`.
-    pub fn cleared(&self, source: &str, block: u64) -> Result<bool> {
+    pub fn cleared(&self, source: Source, block: u64) -> Result<bool> {
         if self.open_count.load(Ordering::Relaxed) == 0 {
             return Ok(false);
         }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         match open.get(&block) {
             None => return Ok(false),
-            Some((by, _)) if source == "read" && by != "read" => return Ok(false),
+            Some((by, _)) if source == Source::Read && *by != Source::Read => return Ok(false),
             Some(_) => {}
         }
         self.append(&Entry::Cleared {
-            time: crate::clock::rfc3339(crate::clock::now()),
-            source: source.into(),
+            time: crate::clock::now(),
+            source,
             block,
         })?;
         open.remove(&block);
@@ -283,10 +288,10 @@ impl FindingsLog {
     }
 
     /// Records that `count` stale reads from `source` were dropped without being classified.
-    pub fn unclassified(&self, source: &str, count: u64) -> Result<()> {
+    pub fn unclassified(&self, source: Source, count: u64) -> Result<()> {
         self.append(&Entry::Unclassified {
-            time: crate::clock::rfc3339(crate::clock::now()),
-            source: source.into(),
+            time: crate::clock::now(),
+            source,
             count,
         })
     }
@@ -308,34 +313,33 @@ impl FindingsLog {
 }
 
 /// After a whole-device verification: clears every open finding of the ledger in `dir` whose
-/// block now holds its latest generation (tracked, and not among `report`'s findings). Returns
-/// how many were cleared, and settles stale reads that were dropped unclassified before it. A
-/// ledger without a findings log is left without one.
+/// block now holds its latest generation (tracked, and not among the verification's
+/// `findings`). Returns how many were cleared, and settles stale reads that were dropped
+/// unclassified before it. A ledger without a findings log is left without one.
 pub fn clear_verified(
     dir: &Path,
     ledger: &crate::ledger::Ledger,
-    report: &super::report::Report,
+    findings: &[Finding],
 ) -> Result<usize> {
     if !dir.join(FINDINGS_FILE).exists() {
         return Ok(0);
     }
     let log = FindingsLog::open(dir)?;
-    let still_bad: std::collections::HashSet<u64> =
-        report.findings.iter().map(|f| f.block).collect();
+    let still_bad: std::collections::HashSet<u64> = findings.iter().map(|f| f.block).collect();
     let mut n = 0;
     for block in log.still_open().into_keys() {
         let tracked = matches!(
             ledger.state(block),
             crate::ledger::state::BlockState::Tracked { .. }
         );
-        if tracked && !still_bad.contains(&block) && log.cleared("verify", block)? {
+        if tracked && !still_bad.contains(&block) && log.cleared(Source::Verify, block)? {
             n += 1;
         }
     }
     let (entries, _) = read(dir)?;
     if unclassified_since_verify(&entries).0 > 0 {
         log.append(&Entry::Verified {
-            time: crate::clock::rfc3339(crate::clock::now()),
+            time: crate::clock::now(),
         })?;
     }
     Ok(n)
@@ -344,7 +348,7 @@ pub fn clear_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::classify::Kind;
+    use crate::findings::classify::Kind;
 
     fn finding(block: u64) -> Finding {
         Finding {
@@ -365,15 +369,15 @@ mod tests {
     fn a_torn_line_is_cut_and_reads_clear_only_what_reads_found() {
         let dir = tempfile::tempdir().unwrap();
         let log = FindingsLog::open(dir.path()).unwrap();
-        assert!(log.found("scrub", &finding(7)).unwrap());
+        assert!(log.found(Source::Scrub, &finding(7)).unwrap());
         assert!(
-            !log.found("scrub", &finding(7)).unwrap(),
+            !log.found(Source::Scrub, &finding(7)).unwrap(),
             "the same finding twice"
         );
-        assert!(log.found("read", &finding(9)).unwrap());
+        assert!(log.found(Source::Read, &finding(9)).unwrap());
         // The page cache may serve a right copy of what the media lost.
-        assert!(!log.cleared("read", 7).unwrap());
-        assert!(log.cleared("read", 9).unwrap());
+        assert!(!log.cleared(Source::Read, 7).unwrap());
+        assert!(log.cleared(Source::Read, 9).unwrap());
         drop(log);
         // A crash mid-append leaves half a line.
         let path = dir.path().join(FINDINGS_FILE);
@@ -383,10 +387,47 @@ mod tests {
         assert!(warnings[0].contains("torn last line"), "{warnings:?}");
         let log = FindingsLog::open(dir.path()).unwrap();
         assert_eq!(log.still_open().keys().copied().collect::<Vec<_>>(), [7]);
-        assert!(log.cleared("scrub", 7).unwrap());
+        assert!(log.cleared(Source::Scrub, 7).unwrap());
         let (entries, warnings) = read(dir.path()).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(entries.len(), 4);
         assert!(open_findings(&entries).is_empty());
+    }
+
+    #[test]
+    fn lines_written_before_read_back_as_the_same_bytes_and_unknown_words_are_skipped() {
+        let old = [
+            r#"{"event":"found","time":"2026-11-25T14:03:11.123456Z","source":"read","block":12,"offset":49152,"kind":"reverted","expected_generation":3,"found_generation":1,"lost":[{"generation":3,"time":"2026-11-25T14:03:10.000001Z","durable":true,"session":2,"change":"write"}]}"#,
+            r#"{"event":"found","time":"2026-11-25T14:03:12.000000Z","source":"scrub","block":13,"offset":53248,"kind":"corrupt","expected_generation":1,"expected_time":"2026-11-25T14:00:00.000000Z"}"#,
+            r#"{"event":"cleared","time":"2026-11-25T14:04:00.999999Z","source":"scrub","block":13}"#,
+            r#"{"event":"unclassified","time":"2026-11-25T14:05:00.000000Z","source":"read","count":10183}"#,
+            r#"{"event":"cleared","time":"2026-11-25T14:05:30.000000Z","source":"fsck","block":12}"#,
+            r#"{"event":"found","time":"yesterday","source":"read","block":14,"offset":57344,"kind":"zeroed","expected_generation":1}"#,
+            r#"{"event":"verified","time":"2026-11-25T14:06:00.000000Z"}"#,
+        ];
+        let text = old.join("\n") + "\n";
+        let (entries, warnings) = parse(Path::new("findings.jsonl"), text.as_bytes());
+        assert_eq!(entries.len(), 5, "{warnings:?}");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("line 5") && warnings[0].contains("skipped"));
+        assert!(warnings[1].contains("line 6") && warnings[1].contains("skipped"));
+        let again: Vec<String> = entries
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        let kept: Vec<&str> = [0, 1, 2, 3, 6].iter().map(|&i| old[i]).collect();
+        assert_eq!(again, kept);
+        assert_eq!(
+            open_findings(&entries).keys().copied().collect::<Vec<_>>(),
+            [12]
+        );
+        assert_eq!(unclassified_since_verify(&entries), (0, None));
+        assert_eq!(
+            unclassified_since_verify(&entries[..4]),
+            (
+                10183,
+                Some(crate::clock::parse("2026-11-25T14:05:00Z").unwrap())
+            )
+        );
     }
 }

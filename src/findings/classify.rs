@@ -3,6 +3,7 @@
 //! have left an unrecorded write on it. The rules are the table of docs/DESIGN.md (section 4,
 //! "Classification contract"); docs/VERIFY.md explains each decision with an example.
 
+use crate::clock::Micros;
 use crate::ledger::history::{Change, Event};
 use crate::ledger::record::{Generation, Lsn};
 use serde::{Deserialize, Serialize};
@@ -84,7 +85,7 @@ pub struct Lost {
     pub generation: Generation,
     /// When it was written (µs since the epoch).
     #[serde(skip)]
-    pub time: i64,
+    pub time: Micros,
     /// Whether it had been made durable.
     pub durable: bool,
     /// Session that wrote it.
@@ -105,7 +106,7 @@ pub struct Verdict {
     /// block was untracked or unknown.
     pub found_generation: Option<Generation>,
     /// When the found generation was written.
-    pub found_time: Option<i64>,
+    pub found_time: Option<Micros>,
     /// Generations lost, oldest first (reverted/unflushed).
     pub lost: Vec<Lost>,
     /// For misdirected: the block and generation whose contents these are.
