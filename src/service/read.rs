@@ -4,11 +4,10 @@
 //! passed checks to the findings log (both also used by the scrubber); and CACHE.
 
 use super::detect::{Msg, Suspect};
-use super::error::{from_io, OpError};
+use super::error::OpError;
 use super::{Export, OnMismatch};
 use crate::block;
 use crate::ledger::state::BlockState;
-use crate::nbd::errno;
 use crate::verify::classify::Found;
 use std::sync::atomic::Ordering;
 
@@ -28,7 +27,7 @@ impl Export {
 
     fn read_inner(&self, offset: u64, buf: &mut [u8], nowait: bool) -> Result<bool, OpError> {
         let len = buf.len() as u64;
-        self.check_range(offset, len, errno::EINVAL)?;
+        self.check_range(offset, len, false)?;
         let whole = self.whole_blocks(offset, len);
         // A change in flight over these blocks may have recorded its new contents before its
         // device write: the read cannot be judged (it is checked again on later reads).
@@ -52,14 +51,14 @@ impl Export {
             if !self
                 .device
                 .read_at_nowait(buf, offset)
-                .map_err(|e| from_io(&e, &what()))?
+                .map_err(|e| OpError::device(e, what()))?
             {
                 return Ok(false);
             }
         } else {
             self.device
                 .read_at(buf, offset)
-                .map_err(|e| from_io(&e, &what()))?;
+                .map_err(|e| OpError::device(e, what()))?;
         }
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         if let (Some(l), false) = (&self.ledger, before.is_empty()) {
@@ -109,10 +108,7 @@ impl Export {
             );
         }
         if self.on_mismatch == OnMismatch::Error && how == "read" {
-            return Err(OpError::new(
-                errno::EIO,
-                format!("block {block} is stale; refusing to serve it (--on-mismatch error)"),
-            ));
+            return Err(OpError::Stale { block });
         }
         Ok(())
     }
@@ -148,7 +144,7 @@ impl Export {
 
     /// CACHE: a hint that the range will be read.
     pub fn cache(&self, offset: u64, len: u64) -> Result<(), OpError> {
-        self.check_range(offset, len, errno::EINVAL)?;
+        self.check_range(offset, len, false)?;
         self.device.will_need(offset, len);
         Ok(())
     }
