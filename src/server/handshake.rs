@@ -44,11 +44,58 @@ pub fn transmission_flags(e: &Export) -> u16 {
 pub enum Outcome {
     /// Transmission begins on this export.
     Transmission(Arc<Export>),
-    /// The connection is over; the string says why (for the log).
-    Closed(String),
+    /// The connection is over, for the reason given.
+    Closed(Ended),
     /// The client asked for TLS and got its ACK: run the TLS handshake, then call
     /// [`options`] again on the encrypted stream.
     StartTls,
+}
+
+/// Why negotiation ended without transmission; its `Display` is the sentence for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ended {
+    /// The client's flags in answer to the greeting hold some this server does not know.
+    #[error("unknown client flags {0:#x}")]
+    UnknownClientFlags(u32),
+    /// An option did not start with the option magic.
+    #[error("bad option magic {0:#x}")]
+    BadOptionMagic(u64),
+    /// An option's data was longer than [`MAX_OPTION`].
+    #[error("option {option} with {len} bytes of data")]
+    OptionTooLong {
+        /// The option.
+        option: u32,
+        /// Its data length.
+        len: u32,
+    },
+    /// EXPORT_NAME (which has no error reply) before STARTTLS on a server that requires TLS.
+    #[error("NBD_OPT_EXPORT_NAME before STARTTLS on a TLS-only server")]
+    ExportNameBeforeTls,
+    /// The client sent ABORT.
+    #[error("client aborted negotiation")]
+    Aborted,
+    /// EXPORT_NAME while the server stops.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// EXPORT_NAME with a name longer than the protocol allows (its length).
+    #[error("NBD_OPT_EXPORT_NAME with a name of {0} bytes (NBD allows {MAX_NAME})")]
+    NameTooLong(usize),
+    /// EXPORT_NAME for an export this server does not have.
+    #[error("NBD_OPT_EXPORT_NAME for unknown export {0:?}")]
+    UnknownExport(String),
+}
+
+/// What the client's answer to the greeting allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greeting {
+    /// Negotiation goes on with options ([`options`]). `no_zeroes`: the client asked that the
+    /// reply to EXPORT_NAME leave out its 124 bytes of zeroes.
+    Options {
+        /// NO_ZEROES was set.
+        no_zeroes: bool,
+    },
+    /// The connection is over, for the reason given.
+    Closed(Ended),
 }
 
 /// Where negotiation stands with TLS.
@@ -67,13 +114,15 @@ pub fn negotiate<S: Read + Write>(
     shutting_down: &dyn Fn() -> bool,
 ) -> io::Result<Outcome> {
     match greet(s)? {
-        Ok(no_zeroes) => options(s, exports, no_zeroes, TlsState::default(), shutting_down),
-        Err(why) => Ok(Outcome::Closed(why)),
+        Greeting::Options { no_zeroes } => {
+            options(s, exports, no_zeroes, TlsState::default(), shutting_down)
+        }
+        Greeting::Closed(why) => Ok(Outcome::Closed(why)),
     }
 }
 
-/// Sends the greeting and reads the client's flags: `Ok(no_zeroes)`, or why to close.
-pub fn greet<S: Read + Write>(s: &mut S) -> io::Result<Result<bool, String>> {
+/// Sends the greeting and reads the client's flags: whether negotiation goes on, and how.
+pub fn greet<S: Read + Write>(s: &mut S) -> io::Result<Greeting> {
     let mut greeting = Vec::with_capacity(18);
     greeting.extend_from_slice(&proto::NBDMAGIC.to_be_bytes());
     greeting.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
@@ -83,9 +132,11 @@ pub fn greet<S: Read + Write>(s: &mut S) -> io::Result<Result<bool, String>> {
     s.write_all(&greeting)?;
     let cflags = proto::read_u32(s)?;
     if cflags & !(client_flags::FIXED_NEWSTYLE | client_flags::NO_ZEROES) != 0 {
-        return Ok(Err(format!("unknown client flags {cflags:#x}")));
+        return Ok(Greeting::Closed(Ended::UnknownClientFlags(cflags)));
     }
-    Ok(Ok(cflags & client_flags::NO_ZEROES != 0))
+    Ok(Greeting::Options {
+        no_zeroes: cflags & client_flags::NO_ZEROES != 0,
+    })
 }
 
 /// Reads options until transmission, the end, or STARTTLS.
@@ -99,14 +150,12 @@ pub fn options<S: Read + Write>(
     loop {
         let magic = proto::read_u64(s)?;
         if magic != proto::IHAVEOPT {
-            return Ok(Outcome::Closed(format!("bad option magic {magic:#x}")));
+            return Ok(Outcome::Closed(Ended::BadOptionMagic(magic)));
         }
         let option = proto::read_u32(s)?;
         let len = proto::read_u32(s)?;
         if len > MAX_OPTION {
-            return Ok(Outcome::Closed(format!(
-                "option {option} with {len} bytes of data"
-            )));
+            return Ok(Outcome::Closed(Ended::OptionTooLong { option, len }));
         }
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data)?;
@@ -125,14 +174,10 @@ pub fn options<S: Read + Write>(
         if tls.required && !tls.active {
             // Nothing about the exports before TLS, not even their names.
             match option {
-                opt::EXPORT_NAME => {
-                    return Ok(Outcome::Closed(
-                        "NBD_OPT_EXPORT_NAME before STARTTLS on a TLS-only server".into(),
-                    ))
-                }
+                opt::EXPORT_NAME => return Ok(Outcome::Closed(Ended::ExportNameBeforeTls)),
                 opt::ABORT => {
                     let _ = proto::write_option_reply(s, option, rep::ACK, b"");
-                    return Ok(Outcome::Closed("client aborted negotiation".into()));
+                    return Ok(Outcome::Closed(Ended::Aborted));
                 }
                 _ => {
                     proto::write_option_reply(s, option, rep::ERR_TLS_REQD, b"")?;
@@ -142,7 +187,7 @@ pub fn options<S: Read + Write>(
         }
         if shutting_down() && option == opt::EXPORT_NAME {
             // EXPORT_NAME has no error reply: the only refusal is to close.
-            return Ok(Outcome::Closed("shutting down".into()));
+            return Ok(Outcome::Closed(Ended::ShuttingDown));
         }
         if shutting_down() && option != opt::ABORT {
             proto::write_option_reply(s, option, rep::ERR_SHUTDOWN, b"")?;
@@ -151,17 +196,12 @@ pub fn options<S: Read + Write>(
         match option {
             opt::EXPORT_NAME if data.len() > MAX_NAME => {
                 // No error reply exists for EXPORT_NAME: the refusal is to close.
-                return Ok(Outcome::Closed(format!(
-                    "NBD_OPT_EXPORT_NAME with a name of {} bytes (NBD allows {MAX_NAME})",
-                    data.len()
-                )));
+                return Ok(Outcome::Closed(Ended::NameTooLong(data.len())));
             }
             opt::EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data);
                 let Some(e) = exports.find(&name) else {
-                    return Ok(Outcome::Closed(format!(
-                        "NBD_OPT_EXPORT_NAME for unknown export {name:?}"
-                    )));
+                    return Ok(Outcome::Closed(Ended::UnknownExport(name.into_owned())));
                 };
                 let mut b = Vec::with_capacity(134);
                 b.extend_from_slice(&e.size().to_be_bytes());
@@ -175,7 +215,7 @@ pub fn options<S: Read + Write>(
             opt::ABORT => {
                 // The client may already be gone; that is fine.
                 let _ = proto::write_option_reply(s, option, rep::ACK, b"");
-                return Ok(Outcome::Closed("client aborted negotiation".into()));
+                return Ok(Outcome::Closed(Ended::Aborted));
             }
             opt::LIST => {
                 if !data.is_empty() {
@@ -261,7 +301,29 @@ fn parse_info_request(d: &[u8]) -> Option<(String, Vec<u16>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_info_request;
+    use super::{parse_info_request, Ended};
+
+    #[test]
+    fn reasons_to_close_read_as_they_always_did() {
+        let s = |e: Ended| e.to_string();
+        assert_eq!(s(Ended::UnknownClientFlags(4)), "unknown client flags 0x4");
+        assert_eq!(s(Ended::BadOptionMagic(1)), "bad option magic 0x1");
+        assert_eq!(
+            s(Ended::OptionTooLong {
+                option: 7,
+                len: 70000
+            }),
+            "option 7 with 70000 bytes of data"
+        );
+        assert_eq!(
+            s(Ended::NameTooLong(5000)),
+            "NBD_OPT_EXPORT_NAME with a name of 5000 bytes (NBD allows 4096)"
+        );
+        assert_eq!(
+            s(Ended::UnknownExport("x".into())),
+            "NBD_OPT_EXPORT_NAME for unknown export \"x\""
+        );
+    }
 
     #[test]
     fn info_request_lengths_are_checked() {

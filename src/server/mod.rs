@@ -1,8 +1,10 @@
 //! The NBD server, the layer above the service: listeners ([`listener`]), a thread per
 //! connection that negotiates ([`handshake`], [`tls`] on a [`conn::Conn`]) and then reads
 //! requests ([`transmission`]), and a shared pool of workers that execute them and write the
-//! replies (out of order, under the connection's writer lock). Reading a request never waits for an earlier one to finish, so
-//! clients can keep many requests in flight on each connection and open several connections.
+//! replies (out of order, under the connection's writer lock; a failed request's NBD error
+//! value is chosen in [`failure`], and nowhere else). Reading a request never waits for an
+//! earlier one to finish, so clients can keep many requests in flight on each connection and
+//! open several connections.
 //!
 //! Why threads and channels rather than an async runtime: every operation ends in a blocking
 //! pread/pwrite/fdatasync on a file; an async runtime would hand those to a thread pool anyway.
@@ -15,6 +17,7 @@
 
 pub mod buffers;
 pub mod conn;
+pub mod failure;
 pub mod handshake;
 pub mod listener;
 pub mod tls;
@@ -25,7 +28,7 @@ use crate::service::Export;
 use buffers::Buffers;
 use conn::Conn;
 use crossbeam_channel::{Receiver, Sender};
-use handshake::{Exports, Outcome};
+use handshake::{Exports, Greeting, Outcome};
 use listener::Listener;
 use std::collections::HashMap;
 use std::net::Shutdown;
@@ -261,8 +264,8 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
     let _ = s.set_read_timeout(Some(shared.config.handshake_timeout));
     let stopping = || shared.stopping.load(Ordering::SeqCst);
     let no_zeroes = match handshake::greet(&mut s) {
-        Ok(Ok(z)) => z,
-        Ok(Err(why)) => {
+        Ok(Greeting::Options { no_zeroes }) => no_zeroes,
+        Ok(Greeting::Closed(why)) => {
             return tracing::info!("connection {id} from {peer} ended during negotiation: {why}")
         }
         Err(e) => {

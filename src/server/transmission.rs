@@ -2,16 +2,16 @@
 //! each request and its payload, checks it ([`validate`]), runs small WRITEs itself in
 //! batches and hands everything else to the worker pool; [`dispatch`] maps a request onto the
 //! [`Export`]'s operation, and the replies go out through the connection's writer, out of order
-//! as they complete, with the NBD error value of a failed operation.
+//! as they complete, a failed request's with the NBD error value of its [`Failure`].
 
 use super::buffers::{Buf, Buffers};
 use super::conn::Conn;
+use super::failure::{Failure, Refusal};
 use super::handshake::MAX_PAYLOAD;
 use super::{lock, Job, Shared, REPLY_TIMEOUT};
-use crate::nbd::errno;
 use crate::nbd::proto::{self, cflags, cmd, Request};
 use crate::nbd::stream::write_all_until;
-use crate::service::{Export, OpError};
+use crate::service::Export;
 use std::io::{BufReader, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,35 +102,22 @@ impl Inflight {
 
 /// Checks a request before it is queued: the command and its flags. Range and read-only
 /// checks belong to the export.
-pub fn validate(r: &Request) -> Result<(), OpError> {
+pub fn validate(r: &Request) -> Result<(), Refusal> {
     let allowed = match r.kind {
         cmd::READ | cmd::WRITE | cmd::FLUSH | cmd::TRIM | cmd::CACHE => cflags::FUA,
         cmd::WRITE_ZEROES => cflags::FUA | cflags::NO_HOLE | cflags::FAST_ZERO,
-        k => {
-            return Err(OpError {
-                errno: errno::EINVAL,
-                why: format!("unsupported command {} ({k})", proto::cmd_name(k)),
-            })
-        }
+        kind => return Err(Refusal::Command { kind }),
     };
     if r.flags & !allowed != 0 {
-        return Err(OpError {
-            errno: errno::EINVAL,
-            why: format!(
-                "flags {:#x} not valid for {}",
-                r.flags & !allowed,
-                proto::cmd_name(r.kind)
-            ),
+        return Err(Refusal::Flags {
+            kind: r.kind,
+            flags: r.flags & !allowed,
         });
     }
     if matches!(r.kind, cmd::READ | cmd::WRITE) && r.length > MAX_PAYLOAD {
-        return Err(OpError {
-            errno: errno::EINVAL,
-            why: format!(
-                "{} of {} bytes exceeds the 32 MiB limit",
-                proto::cmd_name(r.kind),
-                r.length
-            ),
+        return Err(Refusal::TooLarge {
+            kind: r.kind,
+            length: r.length,
         });
     }
     Ok(())
@@ -159,8 +146,9 @@ impl Pending {
         let results = export.write_many(&list);
         drop(list);
         for ((req, _payload), r) in self.writes.drain(..).zip(results) {
+            let r = r.map_err(Failure::Op);
             log_failure(&req, &r);
-            batch.reply(req.cookie, r.err().map_or(0, |e| e.errno));
+            batch.reply(req.cookie, errno_of_result(&r));
         }
     }
 }
@@ -256,12 +244,12 @@ pub(super) fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, i
             }
         }
         if let Err(e) = validate(&req) {
-            tracing::info!("connection {id}: refused: {}", e.why);
-            batch.reply(req.cookie, e.errno);
+            tracing::info!("connection {id}: refused: {e}");
+            batch.reply(req.cookie, Failure::Refused(e).errno());
             continue;
         }
         if shared.stopping.load(Ordering::SeqCst) {
-            batch.reply(req.cookie, errno::ESHUTDOWN);
+            batch.reply(req.cookie, Failure::ShuttingDown.errno());
             continue;
         }
         wrote |= matches!(req.kind, cmd::WRITE | cmd::WRITE_ZEROES | cmd::TRIM);
@@ -290,8 +278,9 @@ pub(super) fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, i
                 Ok(false) => batch.buf.truncate(at),
                 Err(e) => {
                     batch.buf.truncate(at);
-                    log_failure(&req, &Err(e.clone()));
-                    batch.reply(req.cookie, e.errno);
+                    let r = Err(Failure::Op(e));
+                    log_failure(&req, &r);
+                    batch.reply(req.cookie, errno_of_result(&r));
                     continue;
                 }
             }
@@ -310,8 +299,9 @@ pub(super) fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, i
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    log_failure(&req, &Err(e.clone()));
-                    batch.reply(req.cookie, e.errno);
+                    let r = Err(Failure::Op(e));
+                    log_failure(&req, &r);
+                    batch.reply(req.cookie, errno_of_result(&r));
                     continue;
                 }
             }
@@ -336,14 +326,14 @@ pub(super) fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, i
                         req.offset,
                         req.length
                     );
-                    replies.error(req.cookie, errno::EIO);
+                    replies.error(req.cookie, Failure::Panicked.errno());
                 }
             }) as Job
         };
         let sent = lock(&shared.jobs).as_ref().map(|tx| tx.send(job));
         if !matches!(sent, Some(Ok(()))) {
             // The job (and its slot) was dropped unrun.
-            batch.reply(req.cookie, errno::ESHUTDOWN);
+            batch.reply(req.cookie, Failure::ShuttingDown.errno());
         }
     }
     pending.run(&export, &mut batch);
@@ -352,20 +342,25 @@ pub(super) fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, i
     // A client that leaves makes its writes durable, as a clean disconnect should.
     if wrote && !export.read_only() {
         if let Err(e) = export.flush() {
-            tracing::warn!("connection {id}: flush at disconnect failed: {}", e.why);
+            tracing::warn!("connection {id}: flush at disconnect failed: {e}");
         }
     }
     lock(&replies.stream).shutdown(Shutdown::Both);
     count
 }
 
-fn log_failure(req: &Request, r: &Result<(), OpError>) {
+/// The reply's error value: 0 for success, else the failure's.
+fn errno_of_result(r: &Result<(), Failure>) -> u32 {
+    r.as_ref().err().map_or(0, Failure::errno)
+}
+
+fn log_failure(req: &Request, r: &Result<(), Failure>) {
     let Err(e) = r else { return };
     let (what, off, len) = (proto::cmd_name(req.kind), req.offset, req.length);
-    if matches!(e.errno, errno::EIO | errno::ENOSPC) {
-        tracing::warn!("{what} at offset {off} length {len}: {}", e.why);
+    if e.warns() {
+        tracing::warn!("{what} at offset {off} length {len}: {e}");
     } else {
-        tracing::info!("{what} at offset {off} length {len} refused: {}", e.why);
+        tracing::info!("{what} at offset {off} length {len} refused: {e}");
     }
 }
 
@@ -390,7 +385,7 @@ fn execute(
         return replies.send(&buf);
     }
     log_failure(&req, &result);
-    replies.error(req.cookie, result.err().map_or(0, |e| e.errno));
+    replies.error(req.cookie, errno_of_result(&result));
 }
 
 /// Carries out one validated request on `export`: `payload` is a WRITE's data, and a READ's
@@ -400,10 +395,10 @@ pub fn dispatch(
     req: &Request,
     payload: &[u8],
     read_into: &mut [u8],
-) -> Result<(), OpError> {
+) -> Result<(), Failure> {
     let fua = req.flags & cflags::FUA != 0;
     let (off, len) = (req.offset, req.length as u64);
-    match req.kind {
+    let r = match req.kind {
         cmd::READ => export.read(off, read_into),
         cmd::WRITE => export.write(off, payload, fua),
         cmd::FLUSH => export.flush(),
@@ -416,9 +411,8 @@ pub fn dispatch(
             fua,
         ),
         cmd::CACHE => export.cache(off, len),
-        _ => Err(OpError {
-            errno: errno::EINVAL,
-            why: "unsupported command".into(),
-        }),
-    }
+        // Not reached after `validate`, which refuses every other command.
+        kind => return Err(Refusal::Command { kind }.into()),
+    };
+    r.map_err(Failure::Op)
 }

@@ -21,7 +21,7 @@
 //! - `read.rs`: READ with the online check, stale blocks, the hand-off of suspects to
 //!   [`detect`], and CACHE;
 //! - `write.rs`: WRITE, `write_many`, WRITE_ZEROES, TRIM, FLUSH and FUA;
-//! - `error.rs`: [`OpError`], and how device and ledger errors become one;
+//! - `error.rs`: [`OpError`], what failed (the server chooses the NBD value it answers);
 //! - `counters.rs`: [`Counters`] and the FLUSH [`Histogram`];
 //! - `locks.rs`: the block range locks that order changes and reads;
 //! - beside the request path, each its own thread: [`detect`] (online classification),
@@ -47,7 +47,6 @@ use crate::device::BlockDevice;
 use crate::error::Error;
 use crate::findings::log::FindingsLog;
 use crate::ledger::Ledger;
-use crate::nbd::errno;
 use detect::Msg;
 use locks::RangeLocks;
 use std::ops::Range;
@@ -188,22 +187,23 @@ impl Export {
 
     // The checks and the error count shared by the read and the write path.
 
-    fn check_range(&self, offset: u64, len: u64, beyond: u32) -> Result<(), OpError> {
+    /// The range must lie within the export; `writing` says the request would write data
+    /// there (WRITE, WRITE_ZEROES), which the client is told differently (see [`OpError`]).
+    fn check_range(&self, offset: u64, len: u64, writing: bool) -> Result<(), OpError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size() => Ok(()),
-            _ => Err(OpError::new(
-                beyond,
-                format!(
-                    "request at offset {offset} length {len} goes beyond the export's {} bytes",
-                    self.size()
-                ),
-            )),
+            _ => Err(OpError::OutOfRange {
+                offset,
+                len,
+                size: self.size(),
+                writing,
+            }),
         }
     }
 
     fn check_writable(&self) -> Result<(), OpError> {
         if self.read_only {
-            Err(OpError::new(errno::EPERM, "write to a read-only export"))
+            Err(OpError::ReadOnly)
         } else {
             Ok(())
         }

@@ -4,13 +4,12 @@
 //! passed checks to the findings log (both also used by the scrubber); and CACHE.
 
 use super::detect::{Msg, Suspect};
-use super::error::{from_io, OpError};
+use super::error::OpError;
 use super::{Export, OnMismatch};
 use crate::block;
 use crate::findings::classify::Found;
 use crate::findings::Source;
 use crate::ledger::state::BlockState;
-use crate::nbd::errno;
 use std::sync::atomic::Ordering;
 
 impl Export {
@@ -29,7 +28,7 @@ impl Export {
 
     fn read_inner(&self, offset: u64, buf: &mut [u8], nowait: bool) -> Result<bool, OpError> {
         let len = buf.len() as u64;
-        self.check_range(offset, len, errno::EINVAL)?;
+        self.check_range(offset, len, false)?;
         let whole = self.whole_blocks(offset, len);
         // A change in flight over these blocks may have recorded its new contents before its
         // device write: the read cannot be judged (it is checked again on later reads).
@@ -53,14 +52,14 @@ impl Export {
             if !self
                 .device
                 .read_at_nowait(buf, offset)
-                .map_err(|e| from_io(&e, &what()))?
+                .map_err(|e| OpError::device(e, what()))?
             {
                 return Ok(false);
             }
         } else {
             self.device
                 .read_at(buf, offset)
-                .map_err(|e| from_io(&e, &what()))?;
+                .map_err(|e| OpError::device(e, what()))?;
         }
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         if let (Some(l), false) = (&self.ledger, before.is_empty()) {
@@ -110,10 +109,7 @@ impl Export {
             );
         }
         if self.on_mismatch == OnMismatch::Error && how == Source::Read {
-            return Err(OpError::new(
-                errno::EIO,
-                format!("block {block} is stale; refusing to serve it (--on-mismatch error)"),
-            ));
+            return Err(OpError::Stale { block });
         }
         Ok(())
     }
@@ -149,7 +145,7 @@ impl Export {
 
     /// CACHE: a hint that the range will be read.
     pub fn cache(&self, offset: u64, len: u64) -> Result<(), OpError> {
-        self.check_range(offset, len, errno::EINVAL)?;
+        self.check_range(offset, len, false)?;
         self.device.will_need(offset, len);
         Ok(())
     }

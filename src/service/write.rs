@@ -4,13 +4,12 @@
 //! the rest of a partial block), record them (`record`), issue the device I/O, and report its
 //! outcome to the ledger (`finish`); FUA then makes it durable with its records (`durable`).
 
-use super::error::{from_io, from_ledger, OpError};
+use super::error::OpError;
 use super::Export;
 use crate::block;
 use crate::device::TrimOutcome;
 use crate::ledger::state::BlockState;
 use crate::ledger::{NewContents, Ticket};
-use crate::nbd::errno;
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -69,7 +68,9 @@ impl Export {
             tmp.resize(bs, 0);
             self.device
                 .read_at(&mut tmp[..on_dev as usize], start)
-                .map_err(|e| from_io(&e, &format!("reading block {b} to merge a partial write")))?;
+                .map_err(|e| {
+                    OpError::device(e, format!("reading block {b} to merge a partial write"))
+                })?;
             if let Some(l) = &self.ledger {
                 // Counted and logged only: this write gives the block a new generation at
                 // once, so there is nothing left for the detector to classify it against.
@@ -91,7 +92,10 @@ impl Export {
 
     fn record(&self, first: u64, new: &[NewContents]) -> Result<Option<Ticket>, OpError> {
         match &self.ledger {
-            Some(l) => l.record_contents(first, new).map(Some).map_err(from_ledger),
+            Some(l) => l
+                .record_contents(first, new)
+                .map(Some)
+                .map_err(OpError::ledger),
             None => Ok(None),
         }
     }
@@ -104,9 +108,9 @@ impl Export {
         what: impl FnOnce() -> String,
     ) -> Result<(), OpError> {
         if let (Some(l), Some(t)) = (&self.ledger, ticket) {
-            l.complete(t, r.is_ok()).map_err(from_ledger)?;
+            l.complete(t, r.is_ok()).map_err(OpError::ledger)?;
         }
-        r.map_err(|e| from_io(&e, &what()))
+        r.map_err(|e| OpError::device(e, what()))
     }
 
     /// The shape of every change: for each piece of the range (see [`Export::chunks`]), hold its
@@ -145,12 +149,12 @@ impl Export {
                 if let Some(l) = &self.ledger {
                     l.poison_session(format!("device fdatasync for a FUA request failed: {e}"));
                 }
-                return Err(from_io(&e, "fdatasync for a FUA request"));
+                return Err(OpError::device(e, "fdatasync for a FUA request"));
             }
         }
         if let Some(l) = &self.ledger {
             for t in tickets.iter().flatten() {
-                l.record_fua(t).map_err(from_ledger)?;
+                l.record_fua(t).map_err(OpError::ledger)?;
             }
         }
         Ok(())
@@ -165,7 +169,7 @@ impl Export {
     fn write_inner(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), OpError> {
         self.check_writable()?;
         let len = data.len() as u64;
-        self.check_range(offset, len, errno::ENOSPC)?;
+        self.check_range(offset, len, true)?;
         if len == 0 {
             return Ok(());
         }
@@ -209,7 +213,7 @@ impl Export {
             let fits = len > 0
                 && off % bs == 0
                 && len % bs == 0
-                && self.check_range(off, len, errno::ENOSPC).is_ok()
+                && self.check_range(off, len, true).is_ok()
                 && off / step == (off + len - 1) / step;
             if !fits {
                 return one_by_one();
@@ -244,7 +248,7 @@ impl Export {
         let tickets = match l.record_contents_many(&items) {
             Ok(t) => t,
             Err(e) => {
-                let e = from_ledger(e);
+                let e = OpError::ledger(e);
                 return writes.iter().map(|_| self.fail(Err(e.clone()))).collect();
             }
         };
@@ -288,7 +292,7 @@ impl Export {
         fua: bool,
     ) -> Result<(), OpError> {
         self.check_writable()?;
-        self.check_range(offset, len, errno::ENOSPC)?;
+        self.check_range(offset, len, true)?;
         if len == 0 {
             return Ok(());
         }
@@ -298,10 +302,7 @@ impl Export {
             && (self.fast_zero_unsupported.load(Ordering::Relaxed)
                 || self.device.can_fast_zero() == Some(false))
         {
-            return Err(OpError::new(
-                errno::ENOTSUP,
-                "fast zeroing is not supported here",
-            ));
+            return Err(OpError::FastZeroUnsupported);
         }
         self.change(offset, len, fua, false, "zeroing", |blocks, off, n| {
             let new = self.new_contents(blocks.clone(), off, n, true, None)?;
@@ -329,7 +330,7 @@ impl Export {
 
     fn trim_inner(&self, offset: u64, len: u64, fua: bool) -> Result<(), OpError> {
         self.check_writable()?;
-        self.check_range(offset, len, errno::EINVAL)?;
+        self.check_range(offset, len, false)?;
         let whole = self.whole_blocks(offset, len);
         if whole.is_empty() {
             return Ok(());
@@ -353,7 +354,7 @@ impl Export {
                         self.record(whole.start, &vec![NewContents::Zero; count as usize])?
                     }
                     (Some(l), false) => {
-                        Some(l.record_trim(whole.start, count).map_err(from_ledger)?)
+                        Some(l.record_trim(whole.start, count).map_err(OpError::ledger)?)
                     }
                 };
                 let r = match self.device.trim(off, n) {
@@ -373,15 +374,13 @@ impl Export {
     pub fn flush(&self) -> Result<(), OpError> {
         let started = std::time::Instant::now();
         let r = match &self.ledger {
-            Some(l) => l.flush(|| self.device.flush()).map_err(|e| {
-                let io_errno = e.raw_os_error();
-                let mut o = from_ledger(e);
-                if io_errno.is_some() {
-                    o.errno = errno::EIO;
-                }
-                o
-            }),
-            None => self.device.flush().map_err(|e| from_io(&e, "fdatasync")),
+            Some(l) => l
+                .flush(|| self.device.flush())
+                .map_err(|e| OpError::Flush(std::sync::Arc::new(e))),
+            None => self
+                .device
+                .flush()
+                .map_err(|e| OpError::device(e, "fdatasync")),
         };
         if r.is_ok() {
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@ use lostwrite::ledger::history::{self, SessionEnd};
 use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::Access;
 use lostwrite::nbd::errno;
+use lostwrite::server::failure::Failure;
 use lostwrite::service::{Export, ExportOptions, OnMismatch};
 use std::collections::HashSet;
 use std::io;
@@ -207,16 +208,16 @@ fn a_failed_device_sync_poisons_the_session_flush_and_fua_alike() {
         } else {
             e.flush()
         };
-        assert_eq!(r.unwrap_err().errno, errno::EIO);
+        assert_eq!(Failure::Op(r.unwrap_err()).errno(), errno::EIO);
         // The disk "recovers": a later fdatasync would succeed, but proves nothing.
         flaky.fail_flush.store(false, Ordering::SeqCst);
         assert_eq!(
-            e.flush().unwrap_err().errno,
+            Failure::Op(e.flush().unwrap_err()).errno(),
             errno::EIO,
             "fua={via_fua_zeroing}"
         );
         assert_eq!(
-            e.write(4096, &Rng(3).block(BS), false).unwrap_err().errno,
+            Failure::Op(e.write(4096, &Rng(3).block(BS), false).unwrap_err()).errno(),
             errno::EIO
         );
         let e = Arc::try_unwrap(e).ok().unwrap();
