@@ -40,6 +40,7 @@ pub mod files;
 pub mod fold;
 pub mod frame;
 pub mod history;
+pub mod identity;
 mod lock;
 pub mod mapped;
 pub mod meta;
@@ -55,6 +56,7 @@ use crate::device::{BlockDevice, DeviceIdentity};
 use crate::error::{Error, IoContext, Result};
 use baseline::Baseline;
 use fold::{Fold, FoldChange, FoldEntry};
+use identity::Identity;
 use meta::Meta;
 use reader::{JournalEnd, Start, TornTail};
 use record::{Generation, Lsn, Record, SessionOpen};
@@ -381,7 +383,7 @@ impl Ledger {
             ledger_id: random_id()?,
             block_size,
             device_size,
-            identity: identity.clone(),
+            identity: Identity::of(identity),
             created: clock::now(),
             software: concat!("lostwrite ", env!("CARGO_PKG_VERSION")).into(),
             version: meta::NEW_LEDGER_VERSION,
@@ -499,7 +501,7 @@ impl Ledger {
                     ),
                 });
             }
-            if let Some(why) = meta.identity.differs(id) {
+            if let Some(why) = meta.identity.differs(&Identity::of(id)) {
                 if !opts.device_moved {
                     return Err(Error::DeviceMismatch {
                         path: PathBuf::from(&id.path),

@@ -7,7 +7,7 @@
 //! leave anything `uncertain`, and a loss of flushed data injected on top must be `reverted`.
 
 use crate::helpers::*;
-use lostwrite::device::{BlockDevice, DeviceIdentity, TrimOutcome};
+use lostwrite::device::{BlockDevice, DeviceIdentity, DeviceKind, TrimOutcome};
 use lostwrite::ledger::{frame, segment, Access, BaselineSource, Ledger, OpenOptions};
 use lostwrite::service::{Export, ExportOptions, OnMismatch};
 use lostwrite::verify::{self, classify::Kind};
@@ -115,7 +115,7 @@ struct Cut {
 
 fn identity() -> DeviceIdentity {
     DeviceIdentity {
-        kind: "file".into(),
+        kind: DeviceKind::File,
         path: "/sim".into(),
         dev: 1,
         ino: 1,
