@@ -14,7 +14,7 @@ use anyhow::Context;
 use lostwrite::block::Geometry;
 use lostwrite::device::{BlockDevice, FileDevice};
 use lostwrite::forensics::{self, plot};
-use lostwrite::ledger::{Access, BaselineSource, Ledger, OpenOptions};
+use lostwrite::ledger::{Access, BaselineSource, Ledger, LedgerWriter, OpenOptions};
 use lostwrite::nbd::client::Client;
 use lostwrite::server::listener::Listener;
 use lostwrite::server::{Config, Server};
@@ -224,12 +224,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         "== 3. lostwrite serve, in this process, on {}",
         socket.display()
     );
-    let mut ledger = Ledger::open(
+    let ledger = LedgerWriter::open(
         &ledger_dir,
         Some((dev.identity(), dev.size())),
         OpenOptions::new(Access::Write),
-    )?;
-    ledger.begin_session(false)?;
+    )?
+    .begin_session(false)?;
     let export = Arc::new(Export::new(
         Box::new(dev),
         Some(ledger),

@@ -9,7 +9,7 @@ use lostwrite::block::{validate_block_size, DEFAULT_BLOCK_SIZE};
 use lostwrite::device::BlockDevice;
 use lostwrite::ledger::compact::Retention;
 use lostwrite::ledger::state::BlockState;
-use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use lostwrite::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
 use lostwrite::metrics::MetricsListener;
 use lostwrite::nbd::proto::MAX_NAME;
 use lostwrite::server::listener::Listener;
@@ -339,7 +339,7 @@ fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
         let mut opts = OpenOptions::new(Access::Write);
         opts.device_moved = spec.device_moved;
         opts.segment_bytes = spec.retention().segment_bytes();
-        let mut l = Ledger::open(&dir, Some((dev.identity(), dev.size())), opts)?;
+        let l = LedgerWriter::open(&dir, Some((dev.identity(), dev.size())), opts)?;
         if spec.block_size.is_some() && l.geometry().block_size != bs {
             anyhow::bail!(
                 "--block-size {bs}: the ledger {} uses {}-byte blocks, and a ledger's block size cannot change; drop --block-size, or make a new ledger elsewhere with `lostwrite init --block-size {bs}`",
@@ -350,7 +350,8 @@ fn open_export(spec: &ExportSpec) -> anyhow::Result<Export> {
         for w in &l.recovery().warnings {
             tracing::warn!("{w}");
         }
-        let session = l.begin_session(spec.journal_sync == JournalSync::Strict)?;
+        let l = l.begin_session(spec.journal_sync == JournalSync::Strict)?;
+        let session = l.id();
         let geo = l.geometry();
         let untracked = (0..geo.block_count())
             .filter(|&b| !matches!(l.state(b), BlockState::Tracked { .. }))

@@ -45,7 +45,7 @@ pub use write::CHUNK_BLOCKS;
 use crate::block::{self, Geometry};
 use crate::device::BlockDevice;
 use crate::error::Error;
-use crate::ledger::Ledger;
+use crate::ledger::WriteSession;
 use crate::nbd::errno;
 use crate::verify::findings::FindingsLog;
 use detect::Msg;
@@ -69,7 +69,7 @@ pub enum OnMismatch {
 pub struct Export {
     name: String,
     device: Box<dyn BlockDevice>,
-    ledger: Option<Ledger>,
+    ledger: Option<WriteSession>,
     geo: Geometry,
     read_only: bool,
     on_mismatch: OnMismatch,
@@ -93,11 +93,11 @@ pub struct ExportOptions {
 }
 
 impl Export {
-    /// An export of `device`, recording into `ledger` (which must be open for writing with a
-    /// session begun; `None` serves without recording, for measuring the ledger's cost).
+    /// An export of `device`, recording into `ledger` (a ledger's write session; `None` serves
+    /// without recording, for measuring the ledger's cost).
     pub fn new(
         device: Box<dyn BlockDevice>,
-        ledger: Option<Ledger>,
+        ledger: Option<WriteSession>,
         opts: ExportOptions,
     ) -> Export {
         let geo = match &ledger {
@@ -181,8 +181,8 @@ impl Export {
         self.findings.as_ref()
     }
 
-    /// The ledger, if recording.
-    pub fn ledger(&self) -> Option<&Ledger> {
+    /// The ledger's write session, if recording (it dereferences to the ledger).
+    pub fn ledger(&self) -> Option<&WriteSession> {
         self.ledger.as_ref()
     }
 

@@ -8,7 +8,9 @@
 
 use crate::helpers::*;
 use lostwrite::device::{BlockDevice, DeviceIdentity, DeviceKind, TrimOutcome};
-use lostwrite::ledger::{frame, segment, Access, BaselineSource, Ledger, OpenOptions};
+use lostwrite::ledger::{
+    frame, segment, Access, BaselineSource, Ledger, LedgerWriter, OpenOptions,
+};
 use lostwrite::service::{Export, ExportOptions, OnMismatch};
 use lostwrite::verify::{self, classify::Kind};
 use std::io;
@@ -149,13 +151,14 @@ fn workload(dir: &Path, strict: bool, seed: u64, ops: usize) -> (Vec<Cut>, Vec<u
         }),
     )
     .unwrap();
-    let mut l = Ledger::open(
+    let l = LedgerWriter::open(
         &ledger_dir,
         Some((&identity(), SIZE as u64)),
         OpenOptions::new(Access::Write),
     )
+    .unwrap()
+    .begin_session(strict)
     .unwrap();
-    l.begin_session(strict).unwrap();
     let export = Arc::new(Export::new(
         Box::new(dev.clone()),
         Some(l),
