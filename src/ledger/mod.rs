@@ -26,6 +26,8 @@
 //!   flush rounds, close), types of their own so that a reader cannot record;
 //! - replay.rs: bringing the state table up to date from the compacted history and the journal
 //!   (`apply`, `Replay`, `scan_live`);
+//! - sessions.rs: the sessions as the journal tells them, one reading for replay, compaction
+//!   and history;
 //! - history.rs: the journal read as history (sessions, events) for verify, history, report;
 //! - compact.rs + fold.rs: retention; check.rs: `ledger check`.
 //!
@@ -51,6 +53,7 @@ pub mod record;
 mod replay;
 pub mod segment;
 mod session;
+mod sessions;
 pub mod state;
 pub mod writer;
 

@@ -11,8 +11,9 @@ use super::identity::Identity;
 use super::meta::Meta;
 use super::reader::{self, JournalEnd, TornTail};
 use super::record::Lsn;
-use super::replay::{journal_start, scan_live, Replay, SessionTrack};
+use super::replay::{journal_start, scan_live, Replay};
 use super::session::LedgerWriter;
+use super::sessions::Sessions;
 use super::state::{StateHeader, StateTable};
 use super::writer::{self, JournalWriter};
 use super::{
@@ -97,7 +98,7 @@ fn recover(
     let (end, sessions) = if live {
         let (f, e) = scan_live(dir, &meta.ledger_id, Lsn::MAX, &mut |_, _| Ok(()))?;
         fold = f;
-        (e, SessionTrack::at(header.as_ref()))
+        (e, Sessions::at_checkpoint(header.as_ref()))
     } else {
         let table = Replay {
             state: &state,
@@ -124,7 +125,7 @@ fn recover(
         (e, s)
     };
     let mut end = end;
-    recovery.previous_clean = !sessions.open;
+    recovery.previous_clean = !sessions.open();
     // After a clean end no writer of ours appended past the checkpoint (a new segment's header
     // aside), so bytes there are no crash's torn tail.
     let foreign =
@@ -149,8 +150,8 @@ fn recover(
         ledger_id: meta.ledger_id,
         checkpoint_lsn: end.next_lsn - 1,
         checkpoint_pos: journal.as_ref().map_or(protected, |w| w.position()),
-        last_session: sessions.last,
-        session_open: sessions.open,
+        last_session: sessions.current,
+        session_open: sessions.open(),
         clean: true,
     };
     let ledger = Ledger {
@@ -346,7 +347,7 @@ fn replay_journal(
     header: Option<StateHeader>,
     mut rebuild: Option<String>,
     recovery: &mut Recovery,
-) -> Result<(JournalEnd, SessionTrack)> {
+) -> Result<(JournalEnd, Sessions)> {
     let state = table.state;
     // Why the table must be rebuilt from the whole journal although it is not damaged.
     let mut recover: Option<String> = None;
@@ -365,7 +366,7 @@ fn replay_journal(
                 "the state table was checkpointed before the oldest retained journal record".into(),
             );
         } else {
-            let mut sessions = SessionTrack::at(Some(&h));
+            let mut sessions = Sessions::at_checkpoint(Some(&h));
             let (e, n) = table.run(h.checkpoint_lsn + 1, h.checkpoint_pos, &mut sessions)?;
             recovery.replayed = n;
             return Ok((e, sessions));

@@ -1,13 +1,14 @@
 //! Replay: bringing a state table up to date from the compacted history and the journal.
 //! [`apply`] is the one place a record changes the table (replay, rebuild and live recording
 //! all use it); [`Replay`] seeds a cleared table from the compacted history and follows the
-//! journal from an LSN on, keeping track of the sessions it passes; [`scan_live`] reads the
+//! journal from an LSN on, following the sessions it passes (sessions.rs); [`scan_live`] reads the
 //! journal of a ledger a running service holds, retrying when that service compacts meanwhile.
 
 use super::baseline::Baseline;
 use super::fold::{Fold, FoldChange, FoldEntry};
 use super::reader::{self, JournalEnd, Start};
 use super::record::{Lsn, Record};
+use super::sessions::Sessions;
 use super::state::{BlockState, StateTable};
 use super::JOURNAL_DIR;
 use crate::error::{Error, Result};
@@ -121,9 +122,9 @@ pub(super) struct Replay<'a> {
 impl Replay<'_> {
     /// Puts the state at the fold point into the (cleared) table: the folded baseline, then each
     /// block's latest folded change. Returns the sessions as they stood there.
-    pub(super) fn seed(&self, fold: Option<&Fold>) -> Result<SessionTrack> {
+    pub(super) fn seed(&self, fold: Option<&Fold>) -> Result<Sessions> {
         let Some(f) = fold else {
-            return Ok(SessionTrack::default());
+            return Ok(Sessions::default());
         };
         if f.header.baseline_lsn != 0 {
             let all = Record::Baseline { blocks: u64::MAX };
@@ -146,10 +147,7 @@ impl Replay<'_> {
                 &f.path,
             )
         })?;
-        Ok(SessionTrack {
-            last: f.header.last_session,
-            open: f.header.session_open,
-        })
+        Ok(Sessions::from_fold(f))
     }
 
     /// Applies every record from LSN `from` on, following sessions; returns where the journal
@@ -158,7 +156,7 @@ impl Replay<'_> {
         &self,
         from: Lsn,
         protected: (u64, u64),
-        sessions: &mut SessionTrack,
+        sessions: &mut Sessions,
     ) -> Result<(JournalEnd, u64)> {
         let mut n = 0u64;
         let end = reader::scan(
@@ -170,7 +168,7 @@ impl Replay<'_> {
             protected,
             &mut |e| {
                 n += 1;
-                sessions.see(e.record);
+                sessions.see_bounds(e.lsn, e.time, e.record);
                 apply(
                     self.state,
                     self.baseline,
@@ -236,34 +234,6 @@ pub(super) fn scan_live(
                 }
             }
             Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The sessions replay passes: the last one, and whether it is still open.
-#[derive(Default)]
-pub(super) struct SessionTrack {
-    pub last: u64,
-    pub open: bool,
-}
-
-impl SessionTrack {
-    /// The sessions as a state table header `h` records them (none without one).
-    pub fn at(h: Option<&super::state::StateHeader>) -> SessionTrack {
-        SessionTrack {
-            last: h.map_or(0, |h| h.last_session),
-            open: h.is_some_and(|h| h.session_open),
-        }
-    }
-
-    fn see(&mut self, r: &Record) {
-        match r {
-            Record::SessionOpen(o) => {
-                self.last = o.session;
-                self.open = true;
-            }
-            Record::SessionClose { .. } => self.open = false,
-            _ => {}
         }
     }
 }

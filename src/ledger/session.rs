@@ -127,8 +127,8 @@ impl LedgerWriter {
         let (end, _) = all.run(all.start.lsn, (0, 0), &mut sessions)?;
         let mut h = self.header();
         h.checkpoint_lsn = end.next_lsn - 1;
-        h.last_session = sessions.last;
-        h.session_open = sessions.open;
+        h.last_session = sessions.current;
+        h.session_open = sessions.open();
         h.clean = true;
         self.checkpoint(h)
     }
