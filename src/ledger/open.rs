@@ -42,7 +42,7 @@ impl Ledger {
         if opts.access == Access::Write {
             return LedgerWriter::open(dir, device, opts).map(LedgerWriter::into_ledger);
         }
-        Ok(recover(dir, device, opts)?.0)
+        Ok(recover(dir, device, opts)?.ledger)
     }
 }
 
@@ -60,8 +60,18 @@ impl LedgerWriter {
             access: Access::Write,
             ..opts
         };
-        let (mut ledger, journal) = recover(dir, device, opts)?;
-        let journal = journal.expect("a writer's open resumes the journal");
+        let Recovered {
+            mut ledger,
+            mut end,
+        } = recover(dir, device, opts)?;
+        let jdir = dir.join(JOURNAL_DIR);
+        if let Some(t) = end.torn.take() {
+            cut_torn_tail(&jdir, &t)?;
+        }
+        let journal = resume_journal(&jdir, &ledger.meta, &end, opts.segment_bytes)?;
+        let mut h = ledger.header();
+        h.checkpoint_pos = journal.position();
+        ledger.checkpoint(h)?;
         ledger.synced = Some(journal.synced_handle());
         Ok(LedgerWriter {
             ledger,
@@ -73,12 +83,20 @@ impl LedgerWriter {
     }
 }
 
-/// Opens and recovers the ledger in `dir`; with [`Access::Write`] also the journal appender.
+/// A ledger opened and recovered as far as readers and the writer share (steps 1 to 6).
+struct Recovered {
+    /// The ledger, its header at the checkpoint the journal's end gives.
+    ledger: Ledger,
+    /// Where the journal ends, with its torn tail (for the writer to cut).
+    end: JournalEnd,
+}
+
+/// Opens and recovers the ledger in `dir`, steps 1 to 6 (below, in order).
 fn recover(
     dir: &Path,
     device: Option<(&DeviceIdentity, u64)>,
     opts: OpenOptions,
-) -> Result<(Ledger, Option<JournalWriter>)> {
+) -> Result<Recovered> {
     let lock = take_lock(dir, opts.access)?;
     let live = opts.access == Access::Live && lock.is_none();
     let writable = opts.access == Access::Write;
@@ -124,7 +142,6 @@ fn recover(
         }
         (e, s)
     };
-    let mut end = end;
     recovery.previous_clean = !sessions.open();
     // After a clean end no writer of ours appended past the checkpoint (a new segment's header
     // aside), so bytes there are no crash's torn tail.
@@ -136,20 +153,12 @@ fn recover(
         recovery.warnings.push(msg);
         recovery.torn_tail = Some(t.clone());
     }
-    let journal = if writable {
-        if let Some(t) = end.torn.take() {
-            cut_torn_tail(&jdir, &t)?;
-        }
-        Some(resume_journal(&jdir, &meta, &end, opts.segment_bytes)?)
-    } else {
-        None
-    };
     let header_now = StateHeader {
         block_size: meta.block_size,
         block_count: geometry.block_count(),
         ledger_id: meta.ledger_id,
         checkpoint_lsn: end.next_lsn - 1,
-        checkpoint_pos: journal.as_ref().map_or(protected, |w| w.position()),
+        checkpoint_pos: protected,
         last_session: sessions.current,
         session_open: sessions.open(),
         clean: true,
@@ -169,10 +178,7 @@ fn recover(
         synced: None,
         _lock: lock,
     };
-    if writable {
-        ledger.checkpoint(header_now)?;
-    }
-    Ok((ledger, journal))
+    Ok(Recovered { ledger, end })
 }
 
 /// Step 1, the lock: exclusive for the writer, shared for a reader (refused while a writer
