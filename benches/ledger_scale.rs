@@ -26,7 +26,9 @@
 //! the ledger, not the disk.
 
 use lostwrite::device::FileDevice;
-use lostwrite::ledger::{Access, Ledger, OpenOptions, Ticket, JOURNAL_DIR, STATE_FILE};
+use lostwrite::ledger::{
+    Access, Ledger, LedgerWriter, OpenOptions, Ticket, JOURNAL_DIR, STATE_FILE,
+};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -170,8 +172,10 @@ fn main() {
 
     // ---- build: the recording path of `serve` for 4 KiB writes ----
     let t0 = Instant::now();
-    let mut l = Ledger::open(&ledger, ident, OpenOptions::new(Access::Write)).expect("open");
-    l.begin_session(false).expect("session");
+    let l = LedgerWriter::open(&ledger, ident, OpenOptions::new(Access::Write))
+        .expect("open")
+        .begin_session(false)
+        .expect("session");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut inflight: Vec<Ticket> = Vec::with_capacity(qd);
     let mut history_blocks: Vec<u64> = Vec::new();
@@ -303,7 +307,7 @@ fn main() {
             evict(&ledger);
         }
         let t = Instant::now();
-        let mut w = Ledger::open(&ledger, ident, OpenOptions::new(Access::Write)).expect("open");
+        let w = LedgerWriter::open(&ledger, ident, OpenOptions::new(Access::Write)).expect("open");
         let e = t.elapsed();
         let c = if cold {
             &mut crash_cold
@@ -313,14 +317,16 @@ fn main() {
         c.times.push(e);
         c.replayed = w.recovery().replayed;
         assert!(!w.recovery().previous_clean, "the ledger is not crashed");
-        w.begin_session(false).expect("session");
+        let w = w.begin_session(false).expect("session");
         drop(w);
     }
 
     // ---- close cleanly, then reopen ----
     // (The crashed session stays the last one until a session ends cleanly.)
-    let mut w = Ledger::open(&ledger, ident, OpenOptions::new(Access::Write)).expect("open");
-    w.begin_session(false).expect("session");
+    let w = LedgerWriter::open(&ledger, ident, OpenOptions::new(Access::Write))
+        .expect("open")
+        .begin_session(false)
+        .expect("session");
     w.close(no_device_flush).expect("close");
     let mut clean_hot = Case {
         key: "clean_write_hot",

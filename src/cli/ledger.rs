@@ -5,7 +5,7 @@ use lostwrite::clock::rfc3339;
 use lostwrite::ledger::check::check;
 use lostwrite::ledger::compact::Retention;
 use lostwrite::ledger::record::Record;
-use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use lostwrite::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -82,7 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             if repair {
                 let mut opts = OpenOptions::new(Access::Write);
                 opts.repair = true;
-                let mut l = Ledger::open(&dir, None, opts)?;
+                let mut l = LedgerWriter::open(&dir, None, opts)?;
                 for w in &l.recovery().warnings {
                     errln!("repair: {w}");
                 }
@@ -204,7 +204,7 @@ fn compact(dir: &std::path::Path, keep: Retention, json: bool) -> anyhow::Result
             "say how much history to keep: --retain DURATION (e.g. 30d; 0s folds everything) and/or --retain-bytes BYTES (e.g. 10G)"
         );
     }
-    let l = Ledger::open(dir, None, OpenOptions::new(Access::Write))?;
+    let l = LedgerWriter::open(dir, None, OpenOptions::new(Access::Write))?;
     for w in &l.recovery().warnings {
         errln!("compact: {w}");
     }

@@ -2,7 +2,8 @@
 //! descriptor (one page cache, so a flush on any connection covers writes from all of them).
 
 use super::{
-    AlignedBuf, BlockDevice, Claim, DeviceIdentity, MediaRead, ReadMode, TrimOutcome, DIRECT_ALIGN,
+    AlignedBuf, BlockDevice, Claim, DeviceIdentity, DeviceKind, MediaRead, ReadMode, TrimOutcome,
+    DIRECT_ALIGN,
 };
 use crate::error::{Error, IoContext, Result};
 use nix::fcntl::{fallocate, FallocateFlags};
@@ -112,7 +113,11 @@ impl FileDevice {
         };
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let identity = DeviceIdentity {
-            kind: if is_block { "block" } else { "file" }.into(),
+            kind: if is_block {
+                DeviceKind::Block
+            } else {
+                DeviceKind::File
+            },
             path: canonical.display().to_string(),
             dev: if is_block { 0 } else { meta.dev() },
             ino: if is_block { 0 } else { meta.ino() },

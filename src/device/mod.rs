@@ -229,14 +229,27 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
 }
 
-/// How a ledger recognises its device again: the kind, the path as given, and the identity the
-/// kernel gives it (device and inode numbers for a file, the device number for a block device);
-/// for an NBD export, the normalised URI.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Which sort of device this is: what decides how it is recognised again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A regular file (an image).
+    File,
+    /// A block device.
+    Block,
+    /// An NBD export.
+    Nbd,
+}
+
+/// The facts by which a device can be recognised again: the kind, the path as given, and the
+/// identity the kernel gives it (device and inode numbers for a file, the device number for a
+/// block device); for an NBD export, the normalised URI. The ledger records them in its `meta`
+/// in a form of its own (ledger/identity.rs), so this struct is free to change without touching
+/// the on-disk format.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceIdentity {
-    /// "file", "block" or "nbd".
-    pub kind: String,
-    /// The canonical path when the ledger was made (the URI for "nbd").
+    /// File, block device or NBD export.
+    pub kind: DeviceKind,
+    /// The canonical path (the URI for an NBD export).
     pub path: String,
     /// st_dev of a regular file (0 otherwise).
     pub dev: u64,
@@ -244,41 +257,6 @@ pub struct DeviceIdentity {
     pub ino: u64,
     /// st_rdev of a block device (0 otherwise).
     pub rdev: u64,
-}
-
-impl DeviceIdentity {
-    /// Why `other` is not the same device, or `None` when it is.
-    pub fn differs(&self, other: &DeviceIdentity) -> Option<String> {
-        if self.kind != other.kind {
-            return Some(format!(
-                "the ledger was made for a {} and this is a {}",
-                self.kind, other.kind
-            ));
-        }
-        if self.kind == "file" && (self.dev, self.ino) != (other.dev, other.ino) {
-            return Some(format!(
-                "the ledger was made for the file {} (device {}, inode {}); this file is device {}, inode {} (a copy or a different file)",
-                self.path, self.dev, self.ino, other.dev, other.ino
-            ));
-        }
-        if self.kind == "nbd" && self.path != other.path {
-            return Some(format!(
-                "the ledger was made for NBD export {} and this is {}",
-                self.path, other.path
-            ));
-        }
-        if self.kind == "block" && self.rdev != other.rdev {
-            return Some(format!(
-                "the ledger was made for block device {} ({}:{}); this is {}:{}",
-                self.path,
-                self.rdev >> 8,
-                self.rdev & 0xff,
-                other.rdev >> 8,
-                other.rdev & 0xff
-            ));
-        }
-        None
-    }
 }
 
 /// A device named on the command line: a path or an NBD URI.

@@ -3,7 +3,7 @@
 //! ([`crate::nbd::client::Connection`]); FLUSH and FUA are passed through, so "durable" means
 //! what the upstream server says it means.
 
-use super::{BlockDevice, DeviceIdentity, TrimOutcome};
+use super::{BlockDevice, DeviceIdentity, DeviceKind, TrimOutcome};
 use crate::error::{Error, Result};
 use crate::nbd::client::{Connection, ExportInfo, InFlight};
 use crate::nbd::proto::{cflags, cmd, tflags};
@@ -75,7 +75,7 @@ impl NbdDevice {
         );
         Ok(NbdDevice {
             identity: DeviceIdentity {
-                kind: "nbd".into(),
+                kind: DeviceKind::Nbd,
                 path: name.clone(),
                 dev: 0,
                 ino: 0,

@@ -8,7 +8,7 @@ use crate::block::{validate_block_size, DEFAULT_BLOCK_SIZE};
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
 use crate::ledger::state::BlockState;
-use crate::ledger::{Access, Ledger, OpenOptions};
+use crate::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
 use crate::service::{Export, ExportOptions};
 
 /// Opens one export's device and ledger and begins its session.
@@ -39,7 +39,7 @@ pub(super) fn open_export(spec: &ExportSpec) -> Result<Export> {
         let mut opts = OpenOptions::new(Access::Write);
         opts.device_moved = spec.device_moved;
         opts.segment_bytes = spec.retention().segment_bytes();
-        let mut l = Ledger::open(&dir, Some((dev.identity(), dev.size())), opts)?;
+        let l = LedgerWriter::open(&dir, Some((dev.identity(), dev.size())), opts)?;
         if spec.block_size.is_some() && l.geometry().block_size != bs {
             return Err(Error::Usage(format!(
                 "--block-size {bs}: the ledger {} uses {}-byte blocks, and a ledger's block size cannot change; drop --block-size, or make a new ledger elsewhere with `lostwrite init --block-size {bs}`",
@@ -50,7 +50,8 @@ pub(super) fn open_export(spec: &ExportSpec) -> Result<Export> {
         for w in &l.recovery().warnings {
             tracing::warn!("{w}");
         }
-        let session = l.begin_session(spec.journal_sync == JournalSync::Strict)?;
+        let l = l.begin_session(spec.journal_sync == JournalSync::Strict)?;
+        let session = l.id();
         let geo = l.geometry();
         let untracked = (0..geo.block_count())
             .filter(|&b| !matches!(l.state(b), BlockState::Tracked { .. }))

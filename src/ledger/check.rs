@@ -6,11 +6,10 @@
 use super::baseline::Baseline;
 use super::fold::Fold;
 use super::meta::Meta;
+use super::open::open_state;
+use super::replay::{apply, journal_start, Replay};
 use super::state::{StateHeader, StateTable};
-use super::{
-    apply, files, journal_start, lock, open_state, reader, Replay, BASELINE_FILE, JOURNAL_DIR,
-    META_FILE, STATE_FILE,
-};
+use super::{files, lock, reader, BASELINE_FILE, JOURNAL_DIR, META_FILE, STATE_FILE};
 use crate::block::{self, Geometry};
 use crate::error::{Error, Result};
 use serde::Serialize;

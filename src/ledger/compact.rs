@@ -10,7 +10,9 @@ use super::history::{SessionEnd, Sessions};
 use super::meta::{self, Meta};
 use super::reader::{self, SegmentInfo};
 use super::record::{Lsn, Record};
-use super::{journal_start, lock_mutex, segment, writer, Ledger, JOURNAL_DIR, META_FILE};
+use super::replay::journal_start;
+use super::session::{merge_ranges, LedgerWriter};
+use super::{lock_mutex, segment, writer, JOURNAL_DIR, META_FILE};
 use crate::clock::Micros;
 use crate::error::{Error, IoContext, Result};
 use std::collections::BTreeMap;
@@ -160,7 +162,7 @@ impl Folder {
                     last_lsn: s.last_lsn,
                     last_time: s.last_time,
                     covers: s.covers,
-                    ranges: super::merge_ranges(ranges),
+                    ranges: merge_ranges(ranges),
                     flushes: s.flush_count(),
                     last_flush_lsn: last_flush.0,
                     last_flush_time: last_flush.1,
@@ -170,7 +172,7 @@ impl Folder {
     }
 }
 
-impl Ledger {
+impl LedgerWriter {
     /// Folds the sealed journal segments that `keep` no longer retains into the compacted
     /// history and deletes them. Needs the writer (serve, or `ledger compact`). Returns `None`
     /// when nothing was old or large enough to fold.
@@ -181,10 +183,7 @@ impl Ledger {
     /// `keep.bytes` it is folded down to three quarters of it, and once its oldest segment is
     /// older than `keep.age` by a further quarter, everything older than `keep.age` is folded.
     pub fn compact(&self, keep: Retention, now: Micros, eager: bool) -> Result<Option<Compacted>> {
-        let journal = self
-            .journal
-            .as_ref()
-            .ok_or_else(|| Error::Usage("compaction needs the ledger opened for writing".into()))?;
+        let journal = &self.journal;
         let jdir = self.dir.join(JOURNAL_DIR);
         let old = self.fold();
         let start = journal_start(old.as_ref());
@@ -366,29 +365,18 @@ impl Ledger {
     /// Starts a new journal segment so that everything recorded so far can be folded; returns
     /// false when the current segment holds nothing yet.
     pub fn seal_segment(&self) -> Result<bool> {
-        match &self.journal {
-            Some(j) => j.seal(),
-            None => Err(Error::Usage(
-                "sealing needs the ledger opened for writing".into(),
-            )),
-        }
+        self.journal.seal()
     }
 
     /// Time of the first record of the segment being written, if it holds any (writer only).
     pub fn segment_started(&self) -> Option<Micros> {
-        self.journal.as_ref().and_then(|j| j.segment_started())
+        self.journal.segment_started()
     }
 
     /// Waits up to `timeout` for the writer to start a segment after the `seen`-th; returns
     /// how many it has started.
     pub fn wait_segment(&self, seen: u64, timeout: Duration) -> u64 {
-        match &self.journal {
-            Some(j) => j.wait_roll(seen, timeout),
-            None => {
-                std::thread::sleep(timeout);
-                seen
-            }
-        }
+        self.journal.wait_roll(seen, timeout)
     }
 
     /// Last record times of sealed segments, read once each (they never change).

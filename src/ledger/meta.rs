@@ -2,8 +2,8 @@
 //! written once when the ledger is made. Layout: docs/FORMAT.md ("meta").
 
 use super::codec;
+use super::identity::Identity;
 use crate::clock::Micros;
-use crate::device::DeviceIdentity;
 use crate::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -27,7 +27,7 @@ pub struct Meta {
     /// Device size in bytes when the ledger was made.
     pub device_size: u64,
     /// The device it was made for.
-    pub identity: DeviceIdentity,
+    pub identity: Identity,
     /// When it was made.
     pub created: Micros,
     /// The software that made it.
@@ -96,5 +96,99 @@ impl Meta {
             .map_err(|e| Error::damaged(path, 16, format!("undecodable metadata: {e}")))?;
         meta.version = version;
         Ok(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::identity::Kind;
+
+    /// A string as docs/FORMAT.md spells it: u64 byte length, then the UTF-8 bytes.
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// The whole file, built field by field from docs/FORMAT.md ("meta") with the kind as the
+    /// string the `String`-typed field of earlier builds wrote.
+    fn by_hand(kind: &str, path: &str, dev: u64, ino: u64, rdev: u64) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&[7u8; 16]);
+        body.extend_from_slice(&4096u32.to_le_bytes());
+        body.extend_from_slice(&(1u64 << 30).to_le_bytes());
+        string(&mut body, kind);
+        string(&mut body, path);
+        body.extend_from_slice(&dev.to_le_bytes());
+        body.extend_from_slice(&ino.to_le_bytes());
+        body.extend_from_slice(&rdev.to_le_bytes());
+        body.extend_from_slice(&1_700_000_000_123_456i64.to_le_bytes());
+        string(&mut body, "lostwrite 0.1.0");
+        let mut out = Vec::new();
+        out.extend_from_slice(b"LWLEDGER");
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn meta(kind: Kind, path: &str, dev: u64, ino: u64, rdev: u64) -> Meta {
+        Meta {
+            ledger_id: [7u8; 16],
+            block_size: 4096,
+            device_size: 1 << 30,
+            identity: Identity {
+                kind,
+                path: path.into(),
+                dev,
+                ino,
+                rdev,
+            },
+            created: 1_700_000_000_123_456,
+            software: "lostwrite 0.1.0".into(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn every_kind_encodes_as_the_bytes_format_md_gives() {
+        let cases = [
+            (Kind::File, "file", "/srv/disk.img", 2049, 131, 0),
+            (Kind::Block, "block", "/dev/sdb", 0, 0, (8 << 8) | 16),
+            (
+                Kind::Nbd,
+                "nbd",
+                "nbd+unix:///disk?socket=/run/up.sock",
+                0,
+                0,
+                0,
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (kind, name, path, dev, ino, rdev) in cases {
+            let m = meta(kind, path, dev, ino, rdev);
+            let want = by_hand(name, path, dev, ino, rdev);
+            assert_eq!(m.encode(), want, "{name}");
+            let p = dir.path().join(name);
+            std::fs::write(&p, &want).unwrap();
+            assert_eq!(Meta::read(&p).unwrap(), m, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("meta");
+        std::fs::write(&p, by_hand("tape", "/dev/st0", 0, 0, 0)).unwrap();
+        let e = Meta::read(&p).unwrap_err();
+        match &e {
+            Error::Damaged { path, detail, .. } => {
+                assert_eq!(path, &p);
+                assert!(detail.contains("unknown device kind \"tape\""), "{detail}");
+            }
+            other => panic!("not a damage error: {other}"),
+        }
     }
 }

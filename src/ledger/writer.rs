@@ -58,7 +58,8 @@ pub struct JournalWriter {
     segment_bytes: u64,
     app: Mutex<Appender>,
     sync: Mutex<SyncState>,
-    synced_hint: AtomicU64,
+    /// Shared with the ledger's read view (`Ledger::journal_synced`).
+    synced_hint: Arc<AtomicU64>,
     cv: Condvar,
     /// Segments started so far, for whoever waits to compact sealed ones.
     rolls: Mutex<u64>,
@@ -147,7 +148,7 @@ impl JournalWriter {
                 leader: false,
                 failed: None,
             }),
-            synced_hint: AtomicU64::new(synced),
+            synced_hint: Arc::new(AtomicU64::new(synced)),
             cv: Condvar::new(),
             rolls: Mutex::new(0),
             rolled: Condvar::new(),
@@ -257,6 +258,12 @@ impl JournalWriter {
     /// The journal is durable through this LSN.
     pub fn synced(&self) -> Lsn {
         self.synced_hint.load(Ordering::Acquire)
+    }
+
+    /// A shared handle on [`JournalWriter::synced`], so the ledger's read view can answer it
+    /// without holding the writer.
+    pub fn synced_handle(&self) -> Arc<AtomicU64> {
+        self.synced_hint.clone()
     }
 
     /// Where the journal currently ends: (segment, offset).

@@ -46,7 +46,7 @@ use crate::block::{self, Geometry};
 use crate::device::BlockDevice;
 use crate::error::Error;
 use crate::findings::log::FindingsLog;
-use crate::ledger::Ledger;
+use crate::ledger::WriteSession;
 use detect::Msg;
 use locks::RangeLocks;
 use std::ops::Range;
@@ -68,7 +68,7 @@ pub enum OnMismatch {
 pub struct Export {
     name: String,
     device: Box<dyn BlockDevice>,
-    ledger: Option<Ledger>,
+    ledger: Option<WriteSession>,
     geo: Geometry,
     read_only: bool,
     on_mismatch: OnMismatch,
@@ -92,11 +92,11 @@ pub struct ExportOptions {
 }
 
 impl Export {
-    /// An export of `device`, recording into `ledger` (which must be open for writing with a
-    /// session begun; `None` serves without recording, for measuring the ledger's cost).
+    /// An export of `device`, recording into `ledger` (a ledger's write session; `None` serves
+    /// without recording, for measuring the ledger's cost).
     pub fn new(
         device: Box<dyn BlockDevice>,
-        ledger: Option<Ledger>,
+        ledger: Option<WriteSession>,
         opts: ExportOptions,
     ) -> Export {
         let geo = match &ledger {
@@ -180,8 +180,8 @@ impl Export {
         self.findings.as_ref()
     }
 
-    /// The ledger, if recording.
-    pub fn ledger(&self) -> Option<&Ledger> {
+    /// The ledger's write session, if recording (it dereferences to the ledger).
+    pub fn ledger(&self) -> Option<&WriteSession> {
         self.ledger.as_ref()
     }
 

@@ -190,7 +190,8 @@ impl Export {
 
     /// Several WRITEs without FUA, read together from one connection: the outcome of each, in
     /// order. Whole-block writes that do not overlap are recorded with one journal append
-    /// ([`crate::ledger::Ledger::record_contents_many`]); anything else runs one write at a time.
+    /// ([`crate::ledger::WriteSession::record_contents_many`]); anything else runs one write at
+    /// a time.
     pub fn write_many(&self, writes: &[(u64, &[u8])]) -> Vec<Result<(), OpError>> {
         let one_by_one = || -> Vec<Result<(), OpError>> {
             writes

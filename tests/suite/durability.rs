@@ -183,7 +183,7 @@ fn flaky_export(s: &Scratch) -> (Arc<Export>, Arc<Flaky>) {
 }
 
 /// A writable export of `dev` recording into `l`.
-fn export_of(dev: Box<dyn BlockDevice>, l: lostwrite::ledger::Ledger) -> Export {
+fn export_of(dev: Box<dyn BlockDevice>, l: lostwrite::ledger::WriteSession) -> Export {
     Export::new(
         dev,
         Some(l),

@@ -5,7 +5,7 @@
 
 use lostwrite::block;
 use lostwrite::device::{BlockDevice, FileDevice};
-use lostwrite::ledger::{Access, BaselineSource, Ledger, OpenOptions};
+use lostwrite::ledger::{Access, BaselineSource, Ledger, LedgerWriter, OpenOptions, WriteSession};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -84,6 +84,16 @@ impl Scratch {
         FileDevice::open(&self.image, writable).unwrap()
     }
 
+    /// Opens the ledger as its writer (no session).
+    pub fn open_writer(&self) -> lostwrite::Result<LedgerWriter> {
+        let dev = self.device(false);
+        LedgerWriter::open(
+            &self.ledger,
+            Some((dev.identity(), dev.size())),
+            OpenOptions::new(Access::Write),
+        )
+    }
+
     pub fn open(&self, access: Access) -> lostwrite::Result<Ledger> {
         let dev = self.device(false);
         Ledger::open(
@@ -94,9 +104,8 @@ impl Scratch {
     }
 
     /// Opens the ledger for writing with a session.
-    pub fn writer(&self, strict: bool) -> (Ledger, FileDevice) {
-        let mut l = self.open(Access::Write).unwrap();
-        l.begin_session(strict).unwrap();
+    pub fn writer(&self, strict: bool) -> (WriteSession, FileDevice) {
+        let l = self.open_writer().unwrap().begin_session(strict).unwrap();
         (l, self.device(true))
     }
 
@@ -134,7 +143,7 @@ impl Scratch {
 }
 
 /// Records and performs a write of whole blocks, as the sidecar does.
-pub fn write_through(l: &Ledger, dev: &FileDevice, first_block: u64, data: &[u8], fua: bool) {
+pub fn write_through(l: &WriteSession, dev: &FileDevice, first_block: u64, data: &[u8], fua: bool) {
     let bs = l.geometry().block_size as u64;
     let t = l.record_write_data(first_block, data).unwrap();
     dev.write_at(data, first_block * bs, fua).unwrap();
@@ -145,7 +154,7 @@ pub fn write_through(l: &Ledger, dev: &FileDevice, first_block: u64, data: &[u8]
 }
 
 /// A flush through the ledger with the device's own flush.
-pub fn flush(l: &Ledger, dev: &FileDevice) {
+pub fn flush(l: &WriteSession, dev: &FileDevice) {
     l.flush(|| dev.flush()).unwrap();
 }
 

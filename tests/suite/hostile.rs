@@ -5,7 +5,7 @@ use crate::helpers::*;
 use crate::service::{can_mount, run, Service};
 use lostwrite::ledger::check::check;
 use lostwrite::ledger::state::BlockState;
-use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use lostwrite::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
 use lostwrite::nbd::client::Client;
 use std::io::Write;
 use std::process::Command;
@@ -83,13 +83,14 @@ fn swapped_or_duplicated_segments_are_damage() {
     let dev = s.device(false);
     let mut opts = OpenOptions::new(Access::Write);
     opts.segment_bytes = 200;
-    let mut l = Ledger::open(
+    let l = LedgerWriter::open(
         &s.ledger,
         Some((dev.identity(), lostwrite::device::BlockDevice::size(&dev))),
         opts,
     )
+    .unwrap()
+    .begin_session(false)
     .unwrap();
-    l.begin_session(false).unwrap();
     let dev = s.device(true);
     for b in 0..12 {
         write_through(&l, &dev, b, &Rng(b).block(BS), false);

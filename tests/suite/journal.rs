@@ -8,7 +8,7 @@ use lostwrite::ledger::check::check;
 use lostwrite::ledger::frame;
 use lostwrite::ledger::record::{Record, SessionOpen};
 use lostwrite::ledger::state::BlockState;
-use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use lostwrite::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
 use proptest::prelude::*;
 use std::path::Path;
 
@@ -282,8 +282,10 @@ fn segmented() -> Scratch {
     let dev = s.device(false);
     let mut opts = OpenOptions::new(Access::Write);
     opts.segment_bytes = 300;
-    let mut l = Ledger::open(&s.ledger, Some((dev.identity(), dev.size())), opts).unwrap();
-    l.begin_session(false).unwrap();
+    let l = LedgerWriter::open(&s.ledger, Some((dev.identity(), dev.size())), opts)
+        .unwrap()
+        .begin_session(false)
+        .unwrap();
     let dev = s.device(true);
     let mut rng = Rng(5);
     for b in 0..20u64 {

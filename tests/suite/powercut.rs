@@ -7,9 +7,11 @@
 //! leave anything `uncertain`, and a loss of flushed data injected on top must be `reverted`.
 
 use crate::helpers::*;
-use lostwrite::device::{BlockDevice, DeviceIdentity, TrimOutcome};
+use lostwrite::device::{BlockDevice, DeviceIdentity, DeviceKind, TrimOutcome};
 use lostwrite::findings::classify::Kind;
-use lostwrite::ledger::{frame, segment, Access, BaselineSource, Ledger, OpenOptions};
+use lostwrite::ledger::{
+    frame, segment, Access, BaselineSource, Ledger, LedgerWriter, OpenOptions,
+};
 use lostwrite::service::{Export, ExportOptions, OnMismatch};
 use lostwrite::verify;
 use std::io;
@@ -116,7 +118,7 @@ struct Cut {
 
 fn identity() -> DeviceIdentity {
     DeviceIdentity {
-        kind: "file".into(),
+        kind: DeviceKind::File,
         path: "/sim".into(),
         dev: 1,
         ino: 1,
@@ -150,13 +152,14 @@ fn workload(dir: &Path, strict: bool, seed: u64, ops: usize) -> (Vec<Cut>, Vec<u
         }),
     )
     .unwrap();
-    let mut l = Ledger::open(
+    let l = LedgerWriter::open(
         &ledger_dir,
         Some((&identity(), SIZE as u64)),
         OpenOptions::new(Access::Write),
     )
+    .unwrap()
+    .begin_session(strict)
     .unwrap();
-    l.begin_session(strict).unwrap();
     let export = Arc::new(Export::new(
         Box::new(dev.clone()),
         Some(l),

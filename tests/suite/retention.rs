@@ -9,7 +9,7 @@ use crate::service::{fio, have, run, Service};
 use lostwrite::device::BlockDevice;
 use lostwrite::ledger::compact::Retention;
 use lostwrite::ledger::history::{self, Event};
-use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use lostwrite::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -244,8 +244,10 @@ fn small_segment_ledger(s: &Scratch, writes: u64) {
     for session in 0..2 {
         let mut opts = OpenOptions::new(Access::Write);
         opts.segment_bytes = 4096;
-        let mut l = Ledger::open(&s.ledger, Some((dev.identity(), dev.size())), opts).unwrap();
-        l.begin_session(false).unwrap();
+        let l = LedgerWriter::open(&s.ledger, Some((dev.identity(), dev.size())), opts)
+            .unwrap()
+            .begin_session(false)
+            .unwrap();
         // The second session leaves blocks 128.. alone, so their folded latest changes are
         // the crashed session's: durable only where its flushes and FUA writes said so.
         let span = if session == 0 { 256 } else { 128 };
@@ -298,7 +300,7 @@ fn compaction_cut_at_each_step_keeps_the_history_exact() {
     let segs_before = std::fs::read_dir(s.ledger.join("journal")).unwrap().count();
     assert!(segs_before > 20, "{segs_before} segments");
 
-    let l = s.open(Access::Write).unwrap();
+    let l = s.open_writer().unwrap();
     let keep = Retention {
         age: None,
         bytes: Some(40 << 10),
@@ -369,7 +371,7 @@ fn compaction_cut_at_each_step_keeps_the_history_exact() {
     let d5 = at("passes");
     let mut opts = OpenOptions::new(Access::Write);
     opts.fold_pass_bytes = 3 * 4096;
-    let l = Ledger::open(&d5, None, opts).unwrap();
+    let l = LedgerWriter::open(&d5, None, opts).unwrap();
     l.seal_segment().unwrap();
     let all = Retention {
         age: Some(Duration::ZERO),
@@ -384,7 +386,7 @@ fn compaction_cut_at_each_step_keeps_the_history_exact() {
     assert_eq!(histories(&d5, Access::Read), cut(&full, last));
 
     // A second compaction folds on top of the first.
-    let l = s.open(Access::Write).unwrap();
+    let l = s.open_writer().unwrap();
     l.seal_segment().unwrap();
     let c2 = l
         .compact(

@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use lostwrite::device::BlockDevice;
-use lostwrite::ledger::{Access, Ledger, OpenOptions};
+use lostwrite::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Output;
@@ -83,8 +83,10 @@ fn written_in_small_segments(s: &Scratch, seed: u64) {
     let dev = s.device(true);
     let mut opts = OpenOptions::new(Access::Write);
     opts.segment_bytes = 4096;
-    let mut l = Ledger::open(&s.ledger, Some((dev.identity(), dev.size())), opts).unwrap();
-    l.begin_session(false).unwrap();
+    let l = LedgerWriter::open(&s.ledger, Some((dev.identity(), dev.size())), opts)
+        .unwrap()
+        .begin_session(false)
+        .unwrap();
     let mut rng = Rng(seed);
     for i in 0..300u64 {
         write_through(&l, &dev, i % 64, &rng.block(BS as usize), false);

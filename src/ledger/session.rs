@@ -1,0 +1,586 @@
+//! Writing: the two types through which a ledger is changed, so that misuse does not compile.
+//!
+//! - [`LedgerWriter`] is a ledger opened by the one writer (`LedgerWriter::open`, in open.rs:
+//!   exclusive lock, torn tail truncated, table repaired and checkpointed). It owns the journal
+//!   appender and offers what needs it without a session: [`LedgerWriter::begin_session`],
+//!   [`LedgerWriter::rebuild_state`] (`ledger check --repair`) and retention (compact.rs).
+//! - [`WriteSession`] is what `begin_session` turns a writer into: the recording API the service
+//!   calls (`record_*`, `complete`, `record_fua`, `flush` and its rounds, `poison_session`,
+//!   `close`). Its durability rules are docs/DESIGN.md section 3, "The durability protocol":
+//!   a change is recorded (its frame is in the kernel) before the caller issues the device
+//!   write; a failed device write is recorded as failed; [`WriteSession::flush`] marks durable
+//!   exactly the changes that had completed when it began, after the device and the journal
+//!   were both synced; [`WriteSession::record_fua`] marks one completed write durable, with its
+//!   journal records synced; [`WriteSession::close`] ends the session cleanly: everything
+//!   synced, a session-close record.
+//!
+//! Each dereferences to the one below it (`WriteSession` → `LedgerWriter` → [`Ledger`]), so a
+//! session also answers everything a reader can, and a `&WriteSession` passes where a
+//! `&Ledger` is asked for.
+
+use super::record::{Generation, Lsn, Record, SessionOpen};
+use super::replay::{journal_start, Replay};
+use super::state::BlockState;
+use super::writer::JournalWriter;
+use super::{lock_mutex, Ledger, JOURNAL_DIR};
+use crate::block;
+use crate::clock;
+use crate::error::{Error, IoContext, Result};
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Condvar, Mutex};
+
+/// A ledger opened by its one writer, with the journal open for appending.
+pub struct LedgerWriter {
+    pub(super) ledger: Ledger,
+    pub(super) journal: JournalWriter,
+    /// Last record time of sealed segments (they never change), for retention decisions.
+    pub(super) segment_times: Mutex<BTreeMap<u64, clock::Micros>>,
+    /// A compaction pass stopped at its size cap: the next one goes on with the same batch.
+    pub(super) fold_pending: AtomicBool,
+    /// Most journal bytes one compaction pass folds.
+    pub(super) fold_pass_bytes: u64,
+}
+
+impl Deref for LedgerWriter {
+    type Target = Ledger;
+
+    fn deref(&self) -> &Ledger {
+        &self.ledger
+    }
+}
+
+impl LedgerWriter {
+    /// The journal appender.
+    pub(super) fn journal(&self) -> &JournalWriter {
+        &self.journal
+    }
+
+    /// The read view of this ledger, giving up the journal (the exclusive lock stays held until
+    /// the view is dropped).
+    pub fn into_ledger(self) -> Ledger {
+        let mut l = self.ledger;
+        l.synced = None;
+        l
+    }
+
+    /// Starts a service session: appends a session-open record (saying whether the previous
+    /// session ended cleanly), syncs it, and marks the table as being changed.
+    pub fn begin_session(mut self, strict: bool) -> Result<WriteSession> {
+        let j = &self.journal;
+        let mut h = self.header();
+        // The table stops claiming a clean end before anything is appended: a clean header
+        // then means no writer appended past its checkpoint, so bytes found there were written
+        // by no crash of ours (docs/FORMAT.md, "Recovery").
+        h.clean = false;
+        self.state.write_header(&h)?;
+        let id = h.last_session + 1;
+        let (lsn, _) = j.append(
+            &[Record::SessionOpen(SessionOpen {
+                session: id,
+                previous_clean: self.recovery.previous_clean,
+                strict,
+                pid: std::process::id(),
+                software: concat!("lostwrite ", env!("CARGO_PKG_VERSION")).into(),
+            })],
+            clock::now(),
+        )?;
+        j.sync_to(lsn)?;
+        h.checkpoint_lsn = lsn;
+        h.checkpoint_pos = j.position();
+        h.last_session = id;
+        h.session_open = true;
+        h.clean = false;
+        self.state.write_header(&h)?;
+        *lock_mutex(&self.header) = h;
+        self.ledger.own_session = Some(id);
+        Ok(WriteSession {
+            writer: self,
+            id,
+            strict,
+            inflight: Mutex::new(Inflight {
+                incomplete: BTreeMap::new(),
+                completed: Vec::new(),
+            }),
+            flushes: Mutex::new(FlushRounds::default()),
+            flushed: Condvar::new(),
+            device_failure: Mutex::new(None),
+        })
+    }
+
+    /// Rewrites the state table from the journal and checkpoints it (`ledger check --repair`).
+    pub fn rebuild_state(&mut self) -> Result<()> {
+        let jdir = self.dir.join(JOURNAL_DIR);
+        self.state.clear();
+        let fold = self.fold();
+        let all = Replay {
+            state: &self.state,
+            baseline: self.baseline.as_ref(),
+            zero_crc: self.zero_crc,
+            jdir: &jdir,
+            ledger_id: &self.meta.ledger_id,
+            start: journal_start(fold.as_ref()),
+        };
+        let mut sessions = all.seed(fold.as_ref())?;
+        let (end, _) = all.run(all.start.lsn, (0, 0), &mut sessions)?;
+        let mut h = self.header();
+        h.checkpoint_lsn = end.next_lsn - 1;
+        h.last_session = sessions.current;
+        h.session_open = sessions.open();
+        h.clean = true;
+        self.checkpoint(h)
+    }
+}
+
+/// A service session: a writer's ledger with a session begun, the only value that can record.
+/// Shared by the service's threads (behind an `Arc`); [`WriteSession::close`] ends it.
+pub struct WriteSession {
+    writer: LedgerWriter,
+    id: u64,
+    strict: bool,
+    inflight: Mutex<Inflight>,
+    flushes: Mutex<FlushRounds>,
+    flushed: Condvar,
+    device_failure: Mutex<Option<String>>,
+}
+
+impl Deref for WriteSession {
+    type Target = LedgerWriter;
+
+    fn deref(&self) -> &LedgerWriter {
+        &self.writer
+    }
+}
+
+impl WriteSession {
+    /// The session number.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Refuses to record once the device failed to make data durable.
+    fn refuse_if_poisoned(&self) -> Result<()> {
+        match lock_mutex(&self.device_failure).as_ref() {
+            Some(why) => Err(Error::Poisoned {
+                path: PathBuf::from(&self.meta.identity.path),
+                detail: why.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn record_changes(
+        &self,
+        first_block: u64,
+        count: u64,
+        make: impl Fn(u64, Generation) -> (Record, BlockState),
+    ) -> Result<Ticket> {
+        let mut t = self.record_ranges(&[(first_block, count)], |_, b, g| make(b, g))?;
+        Ok(t.pop().expect("one range, one ticket"))
+    }
+
+    /// Records changes of several block ranges (first block, count) with one journal append,
+    /// one ticket per range; `make(i, block, generation)` gives the record and new state of a
+    /// block of range `i`. The ranges must not overlap.
+    fn record_ranges(
+        &self,
+        ranges: &[(u64, u64)],
+        make: impl Fn(usize, u64, Generation) -> (Record, BlockState),
+    ) -> Result<Vec<Ticket>> {
+        self.refuse_if_poisoned()?;
+        let j = self.journal();
+        let mut spans: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for &(first, count) in ranges {
+            let end = first
+                .checked_add(count)
+                .filter(|&e| e <= self.geometry.block_count() && count > 0)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "blocks {first}..+{count} are not within the device's {} blocks",
+                        self.geometry.block_count()
+                    ))
+                })?;
+            spans.push((first, end));
+        }
+        if spans.len() > 1 {
+            spans.sort_unstable();
+            if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+                return Err(Error::Usage(
+                    "changes recorded together must not overlap".into(),
+                ));
+            }
+        }
+        let mut records = Vec::with_capacity(ranges.iter().map(|r| r.1 as usize).sum());
+        let mut tickets = Vec::with_capacity(ranges.len());
+        for (i, &(first, count)) in ranges.iter().enumerate() {
+            let mut generations = Vec::with_capacity(count as usize);
+            for b in first..first + count {
+                let g = self.state.get(b).next_generation();
+                records.push(make(i, b, g).0);
+                generations.push(g);
+            }
+            tickets.push(Ticket {
+                first: 0,
+                last: 0,
+                first_block: first,
+                generations,
+            });
+        }
+        let last = {
+            let mut inf = lock_mutex(&self.inflight);
+            let (mut lsn, last) = j.append(&records, clock::now())?;
+            for t in &mut tickets {
+                t.first = lsn;
+                t.last = lsn + t.generations.len() as u64 - 1;
+                lsn = t.last + 1;
+                inf.incomplete.insert(t.first, t.last);
+            }
+            last
+        };
+        for (i, t) in tickets.iter().enumerate() {
+            for (b, &g) in (t.first_block..).zip(&t.generations) {
+                self.state.set(b, make(i, b, g).1);
+            }
+        }
+        if self.strict {
+            j.sync_to(last)?;
+        }
+        Ok(tickets)
+    }
+
+    /// Records that blocks `first_block..` are being written with contents whose checksums are
+    /// `crcs`. Call before issuing the device write; the records are in the kernel (and with
+    /// `--journal-sync strict`, durable) when this returns.
+    pub fn record_write(&self, first_block: u64, crcs: &[u32]) -> Result<Ticket> {
+        let new: Vec<NewContents> = crcs.iter().map(|&c| NewContents::Crc(c)).collect();
+        self.record_contents(first_block, &new)
+    }
+
+    /// Records a change of blocks `first_block..` where each block either gets contents with
+    /// a checksum or becomes zeroes (a write-zeroes whose edges are partial blocks).
+    pub fn record_contents(&self, first_block: u64, new: &[NewContents]) -> Result<Ticket> {
+        self.record_changes(first_block, new.len() as u64, |b, g| {
+            self.contents_change(b, g, new[(b - first_block) as usize])
+        })
+    }
+
+    /// The record and the new state of block `b` getting generation `g` with contents `nc`.
+    fn contents_change(&self, b: u64, g: Generation, nc: NewContents) -> (Record, BlockState) {
+        match nc {
+            NewContents::Crc(crc) => (
+                Record::Write {
+                    block: b,
+                    generation: g,
+                    crc,
+                },
+                BlockState::Tracked { generation: g, crc },
+            ),
+            NewContents::Zero => (
+                Record::Zero {
+                    block: b,
+                    generation: g,
+                },
+                BlockState::Tracked {
+                    generation: g,
+                    crc: self.zero_crc,
+                },
+            ),
+        }
+    }
+
+    /// Records several changes as [`WriteSession::record_contents`] would one after the other, but
+    /// with one journal append (one write(2) for all of them): what a connection's pipelined
+    /// WRITEs cost. The ranges must not overlap. Every record is in the kernel when this returns,
+    /// before the caller issues any of the device writes.
+    pub fn record_contents_many(&self, items: &[(u64, &[NewContents])]) -> Result<Vec<Ticket>> {
+        let ranges: Vec<(u64, u64)> = items
+            .iter()
+            .map(|&(first, new)| (first, new.len() as u64))
+            .collect();
+        self.record_ranges(&ranges, |i, b, g| {
+            let (first, new) = items[i];
+            self.contents_change(b, g, new[(b - first) as usize])
+        })
+    }
+
+    /// Like [`WriteSession::record_write`], checksumming `data` (whole blocks) itself.
+    pub fn record_write_data(&self, first_block: u64, data: &[u8]) -> Result<Ticket> {
+        let bs = self.meta.block_size as usize;
+        if data.len() % bs != 0 {
+            return Err(Error::Usage(format!(
+                "{} bytes is not a whole number of {bs}-byte blocks",
+                data.len()
+            )));
+        }
+        let crcs: Vec<u32> = data.chunks_exact(bs).map(block::checksum).collect();
+        self.record_write(first_block, &crcs)
+    }
+
+    /// Records that blocks are being zeroed (they will read back as zeroes).
+    pub fn record_zero(&self, first_block: u64, count: u64) -> Result<Ticket> {
+        self.record_contents(first_block, &vec![NewContents::Zero; count as usize])
+    }
+
+    /// Records that blocks were discarded with undefined contents: untracked until written.
+    pub fn record_trim(&self, first_block: u64, count: u64) -> Result<Ticket> {
+        self.record_changes(first_block, count, |b, g| {
+            (
+                Record::Trim {
+                    block: b,
+                    generation: g,
+                },
+                BlockState::Untracked { generation: g },
+            )
+        })
+    }
+
+    /// Reports how the device I/O of a ticket ended. A failure is recorded (the blocks' contents
+    /// become unknown until their next write); the ticket then counts as completed for flushes.
+    pub fn complete(&self, t: &Ticket, ok: bool) -> Result<()> {
+        let j = self.journal();
+        let mut inf = lock_mutex(&self.inflight);
+        let mut result = Ok(());
+        if !ok {
+            let records: Vec<Record> = t
+                .generations
+                .iter()
+                .enumerate()
+                .map(|(i, &g)| Record::Failed {
+                    block: t.first_block + i as u64,
+                    generation: g,
+                })
+                .collect();
+            if let Err(e) = j.append(&records, clock::now()) {
+                // The journal still says these writes happened. The session must not close
+                // cleanly (which would make them durable): it will count as crashed, and its
+                // unflushed writes as allowed losses.
+                self.poison_session(format!(
+                    "a failed device write could not be recorded as failed: {e}"
+                ));
+                result = Err(e);
+            }
+            for (i, &g) in t.generations.iter().enumerate() {
+                self.state.set(
+                    t.first_block + i as u64,
+                    BlockState::Unknown { generation: g },
+                );
+            }
+        }
+        inf.incomplete.remove(&t.first);
+        inf.completed.push((t.first, t.last));
+        result
+    }
+
+    /// Marks a completed FUA write durable: appends a durable record and syncs the journal
+    /// through it (group commit). Call after [`WriteSession::complete`] and after the device write,
+    /// made with FUA, returned.
+    pub fn record_fua(&self, t: &Ticket) -> Result<()> {
+        self.refuse_if_poisoned()?;
+        let j = self.journal();
+        let (lsn, _) = j.append(
+            &[Record::Durable {
+                first: t.first,
+                last: t.last,
+            }],
+            clock::now(),
+        )?;
+        j.sync_to(lsn)
+    }
+
+    /// A FLUSH: every change completed before this call becomes durable. `device_flush` syncs
+    /// the device; then a flush record is appended and the journal synced through it. A failed
+    /// device flush poisons the session: later writes are refused, and the session will not
+    /// close cleanly (its unflushed writes stay non-durable).
+    ///
+    /// Concurrent calls share rounds (see `FlushRounds`): a call may return after another
+    /// caller's `device_flush` ran, so every caller must pass a flush of the same device.
+    pub fn flush(&self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
+        self.refuse_if_poisoned()?;
+        let mut g = lock_mutex(&self.flushes);
+        // The first round to begin after this call covers it.
+        let need = g.started + 1;
+        while g.running && g.done < need {
+            g = self.flushed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        if g.done >= need {
+            return match g.failed.iter().find(|(r, _)| *r == need) {
+                Some((_, why)) => Err(Error::Poisoned {
+                    path: self.dir.clone(),
+                    detail: why.clone(),
+                }),
+                None => Ok(()),
+            };
+        }
+        g.running = true;
+        g.started += 1;
+        let round = g.started;
+        drop(g);
+        let r = self.flush_round(device_flush);
+        let mut g = lock_mutex(&self.flushes);
+        g.running = false;
+        g.done = round;
+        if let Err(e) = &r {
+            g.failed.push((round, e.to_string()));
+        }
+        self.flushed.notify_all();
+        r
+    }
+
+    /// One flush round: what has completed becomes durable.
+    fn flush_round(&self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
+        // Rounds run one at a time: a round that finds nothing new to record must not reply
+        // before the round that took the completed writes has synced its record; and after a
+        // failed device sync, a later "successful" one proves nothing (the kernel reports a
+        // writeback error once), so the failure is checked again here.
+        self.refuse_if_poisoned()?;
+        let j = self.journal();
+        let (covers, extra, changed) = {
+            let mut inf = lock_mutex(&self.inflight);
+            let covers = match inf.incomplete.first_key_value() {
+                Some((&first, _)) => first - 1,
+                None => j.next_lsn() - 1,
+            };
+            // Nothing completed since the last flush: nothing new becomes durable.
+            let changed = !inf.completed.is_empty();
+            let mut extra: Vec<(Lsn, Lsn)> = inf
+                .completed
+                .drain(..)
+                .filter(|&(first, _)| first > covers)
+                .collect();
+            extra.sort_unstable();
+            let mut extra = merge_ranges(extra);
+            // Bounded, so the record fits a frame; writes left out are only not marked durable
+            // by this flush (the next one covers them).
+            extra.truncate(MAX_FLUSH_RANGES);
+            (covers, extra, changed)
+        };
+        if let Err(e) = device_flush() {
+            self.poison_session(format!("device flush (fdatasync) failed: {e}"));
+            return Err(Error::io(
+                &self.meta.identity.path,
+                "fdatasync of device",
+                e,
+            ));
+        }
+        if changed {
+            let (lsn, _) = j.append(
+                &[Record::Flush {
+                    session: self.id,
+                    covers,
+                    extra,
+                }],
+                clock::now(),
+            )?;
+            j.sync_to(lsn)
+        } else {
+            j.sync_all()
+        }
+    }
+
+    /// Why the session refuses writes (the device failed to make data durable), if it does.
+    pub fn session_failure(&self) -> Option<String> {
+        lock_mutex(&self.device_failure).clone()
+    }
+
+    /// Records that the device failed to make data durable (a failed fdatasync outside
+    /// [`WriteSession::flush`], e.g. for a FUA zeroing): later writes are refused and the
+    /// session will not close cleanly.
+    pub fn poison_session(&self, why: String) {
+        let mut f = lock_mutex(&self.device_failure);
+        if f.is_none() {
+            tracing::error!("session poisoned: {why}");
+            *f = Some(why);
+        }
+    }
+
+    /// Ends the session cleanly: the device is flushed with `device_flush`, a session-close
+    /// record is synced, and the state table is checkpointed. If the session was poisoned by a
+    /// device failure it is left unclosed, so it counts as crashed.
+    pub fn close(self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
+        let j = self.journal();
+        let failed = lock_mutex(&self.device_failure).clone();
+        let mut h = self.header();
+        if failed.is_none() {
+            device_flush().ctx(&self.meta.identity.path, "fdatasync of device at shutdown")?;
+            let (lsn, _) = j.append(&[Record::SessionClose { session: self.id }], clock::now())?;
+            j.sync_to(lsn)?;
+            h.checkpoint_lsn = lsn;
+            h.session_open = false;
+            h.clean = true;
+        } else {
+            j.sync_all()?;
+            h.checkpoint_lsn = j.next_lsn() - 1;
+            h.clean = true;
+        }
+        h.checkpoint_pos = j.position();
+        self.writer.checkpoint(h)
+    }
+}
+
+/// What a block will hold after a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewContents {
+    /// Contents with this checksum.
+    Crc(u32),
+    /// Zeroes.
+    Zero,
+}
+
+/// A recorded change whose device I/O is under way; hand it back to [`WriteSession::complete`].
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// LSN of the first record.
+    pub first: Lsn,
+    /// LSN of the last record.
+    pub last: Lsn,
+    /// First block changed.
+    pub first_block: u64,
+    /// The generation given to each block, in block order.
+    pub generations: Vec<Generation>,
+}
+
+struct Inflight {
+    incomplete: BTreeMap<Lsn, Lsn>,
+    completed: Vec<(Lsn, Lsn)>,
+}
+
+/// Flushes run in rounds, one at a time: a FLUSH that arrives while a round runs waits for the
+/// next round, which begins after it arrived and so covers it; every FLUSH waiting then shares
+/// that one round (one device sync, one journal record) instead of running its own in turn.
+#[derive(Default)]
+struct FlushRounds {
+    started: u64,
+    done: u64,
+    running: bool,
+    /// Rounds that failed, and why (the session is poisoned after any of them).
+    failed: Vec<(u64, String)>,
+}
+
+/// Most out-of-order completed ranges one flush record lists.
+const MAX_FLUSH_RANGES: usize = 4096;
+
+pub(super) fn merge_ranges(sorted: Vec<(Lsn, Lsn)>) -> Vec<(Lsn, Lsn)> {
+    let mut out: Vec<(Lsn, Lsn)> = Vec::with_capacity(sorted.len());
+    for (a, b) in sorted {
+        match out.last_mut() {
+            Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_ranges;
+
+    #[test]
+    fn ranges_merge() {
+        assert_eq!(
+            merge_ranges(vec![(1, 2), (3, 5), (7, 7), (8, 9), (20, 21)]),
+            vec![(1, 5), (7, 9), (20, 21)]
+        );
+    }
+}
