@@ -5,78 +5,11 @@
 //! does not trust the allocation bitmaps: the filesystem being examined may be damaged.
 //! docs/DEPENDENCIES.md says why debugfs rather than a native reader.
 
+pub use super::fs::Owner;
 use super::partition::Region;
 use crate::device::BlockDevice;
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Command, Stdio};
-
-/// What owns one filesystem block.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Owner {
-    /// Data of a regular file (or symlink): its path and the byte range within it.
-    FileData {
-        /// Inode number.
-        ino: u64,
-        /// Path, when the inode has a name.
-        path: Option<String>,
-        /// Byte offset of this block within the file.
-        file_offset: u64,
-    },
-    /// A block of a directory's entries.
-    Directory {
-        /// Inode number.
-        ino: u64,
-        /// Path.
-        path: Option<String>,
-    },
-    /// An extent-tree (or indirect) block: the map of where a file's data lives.
-    BlockMap {
-        /// Inode number.
-        ino: u64,
-        /// Path.
-        path: Option<String>,
-    },
-    /// The filesystem journal.
-    Journal,
-    /// A block of an inode table.
-    InodeTable {
-        /// Block group.
-        group: u64,
-        /// First and last inode numbers stored in the block.
-        inodes: (u64, u64),
-        /// Paths of the named inodes among them.
-        paths: Vec<String>,
-    },
-    /// A block allocation bitmap.
-    BlockBitmap {
-        /// Block group.
-        group: u64,
-    },
-    /// An inode allocation bitmap.
-    InodeBitmap {
-        /// Block group.
-        group: u64,
-    },
-    /// A superblock copy.
-    Superblock {
-        /// Block group.
-        group: u64,
-    },
-    /// A group descriptor table copy.
-    Descriptors {
-        /// Block group.
-        group: u64,
-    },
-    /// Blocks reserved for growing the descriptor table.
-    ReservedGdt,
-    /// Another reserved inode (bad blocks, boot loader, quota ...).
-    Special {
-        /// Inode number.
-        ino: u64,
-    },
-    /// Not used by any inode or by the filesystem's own structures.
-    Free,
-}
 
 /// The geometry `stats` reports.
 #[derive(Clone, Debug, Default)]
