@@ -1,7 +1,8 @@
 //! Forensics on XFS and on filesystems lostwrite only recognises: `report --files` on a real
 //! XFS behind the sidecar, with file data, a directory and metadata reverted behind the
 //! ledger's back, checked against the blocks actually reverted (from `xfs_bmap -v` and the
-//! superblock); and a partitioned disk with XFS, swap and btrfs side by side.
+//! superblock); a partitioned disk with XFS, swap and btrfs side by side; and XFS inside an NBD
+//! export.
 
 use crate::ext4::{write_tree, Stack};
 use crate::helpers::*;
@@ -79,6 +80,56 @@ fn log_blocks(image: &Path) -> std::ops::Range<u64> {
     let (agblocks, agblklog) = (sb_field(image, "agblocks"), sb_field(image, "agblklog"));
     let first = (start >> agblklog) * agblocks + (start & ((1 << agblklog) - 1));
     first..first + len
+}
+
+/// The first block of file `name` (as xfs_db names it) in the XFS image `fs`, found by
+/// xfs_db on the filesystem's own image; the file's first extent must hold 6 blocks.
+fn first_block(fs: &Path, name: &str) -> u64 {
+    let names = run(Command::new("xfs_db")
+        .args(["-r", "-f", "-c", "blockget -n", "-c", "ncheck"])
+        .arg(fs));
+    let ino = names
+        .lines()
+        .find(|l| l.ends_with(name))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let bm = run(Command::new("xfs_db")
+        .args(["-r", "-f", "-c"])
+        .arg(format!("inode {ino}"))
+        .args(["-c", "bmap"])
+        .arg(fs));
+    let w: Vec<&str> = bm.split_whitespace().collect();
+    assert_eq!((w[0], w[2]), ("data", "0"), "{bm}");
+    assert!(w[7].parse::<u64>().unwrap() >= 6, "{bm}");
+    let fsb: u64 = w[4].parse().unwrap();
+    let (agblocks, agblklog) = (sb_field(fs, "agblocks"), sb_field(fs, "agblklog"));
+    (fsb >> agblklog) * agblocks + (fsb & ((1 << agblklog) - 1))
+}
+
+/// An XFS image of `len` bytes made by mkfs.xfs from a prototype file: /app/target.fs holds
+/// 100,000 bytes.
+fn xfs_with_target(dir: &Path, len: u64) -> std::path::PathBuf {
+    let staged = dir.join("target.fs");
+    std::fs::write(&staged, Rng(3).block(100_000)).unwrap();
+    let proto = dir.join("proto");
+    std::fs::write(
+        &proto,
+        format!(
+            "boot\n0 0\nd--755 0 0\napp d--755 0 0\ntarget.fs ---644 0 0 {}\n$\n$\n",
+            staged.display()
+        ),
+    )
+    .unwrap();
+    let fs = dir.join("xfs.img");
+    std::fs::File::create(&fs).unwrap().set_len(len).unwrap();
+    run(Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-p"])
+        .arg(&proto)
+        .arg(&fs));
+    fs
 }
 
 /// Each finding's block with its owners (owner, path, bytes).
@@ -321,26 +372,7 @@ fn partitions_name_xfs_files_and_the_filesystems_lostwrite_only_recognises() {
         .write_all(script.as_bytes())
         .unwrap();
     assert!(child.wait().unwrap().success());
-    let staged = s.dir.path().join("target.fs");
-    std::fs::write(&staged, Rng(3).block(100_000)).unwrap();
-    let proto = s.dir.path().join("proto");
-    std::fs::write(
-        &proto,
-        format!(
-            "boot\n0 0\nd--755 0 0\napp d--755 0 0\ntarget.fs ---644 0 0 {}\n$\n$\n",
-            staged.display()
-        ),
-    )
-    .unwrap();
-    let fs = s.dir.path().join("xfs.img");
-    std::fs::File::create(&fs)
-        .unwrap()
-        .set_len(p2.1 * 512)
-        .unwrap();
-    run(Command::new("mkfs.xfs")
-        .args(["-q", "-f", "-p"])
-        .arg(&proto)
-        .arg(&fs));
+    let fs = xfs_with_target(s.dir.path(), p2.1 * 512);
     let swap = s.dir.path().join("swap.img");
     std::fs::File::create(&swap)
         .unwrap()
@@ -360,29 +392,7 @@ fn partitions_name_xfs_files_and_the_filesystems_lostwrite_only_recognises() {
         img.write_all_at(b"_BHRfS_M", p3.0 * 512 + 0x10040).unwrap();
     }
     s.init(4096, true);
-    // The 6th block of /app/target.fs, found by xfs_db on the filesystem's own image.
-    let names = run(Command::new("xfs_db")
-        .args(["-r", "-f", "-c", "blockget -n", "-c", "ncheck"])
-        .arg(&fs));
-    let ino = names
-        .lines()
-        .find(|l| l.ends_with("app/target.fs"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let bm = run(Command::new("xfs_db")
-        .args(["-r", "-f", "-c"])
-        .arg(format!("inode {ino}"))
-        .args(["-c", "bmap"])
-        .arg(&fs));
-    let w: Vec<&str> = bm.split_whitespace().collect();
-    assert_eq!((w[0], w[2]), ("data", "0"), "{bm}");
-    let fsb: u64 = w[4].parse().unwrap();
-    let (agblocks, agblklog) = (sb_field(&fs, "agblocks"), sb_field(&fs, "agblklog"));
-    let linear = (fsb >> agblklog) * agblocks + (fsb & ((1 << agblklog) - 1)) + 5;
-    let target = (p2.0 * 512) / 4096 + linear;
+    let target = (p2.0 * 512) / 4096 + first_block(&fs, "app/target.fs") + 5;
     s.poke(target, &Rng(9).block(4096));
     let in_swap = (p1.0 * 512) / 4096 + 100;
     s.poke(in_swap, &Rng(10).block(4096));
@@ -427,4 +437,70 @@ fn partitions_name_xfs_files_and_the_filesystems_lostwrite_only_recognises() {
     ] {
         assert!(notes.iter().any(|n| n.contains(want)), "{want}: {notes:#?}");
     }
+}
+
+/// A child process stopped (SIGTERM, by its PID) when the test ends, even when it fails.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// `report --files` on an NBD export holding XFS: xfs_db reads it through the copy-on-write
+/// view over nbdkit's nbd plugin, the damaged block is named by its file, and the view is
+/// gone afterwards.
+#[test]
+fn report_names_xfs_files_inside_an_export() {
+    if !can_mount() || !have("nbdkit") || !have("nbdfuse") || !have("mkfs.xfs") || !have("xfs_db") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fs = xfs_with_target(d, 300 << 20);
+    let target = first_block(&fs, "app/target.fs") + 5;
+    let sock = d.join("up.sock");
+    let _up = Stopped(
+        Command::new("nbdkit")
+            .args(["-f", "-U"])
+            .arg(&sock)
+            .arg("file")
+            .arg(&fs)
+            .spawn()
+            .unwrap(),
+    );
+    let t = std::time::Instant::now();
+    while !sock.exists() && t.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let ledger = d.join("led");
+    let ledger = ledger.to_str().unwrap();
+    lw_ok(
+        bin()
+            .args(["init", "--baseline", "--ledger", ledger])
+            .arg(&uri),
+    );
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&fs).unwrap();
+        f.write_all_at(&Rng(9).block(4096), target * 4096).unwrap();
+    }
+    let v = report_json(Path::new(&uri), &["--ledger", ledger]);
+    assert_eq!(
+        owners(&v)[&target],
+        [(
+            "file".to_string(),
+            "/app/target.fs".to_string(),
+            serde_json::json!([20480, 24576])
+        )],
+        "{v}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains("lostwrite-view"), "{mounts}");
 }
