@@ -25,7 +25,9 @@ pub struct FileRef {
     /// "whole disk", "partition 2", ...
     pub region: String,
     /// file, directory, block-map, inode-table, bitmap, superblock, descriptors, journal,
-    /// reserved, free, partition-table, unknown-filesystem.
+    /// reserved, free, partition-table, unknown-filesystem; on XFS also ag-header,
+    /// free-space-btree, inode-btree, rmap-btree, refcount-btree, inode-chunk, xattr, log,
+    /// quota and unknown.
     pub owner: &'static str,
     /// Path of the file or directory, where there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
