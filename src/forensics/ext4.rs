@@ -2,81 +2,17 @@
 //! (block → inode), `ncheck` (inode → path), `stat` (type, size, and the block map with its
 //! extent-tree or indirect blocks) and `stats` (the group layout: bitmaps, inode tables,
 //! superblock and descriptor copies). debugfs runs read-only in catastrophic mode (`-c`), which
-//! does not trust the allocation bitmaps: the filesystem being examined may be damaged.
+//! does not trust the allocation bitmaps: the filesystem being examined may be damaged, and
+//! under a deadline, so that a damaged one cannot hang the report.
 //! docs/DEPENDENCIES.md says why debugfs rather than a native reader.
 
+use super::fs::run_with_deadline;
+pub use super::fs::Owner;
 use super::partition::Region;
 use crate::device::BlockDevice;
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Command, Stdio};
-
-/// What owns one filesystem block.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Owner {
-    /// Data of a regular file (or symlink): its path and the byte range within it.
-    FileData {
-        /// Inode number.
-        ino: u64,
-        /// Path, when the inode has a name.
-        path: Option<String>,
-        /// Byte offset of this block within the file.
-        file_offset: u64,
-    },
-    /// A block of a directory's entries.
-    Directory {
-        /// Inode number.
-        ino: u64,
-        /// Path.
-        path: Option<String>,
-    },
-    /// An extent-tree (or indirect) block: the map of where a file's data lives.
-    BlockMap {
-        /// Inode number.
-        ino: u64,
-        /// Path.
-        path: Option<String>,
-    },
-    /// The filesystem journal.
-    Journal,
-    /// A block of an inode table.
-    InodeTable {
-        /// Block group.
-        group: u64,
-        /// First and last inode numbers stored in the block.
-        inodes: (u64, u64),
-        /// Paths of the named inodes among them.
-        paths: Vec<String>,
-    },
-    /// A block allocation bitmap.
-    BlockBitmap {
-        /// Block group.
-        group: u64,
-    },
-    /// An inode allocation bitmap.
-    InodeBitmap {
-        /// Block group.
-        group: u64,
-    },
-    /// A superblock copy.
-    Superblock {
-        /// Block group.
-        group: u64,
-    },
-    /// A group descriptor table copy.
-    Descriptors {
-        /// Block group.
-        group: u64,
-    },
-    /// Blocks reserved for growing the descriptor table.
-    ReservedGdt,
-    /// Another reserved inode (bad blocks, boot loader, quota ...).
-    Special {
-        /// Inode number.
-        ino: u64,
-    },
-    /// Not used by any inode or by the filesystem's own structures.
-    Free,
-}
+use std::process::Command;
+use std::time::Duration;
 
 /// The geometry `stats` reports.
 #[derive(Clone, Debug, Default)]
@@ -128,28 +64,29 @@ pub fn detect(dev: &dyn BlockDevice, r: &Region) -> Option<&'static str> {
 }
 
 /// Runs debugfs with `commands` and splits its output per command.
+/// How long one debugfs run may take: `icheck` reads every inode, minutes on a large
+/// filesystem; a damaged one must not hang the report.
+const DEBUGFS_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
 fn debugfs(arg: &str, commands: &[String]) -> Result<Vec<String>, String> {
-    use std::io::Write;
-    let mut child = Command::new("debugfs")
-        .args(["-c", "-f", "-"])
-        .arg(arg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run debugfs (install e2fsprogs): {e}"))?;
     let mut input = String::new();
     for c in commands {
         input.push_str(c);
         input.push('\n');
     }
-    let mut stdin = child.stdin.take().expect("piped");
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("debugfs: {e}"))?;
-    let _ = writer.join();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = run_with_deadline(
+        Command::new("debugfs").args(["-c", "-f", "-"]).arg(arg),
+        input,
+        DEBUGFS_DEADLINE,
+    )
+    .map_err(|e| {
+        if e.starts_with("cannot run") {
+            format!("{e} (install e2fsprogs)")
+        } else {
+            e
+        }
+    })?;
+    let text = &out.stdout;
     let mut parts: Vec<String> = Vec::new();
     for line in text.lines() {
         if line.starts_with("debugfs: ") {
@@ -162,7 +99,7 @@ fn debugfs(arg: &str, commands: &[String]) -> Result<Vec<String>, String> {
     if parts.len() != commands.len() {
         return Err(format!(
             "debugfs could not read the filesystem on {arg}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.stderr.trim()
         ));
     }
     Ok(parts)

@@ -1,19 +1,23 @@
 //! Forensics: from findings to what an operator needs after an incident — the time window of
 //! the lost writes, a histogram of them, the files and directories that own the damaged blocks
 //! with the symptom their users will see, and a timeline picture ([`plot`]). The file mapping
-//! reads the partition table ([`partition`]) and asks debugfs about ext2/3/4 ([`ext4`]); any
-//! other filesystem is named as unknown, never guessed at.
+//! reads the partition table ([`partition`]), recognises each region's filesystem and asks
+//! debugfs about ext2/3/4 ([`ext4`]) or xfs_db about XFS ([`xfs`]) through one seam ([`fs`]);
+//! any other filesystem is named by its magic, or as unknown, never guessed at.
 //!
 //! One file per job: `report.rs` holds the report, its options and [`build`]; `window.rs` the
 //! incident window and histogram; `owners.rs` the mapping of blocks to their owners
 //! ([`map_blocks`]) and the per-owner sums; `symptom.rs` the words for what a user sees;
-//! `render.rs` the human form ([`ForensicReport::human`]); `view.rs` the nbdfuse view that lets
-//! debugfs read an NBD export. Their public items are re-exported here.
+//! `render.rs` the human form ([`ForensicReport::human`]); `view.rs` the nbdfuse views that let
+//! debugfs read an NBD export and xfs_db a copy-on-write view of a region. Their public items
+//! are re-exported here.
 
 pub mod ext4;
+pub mod fs;
 pub mod partition;
 pub mod plot;
 pub mod view;
+pub mod xfs;
 
 mod owners;
 mod render;

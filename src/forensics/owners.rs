@@ -1,11 +1,11 @@
 //! What owns a damaged block: the partition table says which region holds it, the region's
-//! ext2/3/4 filesystem (asked through debugfs, see [`ext4`]) says which file, directory or
-//! structure owns each of its filesystem blocks, and [`symptom`](super::symptom) gives the
+//! filesystem (ext2/3/4 or XFS, behind the seam in [`fs`](super::fs)) says which file,
+//! directory or structure owns each of its filesystem blocks, and [`symptom`](super::symptom) gives the
 //! words. A block outside every region, or in a region whose filesystem lostwrite cannot read,
 //! is named as such, never guessed at. The findings mapped here are then summed per owner into
 //! the report's affected list.
 
-use super::ext4::{self, ExtFs, Owner};
+use super::fs::{self, Detected, Filesystem, Owner};
 use super::partition::{self, Table};
 use super::symptom::{owner_name, symptom};
 use super::view::FuseView;
@@ -25,7 +25,9 @@ pub struct FileRef {
     /// "whole disk", "partition 2", ...
     pub region: String,
     /// file, directory, block-map, inode-table, bitmap, superblock, descriptors, journal,
-    /// reserved, free, partition-table, unknown-filesystem.
+    /// reserved, free, partition-table, unknown-filesystem; on XFS also ag-header,
+    /// free-space-btree, inode-btree, rmap-btree, refcount-btree, inode-chunk, xattr, log,
+    /// quota and unknown.
     pub owner: &'static str,
     /// Path of the file or directory, where there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,7 +102,7 @@ pub struct RegionInfo {
     pub start: u64,
     /// Bytes.
     pub len: u64,
-    /// ext2/ext3/ext4, or what is known of it.
+    /// ext2/ext3/ext4/xfs, or what is known of it ("btrfs (not supported)", ...).
     pub filesystem: String,
 }
 
@@ -157,8 +159,10 @@ struct Disk {
     table: Table,
     /// What was found in each region, for the report.
     infos: Vec<RegionInfo>,
-    /// Each region's filesystem, where it is an ext2/3/4 lostwrite can read.
-    filesystems: Vec<Option<ExtFs>>,
+    /// Each region's filesystem, where it is one lostwrite can read.
+    filesystems: Vec<Option<Filesystem>>,
+    /// For each region without one, why its findings are not mapped (noted once).
+    unmapped: Vec<String>,
     /// Bytes in a ledger block: what one item covers.
     block_size: u64,
     /// The export's file view that debugfs reads, kept mounted until the owners are known.
@@ -180,22 +184,42 @@ impl Disk {
         let mut view = None;
         let mut infos = Vec::new();
         let mut filesystems = Vec::new();
+        let mut unmapped = Vec::new();
         for r in &table.regions {
-            let (fs, desc) = match ext4::detect(dev, r) {
-                Some(kind) => match local_path(&mut view, dev, device_path)
-                    .and_then(|p| ExtFs::open(&p, kind, r))
-                {
-                    Ok(fs) => (Some(fs), kind.to_string()),
-                    Err(e) => {
-                        notes.push(format!(
-                            "{}: {kind} found but could not be read: {e}",
-                            r.name
-                        ));
-                        (None, format!("{kind} (unreadable)"))
-                    }
-                },
-                None => (None, "unknown (not ext2/3/4)".to_string()),
+            let detected = fs::detect(dev, r);
+            let mut local = || local_path(&mut view, dev, device_path);
+            let opened = detected
+                .as_ref()
+                .and_then(|kind| Filesystem::open(kind, dev, r, device_path, &mut local));
+            let not_read = format!(
+                "{} does not hold an ext2/3/4 or XFS filesystem lostwrite can read: its findings are not mapped to files",
+                r.name
+            );
+            let (fs, desc, why) = match (&detected, opened) {
+                (Some(kind), Some(Ok(fs))) => (Some(fs), kind.name().to_string(), not_read),
+                (Some(kind), Some(Err(e))) => {
+                    let kind = kind.name();
+                    notes.push(format!(
+                        "{}: {kind} found but could not be read: {e}",
+                        r.name
+                    ));
+                    (None, format!("{kind} (unreadable)"), not_read)
+                }
+                (Some(Detected::Foreign(f)), None) => (
+                    None,
+                    format!("{} (not supported)", f.name),
+                    format!(
+                        "{} holds {}: lostwrite cannot map its blocks to files; the findings give the damaged byte offsets. {}",
+                        r.name, f.name, f.advice
+                    ),
+                ),
+                _ => (
+                    None,
+                    "unknown (no filesystem lostwrite recognises)".to_string(),
+                    not_read,
+                ),
             };
+            unmapped.push(why);
             infos.push(RegionInfo {
                 name: r.name.clone(),
                 start: r.start,
@@ -208,6 +232,7 @@ impl Disk {
             table,
             infos,
             filesystems,
+            unmapped,
             block_size,
             _view: view,
         }
@@ -223,11 +248,11 @@ impl Disk {
 
     /// The blocks of region `i`'s filesystem `fs` that the ledger block at `off` covers, even in
     /// part.
-    fn fs_blocks(&self, i: usize, off: u64, fs: &ExtFs) -> Range<u64> {
+    fn fs_blocks(&self, i: usize, off: u64, fs: &Filesystem) -> Range<u64> {
         let r = &self.table.regions[i];
         let lo = off.max(r.start) - r.start;
         let hi = (off + self.block_size).min(r.start + r.len) - r.start;
-        lo / fs.block_size..hi.div_ceil(fs.block_size)
+        lo / fs.block_size()..hi.div_ceil(fs.block_size())
     }
 
     /// The owners of every filesystem block the items cover, per region: each filesystem is
@@ -244,7 +269,7 @@ impl Disk {
         let mut owners = Vec::new();
         for (i, fs) in self.filesystems.iter().enumerate() {
             owners.push(match fs {
-                Some(fs) if !wanted[i].is_empty() => match fs.owners(&wanted[i]) {
+                Some(fs) if !wanted[i].is_empty() => match fs.owners(&wanted[i], notes) {
                     Ok(o) => o,
                     Err(e) => {
                         notes.push(format!("{}: {e}", self.table.regions[i].name));
@@ -273,11 +298,9 @@ impl Disk {
         let region = self.table.regions[i].name.clone();
         let Some(fs) = &self.filesystems[i] else {
             if unknown_noted.insert(i) {
-                notes.push(format!(
-                    "{region} does not hold an ext2/3/4 filesystem lostwrite can read: its findings are not mapped to files"
-                ));
+                notes.push(self.unmapped[i].clone());
             }
-            return vec![unknown_filesystem(region)];
+            return vec![unknown_filesystem(region, &self.infos[i].filesystem)];
         };
         // One entry per owner (per path, or per symptom for a structure), its byte range grown
         // over the filesystem blocks it owns within this ledger block.
@@ -289,7 +312,7 @@ impl Disk {
                     path, file_offset, ..
                 } => (
                     path.clone(),
-                    Some((*file_offset, file_offset + fs.block_size)),
+                    Some((*file_offset, file_offset + fs.block_size())),
                 ),
                 Owner::Directory { path, .. } | Owner::BlockMap { path, .. } => {
                     (path.clone(), None)
@@ -355,16 +378,18 @@ fn outside_regions(offset: u64, scheme: &str) -> FileRef {
     }
 }
 
-/// The owner of a block in a region whose filesystem lostwrite cannot read.
-fn unknown_filesystem(region: String) -> FileRef {
+/// The owner of a block in a region whose filesystem (`filesystem`, as the region names it)
+/// lostwrite cannot read.
+fn unknown_filesystem(region: String, filesystem: &str) -> FileRef {
     FileRef {
         region,
         owner: "unknown-filesystem",
         path: None,
         bytes: None,
         shared: false,
-        symptom: "not an ext2/3/4 filesystem: lostwrite cannot say which file owns this block"
-            .into(),
+        symptom: format!(
+            "{filesystem}: not an ext2/3/4 or XFS filesystem lostwrite can read: it cannot say which file owns this block"
+        ),
     }
 }
 

@@ -2,7 +2,7 @@
 //! symptom its users will see after a given kind of finding, and what the block is when there
 //! is no finding (for `history --files`).
 
-use super::ext4::Owner;
+use super::fs::Owner;
 use crate::clock::{rfc3339, Micros};
 use crate::findings::classify::Kind;
 
@@ -19,6 +19,7 @@ pub(super) fn owner_name(o: &Owner) -> &'static str {
         Owner::Descriptors { .. } => "descriptors",
         Owner::ReservedGdt | Owner::Special { .. } => "reserved",
         Owner::Free => "free",
+        Owner::Structure { owner, .. } => owner,
     }
 }
 
@@ -79,6 +80,7 @@ pub(super) fn symptom(o: &Owner, kind: Option<Kind>, found_time: Option<Micros>)
         ),
         Owner::Journal => "the ext4 journal: harmless after a clean unmount; if transactions were waiting to be replayed, those metadata updates are lost".into(),
         Owner::ReservedGdt | Owner::Special { .. } => "space the filesystem reserves for itself: harmless".into(),
+        Owner::Structure { symptom, .. } => symptom.clone(),
         Owner::Free => "owned by no file now: harmless, unless a file created in the window owned it and lost its entry or inode too (see the directories and inode tables listed)".into(),
     }
 }
@@ -100,5 +102,6 @@ pub(super) fn describe(o: &Owner) -> String {
         Owner::Journal => "the filesystem journal".into(),
         Owner::ReservedGdt | Owner::Special { .. } => "space the filesystem reserves".into(),
         Owner::Free => "free space (no file)".into(),
+        Owner::Structure { what, .. } => what.clone(),
     }
 }

@@ -1,6 +1,8 @@
-//! A local file view of an NBD export, for the tools that only open files (debugfs): nbdfuse
-//! mounts the export read-only in a private temporary directory for as long as the view lives.
-//! SIGTERM makes nbdfuse unmount and exit.
+//! A local file view of an NBD export, for the tools that only open files (debugfs, xfs_db):
+//! nbdfuse mounts the export read-only in a private temporary directory for as long as the view
+//! lives. An overlay view shows one region of a device or export through nbdkit's offset and
+//! copy-on-write filters: writes to it stay in nbdkit's overlay, never reaching the device.
+//! SIGTERM makes nbdfuse unmount and exit (and nbdkit with it).
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -18,22 +20,59 @@ pub struct FuseView {
 impl FuseView {
     /// Mounts `uri` (of `size` bytes) with `nbdfuse -r` and waits until the file has its size.
     pub fn open(uri: &str, size: u64) -> Result<FuseView, String> {
+        let mut c = Command::new("nbdfuse");
+        c.arg("-r");
+        Self::mount(
+            c,
+            &[uri.to_string()],
+            size,
+            "to give debugfs a file view of the export",
+        )
+    }
+
+    /// A writable view of bytes `offset..offset + len` of `source` (a device path or an NBD
+    /// URI), whose writes go to a copy-on-write overlay and never to `source`.
+    pub fn overlay(source: &str, offset: u64, len: u64) -> Result<FuseView, String> {
+        let plugin = if crate::nbd::uri::is_uri(source) {
+            ["nbd".to_string(), format!("uri={source}")]
+        } else {
+            ["file".to_string(), format!("file={source}")]
+        };
+        let mut args: Vec<String> = ["[", "nbdkit", "--exit-with-parent"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--filter=cow".into(), "--filter=offset".into()]);
+        args.extend(plugin);
+        args.extend([
+            format!("offset={offset}"),
+            format!("range={len}"),
+            "]".into(),
+        ]);
+        Self::mount(
+            Command::new("nbdfuse"),
+            &args,
+            len,
+            "with nbdkit (package nbdkit) to give xfs_db a copy-on-write view of the filesystem",
+        )
+    }
+
+    /// Runs `nbdfuse` (`c`, with its options) on a new file with `args` after it, and waits
+    /// until the file has `size` bytes.
+    fn mount(mut c: Command, args: &[String], size: u64, why: &str) -> Result<FuseView, String> {
         let dir = tempfile::Builder::new()
             .prefix("lostwrite-view")
             .tempdir()
             .map_err(|e| format!("making a directory for nbdfuse: {e}"))?;
         let file = dir.path().join("disk");
-        let child = Command::new("nbdfuse")
-            .arg("-r")
+        let child = c
             .arg(&file)
-            .arg(uri)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| {
-                format!("running nbdfuse (package libnbd-bin) to give debugfs a file view of the export: {e}")
-            })?;
+            .map_err(|e| format!("running nbdfuse (package libnbd-bin) {why}: {e}"))?;
         let mut v = FuseView {
             child: Some(child),
             _dir: dir,
@@ -63,7 +102,7 @@ impl FuseView {
         }
     }
 
-    /// The file to hand to debugfs.
+    /// The file to hand to debugfs or xfs_db.
     pub fn path(&self) -> &std::path::Path {
         &self.file
     }
