@@ -1,0 +1,239 @@
+//! A host's disks in operation, through the real binary and real NBD clients: two clients on
+//! one export as a live migration has them (writes on one connection, FLUSH on the other, and
+//! the ledger counting those writes durable).
+
+use crate::helpers::*;
+use crate::service::{have, wait_timeout, Service};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BS: u64 = 4096;
+
+/// A qemu-io that reads its commands from a pipe, so that it keeps its connection between them;
+/// its output (stdout and stderr together) arrives line by line on `lines`.
+struct QemuIo {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl QemuIo {
+    /// qemu-io with `args` before the image (or `--image-opts`).
+    fn spawn(args: &[&str]) -> QemuIo {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("exec qemu-io \"$@\" 2>&1")
+            .arg("qemu-io")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        QemuIo {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Sends one command and waits for the line that says it is done (containing `done`).
+    fn run(&mut self, cmd: &str, done: &str) {
+        writeln!(self.stdin.as_mut().unwrap(), "{cmd}").unwrap();
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("qemu-io: no answer to {cmd:?}: {e}"));
+            assert!(!l.contains("failed"), "qemu-io: {cmd:?}: {l}");
+            if l.contains(done) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for QemuIo {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if wait_timeout(&mut self.child, Duration::from_secs(10)).is_none() {
+            eprintln!("qemu-io did not exit; killed");
+        }
+    }
+}
+
+/// `lostwrite history --json IMAGE BLOCKS...`: per block, its generations (oldest first).
+fn generations(image: &Path, blocks: &[u64]) -> HashMap<u64, Vec<Value>> {
+    let mut cmd = bin();
+    cmd.args(["history", "--json"]).arg(image);
+    cmd.args(blocks.iter().map(|b| b.to_string()));
+    let v: Value = serde_json::from_str(&lw_ok(&mut cmd)).unwrap();
+    v["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["block"].as_u64().unwrap(),
+                b["generations"].as_array().unwrap().clone(),
+            )
+        })
+        .collect()
+}
+
+/// Whether the last generation of `block` is recorded durable.
+fn latest_durable(h: &HashMap<u64, Vec<Value>>, block: u64) -> bool {
+    h[&block].last().unwrap()["durable"] == true
+}
+
+/// A migration's moment: the source's qemu writes on its connection and stays connected; the
+/// destination's qemu, on a second connection, sends FLUSH. The export advertises
+/// CAN_MULTI_CONN, so that FLUSH covers the source's completed write: the ledger records it
+/// durable (a kill -9 right after shows it, before the source's disconnect could flush
+/// anything). A write the source makes after that FLUSH is not durable: the source's own writes
+/// do not flush (writeback cache), so what made the first one durable is the other connection.
+#[test]
+fn a_flush_on_one_connection_makes_writes_completed_on_another_durable() {
+    if !have("qemu-io") {
+        return;
+    }
+    let s = Scratch::new(8 << 20);
+    s.init(BS as u32, true);
+    let svc = Service::start(&s.image, &[]);
+    let uri = svc.uri();
+    // qemu-nbd (beside qemu-io in every qemu package) names the flags the export advertises.
+    let flags = crate::service::run(
+        Command::new("qemu-nbd")
+            .args(["--list", "-k"])
+            .arg(&svc.socket),
+    );
+    assert!(
+        flags.contains(" multi "),
+        "CAN_MULTI_CONN not advertised: {flags}"
+    );
+    let mut source = QemuIo::spawn(&["-f", "raw", "-t", "writeback", &uri]);
+    source.run(
+        &format!("write -P 0x61 {} {BS}", 10 * BS),
+        &format!("at offset {}", 10 * BS),
+    );
+    let o = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "flush", &uri])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    source.run(
+        &format!("write -P 0x62 {} {BS}", 20 * BS),
+        &format!("at offset {}", 20 * BS),
+    );
+    // A crash while the source is still connected: nothing flushes at its disconnect.
+    svc.kill9();
+    drop(source);
+    let h = generations(&s.image, &[10, 20]);
+    assert!(
+        latest_durable(&h, 10),
+        "the write before the other connection's FLUSH is not durable: {h:?}"
+    );
+    assert!(
+        !latest_durable(&h, 20),
+        "the write after the FLUSH is durable: the source flushed by itself: {h:?}"
+    );
+    assert_eq!(h[&10].len(), 2, "{h:?}");
+    verify_clean(&s.image);
+}
+
+/// fio over two connections: one job writes without ever flushing, the other writes a block of
+/// its own and flushes after each write; serve is killed with SIGKILL in the middle. The
+/// writer's writes are durable in the ledger almost to the last (every FLUSH on the other
+/// connection covered those completed before it), `verify` is clean, and a durable write
+/// undone underneath afterwards is caught as reverted.
+#[test]
+fn fio_on_two_connections_then_kill_9_leaves_the_writes_the_other_flushed_durable() {
+    if !have("fio") {
+        return;
+    }
+    const WRITER_BLOCKS: u64 = 256;
+    let s = Scratch::new(8 << 20);
+    s.init(BS as u32, true);
+    let original = std::fs::read(&s.image).unwrap();
+    let svc = Service::start(&s.image, &[]);
+    let mut fio = Command::new("fio")
+        .current_dir(s.dir.path())
+        .args([
+            "--ioengine=nbd",
+            &format!("--uri={}", svc.uri()),
+            "--verify_state_save=0",
+            "--output-format=terse",
+            "--time_based",
+            "--runtime=30",
+            "--bs=4k",
+            "--name=writer",
+            "--rw=randwrite",
+            "--offset=0",
+            &format!("--size={}", WRITER_BLOCKS * BS),
+            "--rate_iops=2000",
+            "--name=flusher",
+            "--rw=write",
+            "--offset=4m",
+            "--size=4k",
+            "--fsync=1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    svc.kill9();
+    if wait_timeout(&mut fio, Duration::from_secs(30)).is_none() {
+        eprintln!("fio did not exit after serve died; killed");
+    }
+    let blocks: Vec<u64> = (0..WRITER_BLOCKS).collect();
+    let h = generations(&s.image, &blocks);
+    let writes: Vec<&Value> = h
+        .values()
+        .flat_map(|g| g.iter().filter(|g| g["change"] == "write"))
+        .collect();
+    let durable = writes.iter().filter(|g| g["durable"] == true).count();
+    assert!(writes.len() >= 500, "only {} writes recorded", writes.len());
+    // The writer never flushed: only the other connection's FLUSHes made these durable. The
+    // few after its last FLUSH are not.
+    assert!(
+        durable * 10 >= writes.len() * 9,
+        "{durable} of {} writes durable",
+        writes.len()
+    );
+    verify_clean(&s.image);
+    // Undo a durable write underneath: verify must call it reverted.
+    let b = *blocks
+        .iter()
+        .find(|&&b| h[&b].len() > 1 && latest_durable(&h, b))
+        .unwrap();
+    let at = (b * BS) as usize;
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(&s.image)
+            .unwrap(),
+        &original[at..at + BS as usize],
+        b * BS,
+    )
+    .unwrap();
+    let o = bin().arg("verify").arg(&s.image).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_ne!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("reverted"), "{out}");
+}
