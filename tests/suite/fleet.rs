@@ -1,7 +1,7 @@
 //! A host's disks in operation, through the real binary and real NBD clients: two clients on
 //! one export as a live migration has them (writes on one connection, FLUSH on the other, and
 //! the ledger counting those writes durable), and `serve` restarted under a running qemu client
-//! that reconnects, without a failed request or a lost write.
+//! that reconnects, without a failed request or a lost write; and the systemd units in docs/.
 
 use crate::helpers::*;
 use crate::service::{have, wait_timeout, Service};
@@ -307,4 +307,50 @@ fn restarting_serve_under_a_reconnecting_qemu_fails_no_request_and_loses_no_writ
     }
     verify_clean(&s.image);
     eprintln!("{RESTARTS} restarts under {sent} write+flush pairs: none failed, none lost");
+}
+
+/// The systemd units in docs/ (one process for the host's disks, and the template for one
+/// process per disk) pass `systemd-analyze verify` without a complaint, with their
+/// `/usr/local/bin/lostwrite` standing for the binary built here.
+#[test]
+fn the_systemd_units_pass_systemd_analyze_verify() {
+    // Not among the tools CI installs: skipped quietly wherever it is missing.
+    let found = Command::new("sh")
+        .args(["-c", "command -v systemd-analyze >/dev/null"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("SKIP: systemd-analyze is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = bin().get_program().to_str().unwrap().to_string();
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    // The template is checked as an instance of itself, as systemd would start it.
+    let mut units = Vec::new();
+    for (from, to) in [
+        ("lostwrite.service", "lostwrite.service"),
+        ("lostwrite@.service", "lostwrite@web1.service"),
+    ] {
+        let text = std::fs::read_to_string(docs.join(from)).unwrap();
+        assert!(
+            text.contains("/usr/local/bin/lostwrite serve --config"),
+            "{from}"
+        );
+        let path = dir.path().join(to);
+        std::fs::write(&path, text.replace("/usr/local/bin/lostwrite", &exe)).unwrap();
+        units.push(path);
+    }
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let complaints: Vec<&str> = err.lines().filter(|l| l.contains("lostwrite")).collect();
+    assert!(
+        o.status.success() && complaints.is_empty(),
+        "{}: {err}",
+        o.status
+    );
 }
