@@ -1,7 +1,8 @@
 //! A host's disks in operation, through the real binary and real NBD clients: two clients on
 //! one export as a live migration has them (writes on one connection, FLUSH on the other, and
 //! the ledger counting those writes durable), and `serve` restarted under a running qemu client
-//! that reconnects, without a failed request or a lost write; and the systemd units in docs/.
+//! that reconnects, without a failed request or a lost write; one process per disk, restarted
+//! alone; and the systemd units in docs/.
 
 use crate::helpers::*;
 use crate::service::{have, wait_timeout, Service};
@@ -353,4 +354,61 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
         "{}: {err}",
         o.status
     );
+}
+
+/// One process per disk, as `lostwrite@.service` runs them: each disk with its own config file
+/// and socket. Restarting one disk's process twice leaves fio on the other disk without an
+/// error, and both ledgers verify clean.
+#[test]
+fn restarting_one_disks_process_leaves_another_disks_client_untouched() {
+    if !have("fio") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str| {
+        let image = dir.path().join(format!("{name}.img"));
+        if !image.exists() {
+            random_image(&image, 8 << 20, name.len() as u64);
+            lw_ok(bin().args(["init", "--baseline"]).arg(&image));
+        }
+        let socket = dir.path().join(format!("{name}.sock"));
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!("socket = {socket:?}\n\n[[export]]\nname = {name:?}\ndevice = {image:?}\n"),
+        )
+        .unwrap();
+        (Service::start_config(&cfg, &socket), image)
+    };
+    let (mut web1, image1) = start("web1");
+    let (db1, image2) = start("db1");
+    let uri = format!("nbd+unix:///db1?socket={}", db1.socket.display());
+    let load = std::thread::spawn(move || {
+        crate::service::fio(
+            &uri,
+            &[
+                "--rw=randwrite",
+                "--bs=4k",
+                "--iodepth=8",
+                "--fsync=16",
+                "--size=100%",
+                "--time_based",
+                "--runtime=3",
+            ],
+        )
+    });
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(web1.stop().contains("closed cleanly"));
+        web1 = start("web1").0;
+    }
+    load.join().unwrap();
+    let log = db1.stop();
+    assert!(
+        log.contains("closed cleanly") && log.contains(" 0 errors"),
+        "{log}"
+    );
+    web1.stop();
+    verify_clean(&image1);
+    verify_clean(&image2);
 }
