@@ -12,8 +12,11 @@
 //!
 //! Shutdown (SIGTERM/SIGINT via [`Server::shutdown`]): listeners stop, every connection stops
 //! reading, requests already read are executed and answered, and then the caller closes the
-//! exports (device and ledger synced, session closed). A client that has not taken its replies
-//! [`SHUTDOWN_GRACE`] after the stop began is disconnected, so no client can hold a shutdown.
+//! exports (device and ledger synced, session closed). A request that comes in after the stop
+//! began is left unanswered and its connection closed, so that a client that reconnects sends
+//! it again to the next server (a restart or an upgrade loses no request: docs/OPERATIONS.md).
+//! A client that has not taken its replies [`SHUTDOWN_GRACE`] after the stop began is
+//! disconnected, so no client can hold a shutdown.
 
 pub mod buffers;
 pub mod conn;

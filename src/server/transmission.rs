@@ -248,9 +248,16 @@ pub(super) fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, i
             batch.reply(req.cookie, Failure::Refused(e).errno());
             continue;
         }
+        // A planned stop: this request is neither run nor answered, and the connection closes.
+        // A client that reconnects (qemu with `reconnect-delay`) sends it again to the next
+        // server; an NBD_ESHUTDOWN reply, which the protocol suggests, would reach qemu's guest
+        // as a failed request, since qemu retries only what a lost connection left unanswered.
         if shared.stopping.load(Ordering::SeqCst) {
-            batch.reply(req.cookie, Failure::ShuttingDown.errno());
-            continue;
+            tracing::info!(
+                "connection {id}: stopping; {} left unanswered for the client to send again",
+                proto::cmd_name(req.kind)
+            );
+            break;
         }
         wrote |= matches!(req.kind, cmd::WRITE | cmd::WRITE_ZEROES | cmd::TRIM);
         // Work that cannot block for long runs here, with no hand-off between threads: a read

@@ -8,6 +8,7 @@ mod crash;
 mod detect;
 mod durability;
 mod ext4;
+mod fleet;
 mod forensics;
 mod forensics_xfs;
 mod helpers;
