@@ -24,13 +24,8 @@ pub fn rfc3339(t: Micros) -> String {
 /// Parses an RFC 3339 time (`2026-11-25T14:03:11Z`, with or without fractional seconds or a
 /// numeric offset) for `--since`/`--until`.
 pub fn parse(s: &str) -> Result<Micros> {
-    s.parse::<jiff::Timestamp>()
-        .map(|t| t.as_microsecond())
-        .map_err(|e| {
-            Error::Usage(format!(
-                "{s:?} is not an RFC 3339 time ({e}); write it like 2026-11-25T14:03:11Z"
-            ))
-        })
+    from_rfc3339(s)
+        .map_err(|why| Error::Usage(format!("{why}; write it like 2026-11-25T14:03:11Z")))
 }
 
 /// Parses RFC 3339 text as [`rfc3339`] writes it (any offset and fraction are accepted) back
