@@ -385,13 +385,13 @@ impl ExtFs {
                         Owner::FileData {
                             ino,
                             path: name(ino),
-                            file_offset: logical.unwrap_or(0) * self.block_size,
+                            file_offset: Some(logical.unwrap_or(0) * self.block_size),
                         }
                     }
                     None => Owner::FileData {
                         ino,
                         path: name(ino),
-                        file_offset: 0,
+                        file_offset: Some(0),
                     },
                 }
             };

@@ -310,10 +310,7 @@ impl Disk {
             let (path, bytes) = match o {
                 Owner::FileData {
                     path, file_offset, ..
-                } => (
-                    path.clone(),
-                    Some((*file_offset, file_offset + fs.block_size())),
-                ),
+                } => (path.clone(), file_offset.map(|o| (o, o + fs.block_size()))),
                 Owner::Directory { path, .. } | Owner::BlockMap { path, .. } => {
                     (path.clone(), None)
                 }

@@ -2,13 +2,43 @@
 //! nbdfuse mounts the export read-only in a private temporary directory for as long as the view
 //! lives. An overlay view shows one region of a device or export through nbdkit's offset and
 //! copy-on-write filters: writes to it stay in nbdkit's overlay, never reaching the device.
-//! SIGTERM makes nbdfuse unmount and exit (and nbdkit with it).
+//! SIGTERM makes nbdfuse unmount and exit (and nbdkit with it). Their standard error is read
+//! for as long as they run, keeping only its last few KiB for an error message: nbdkit logs
+//! every failed request there, and a full pipe would stall it and every reader of the view.
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// How much of nbdfuse's and nbdkit's standard error is kept for an error message.
+const TAIL: usize = 4096;
+
+/// Reads `s` until every writer has closed it, keeping its last [`TAIL`] bytes.
+fn drain(mut s: ChildStderr) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&tail);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            let mut t = kept.lock().unwrap_or_else(|e| e.into_inner());
+            keep_tail(&mut t, &buf[..n]);
+        }
+    });
+    (tail, reader)
+}
+
+/// Appends `more` to `tail`, dropping from its front all but the last [`TAIL`] bytes.
+fn keep_tail(tail: &mut Vec<u8>, more: &[u8]) {
+    tail.extend_from_slice(more);
+    if tail.len() > TAIL {
+        tail.drain(..tail.len() - TAIL);
+    }
+}
 
 /// An export mounted as a read-only file.
 pub struct FuseView {
@@ -65,7 +95,7 @@ impl FuseView {
             .tempdir()
             .map_err(|e| format!("making a directory for nbdfuse: {e}"))?;
         let file = dir.path().join("disk");
-        let child = c
+        let mut child = c
             .arg(&file)
             .args(args)
             .stdin(Stdio::null())
@@ -73,6 +103,7 @@ impl FuseView {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("running nbdfuse (package libnbd-bin) {why}: {e}"))?;
+        let (tail, reader) = drain(child.stderr.take().expect("piped"));
         let mut v = FuseView {
             child: Some(child),
             _dir: dir,
@@ -85,14 +116,16 @@ impl FuseView {
             }
             let c = v.child.as_mut().expect("running");
             if let Ok(Some(st)) = c.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = c.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
                 v.child = None;
+                // nbdkit may outlive nbdfuse briefly, holding the pipe: wait a little for it.
+                let t = Instant::now();
+                while !reader.is_finished() && t.elapsed() < Duration::from_secs(1) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let err = tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 return Err(format!(
                     "nbdfuse exited ({st}) before the export appeared (it needs /dev/fuse and the right to mount): {}",
-                    err.trim()
+                    String::from_utf8_lossy(&err).trim()
                 ));
             }
             if t.elapsed() > Duration::from_secs(20) {
@@ -123,5 +156,31 @@ impl Drop for FuseView {
         }
         let _ = c.kill();
         let _ = c.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chatty_helper_is_drained_and_its_last_words_kept() {
+        let mut t = Vec::new();
+        keep_tail(&mut t, &[b'a'; TAIL - 1]);
+        keep_tail(&mut t, b"xyz");
+        assert_eq!(t.len(), TAIL);
+        assert!(t.ends_with(b"axyz"));
+        // Far more than a pipe holds: the writer finishes only if the pipe is read.
+        let mut c = Command::new("sh")
+            .args(["-c", "head -c 1000000 /dev/zero >&2; echo last words >&2"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        let (tail, reader) = drain(c.stderr.take().expect("piped"));
+        c.wait().expect("sh exits");
+        reader.join().expect("drained");
+        let t = tail.lock().expect("tail");
+        assert_eq!(t.len(), TAIL);
+        assert!(t.ends_with(b"last words\n"));
     }
 }

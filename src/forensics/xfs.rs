@@ -8,17 +8,20 @@
 //! what lost writes usually leave behind. So it reads a copy-on-write view of the region
 //! (nbdkit's cow and offset filters under nbdfuse, see [`FuseView::overlay`]) in which the
 //! first sector of the log is zeroed: a zeroed log reads as empty, and xfs_db walks the metadata
-//! as it is on disk. The device itself is never written. Every xfs_db run has a deadline; a
-//! walk that fails still names the AG headers and the log from the superblock alone, and says
-//! what it could not map.
+//! as it is on disk. The device itself is never written, and the view is mounted only when a
+//! region has blocks to map. The xfs_db runs of one mapping share one deadline; a walk that
+//! fails still names the AG headers and the log from the superblock alone, and says what it
+//! could not map. Lost writes damage superblocks and extent maps too: every value read from
+//! them is checked before it becomes an offset.
 
 use super::fs::{run_with_deadline, Owner};
 use super::partition::Region;
 use super::view::FuseView;
 use crate::device::BlockDevice;
+use std::cell::OnceCell;
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Looks for an XFS superblock at the start of `r`.
 pub fn detect(dev: &dyn BlockDevice, r: &Region) -> bool {
@@ -57,8 +60,9 @@ fn be64(b: &[u8], at: usize) -> u64 {
 }
 
 impl Geometry {
-    /// Parses the superblock (struct xfs_dsb), refusing values no XFS has.
-    fn parse(sb: &[u8]) -> Result<Geometry, String> {
+    /// Parses the superblock (struct xfs_dsb) of a filesystem in a region of `region_len`
+    /// bytes, refusing values no XFS has: the error names the first bad field.
+    fn parse(sb: &[u8], region_len: u64) -> Result<Geometry, String> {
         if sb.len() < 128 || &sb[..4] != b"XFSB" {
             return Err("no XFS superblock".into());
         }
@@ -74,19 +78,98 @@ impl Geometry {
             inop_blog: sb[123] as u32,
             ag_blk_log: sb[124] as u32,
         };
-        let sane = g.block_size.is_power_of_two()
-            && (512..=65536).contains(&g.block_size)
-            && g.ag_blocks > 0
-            && g.ag_count > 0
-            && g.ag_blk_log < 32
-            && (1u64 << g.ag_blk_log) >= g.ag_blocks
-            && g.inodes_per_block > 0
-            && g.inop_blog < 8
-            && g.sector_size.is_power_of_two();
-        if !sane {
-            return Err("the XFS superblock holds impossible geometry (it may be damaged)".into());
+        let bad = |field: &str, why: String| {
+            Err(format!(
+                "the XFS superblock holds an impossible {field} ({why}; it may be damaged)"
+            ))
+        };
+        let bs = g.block_size;
+        if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
+            return bad(
+                "block size",
+                format!("{bs} bytes, not a power of two from 512 to 65536"),
+            );
+        }
+        let ss = g.sector_size;
+        if !ss.is_power_of_two() || ss < 512 || ss > bs {
+            return bad(
+                "sector size",
+                format!("{ss} bytes, not a power of two from 512 to the block size {bs}"),
+            );
+        }
+        // An inode is at least 256 bytes.
+        if g.inop_blog > 8
+            || g.inodes_per_block != 1 << g.inop_blog
+            || g.inodes_per_block * 256 > bs
+        {
+            return bad(
+                "inodes per block",
+                format!("{} (log2 {})", g.inodes_per_block, g.inop_blog),
+            );
+        }
+        if g.ag_blocks == 0
+            || g.ag_blk_log >= 32
+            || (1u64 << g.ag_blk_log) < g.ag_blocks
+            || (g.ag_blk_log > 0 && (1u64 << (g.ag_blk_log - 1)) >= g.ag_blocks)
+        {
+            return bad(
+                "AG size",
+                format!("{} blocks, log2 rounded up {}", g.ag_blocks, g.ag_blk_log),
+            );
+        }
+        // Every AG but the last is full: the block count lies within the last AG.
+        let all = g.ag_count.saturating_mul(g.ag_blocks);
+        if g.ag_count == 0 || g.blocks > all || g.blocks <= all - g.ag_blocks {
+            return bad(
+                "AG count",
+                format!(
+                    "{} AGs of {} blocks for {} blocks",
+                    g.ag_count, g.ag_blocks, g.blocks
+                ),
+            );
+        }
+        if g.blocks.checked_mul(bs).is_none_or(|n| n > region_len) {
+            return bad(
+                "block count",
+                format!(
+                    "{} blocks of {bs} bytes, more than the region's {region_len} bytes",
+                    g.blocks
+                ),
+            );
+        }
+        if g.log_start != 0 {
+            let log = g.linear_checked(g.log_start);
+            if log
+                .and_then(|l| l.checked_add(g.log_blocks))
+                .is_none_or(|end| g.log_blocks == 0 || end > g.blocks)
+            {
+                return bad(
+                    "log position",
+                    format!(
+                        "{} blocks from fsblock {}, not inside the filesystem's {} blocks",
+                        g.log_blocks, g.log_start, g.blocks
+                    ),
+                );
+            }
         }
         Ok(g)
+    }
+
+    /// The linear block of fsblock `f`, when `f` names a block of the filesystem.
+    fn linear_checked(&self, f: u64) -> Option<u64> {
+        let (ag, agbno) = (f >> self.ag_blk_log, f & ((1 << self.ag_blk_log) - 1));
+        let b = (ag < self.ag_count && agbno < self.ag_blocks)
+            .then(|| ag.checked_mul(self.ag_blocks)?.checked_add(agbno))??;
+        (b < self.blocks).then_some(b)
+    }
+
+    /// The byte offset of the internal log's first block from the region's start.
+    fn log_offset(&self) -> Option<u64> {
+        if self.log_start == 0 {
+            return None;
+        }
+        self.linear_checked(self.log_start)?
+            .checked_mul(self.block_size)
     }
 
     /// The fsblock number (AG number shifted above the AG block) of linear block `b`.
@@ -258,6 +341,24 @@ fn parse_bmap(text: &str) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
+/// Splits a file's extents into those whose file and block ranges fit in 64 bits and the count
+/// of the rest (a damaged extent map can hold starts up to 2^54).
+fn sound_extents(extents: Vec<(u64, u64, u64)>, block_size: u64) -> (Vec<(u64, u64, u64)>, usize) {
+    let (sound, damaged): (Vec<_>, Vec<_>) = extents.into_iter().partition(|&(l, s, n)| {
+        s.checked_add(n).is_some()
+            && l.checked_add(n)
+                .and_then(|end| end.checked_mul(block_size))
+                .is_some()
+    });
+    (sound, damaged.len())
+}
+
+/// The byte offset within its file of fsblock `f`, from the file's extents.
+fn offset_in(extents: &[(u64, u64, u64)], f: u64, block_size: u64) -> Option<u64> {
+    let &(l, s, _) = extents.iter().find(|&&(_, s, n)| f >= s && f - s < n)?;
+    l.checked_add(f - s)?.checked_mul(block_size)
+}
+
 /// Most inodes named or examined in one report (the rest are named by number only).
 const MAX_INODES: usize = 16384;
 
@@ -268,51 +369,80 @@ pub struct XfsFs {
     geo: Geometry,
     /// The region's name, for notes.
     region: String,
-    view: FuseView,
+    /// The device as the user named it, and the region's bytes in it: what the view shows.
+    source: (String, u64, u64),
+    /// The copy-on-write view xfs_db reads, mounted on the first blocks to map.
+    view: OnceCell<Result<FuseView, String>>,
+    /// The time all xfs_db runs of one mapping share.
     deadline: Duration,
 }
 
 impl XfsFs {
-    /// Reads the superblock of the XFS in `r` and opens the view xfs_db will read.
+    /// Reads the superblock of the XFS in `r`; the view xfs_db reads is mounted only when
+    /// blocks are to be mapped.
     pub fn open(dev: &dyn BlockDevice, r: &Region, device_path: &str) -> Result<XfsFs, String> {
         let mut sb = vec![0u8; 512];
         dev.read_at(&mut sb, r.start)
             .map_err(|e| format!("reading the XFS superblock: {e}"))?;
-        let geo = Geometry::parse(&sb)?;
-        let view = FuseView::overlay(device_path, r.start, r.len)?;
+        let geo = Geometry::parse(&sb, r.len)?;
         // blockget reads all metadata: allow a minute plus 2 s per GiB.
         let gib = geo.blocks.saturating_mul(geo.block_size) >> 30;
         Ok(XfsFs {
             block_size: geo.block_size,
             geo,
             region: r.name.clone(),
-            view,
+            source: (device_path.to_string(), r.start, r.len),
+            view: OnceCell::new(),
             deadline: Duration::from_secs(60u64.saturating_add(gib.saturating_mul(2))),
         })
     }
 
+    /// The view xfs_db reads, mounted on first use.
+    fn view(&self) -> Result<&FuseView, String> {
+        let (path, start, len) = &self.source;
+        self.view
+            .get_or_init(|| FuseView::overlay(path, *start, *len))
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+
     /// Makes the log read as empty in the view (its first sector zeroed), so that xfs_db walks
     /// a filesystem whose log needs replaying.
-    fn hide_log(&self) -> Result<(), String> {
+    fn hide_log(&self, view: &FuseView) -> Result<(), String> {
         use std::os::unix::fs::FileExt;
-        let at = self.geo.linear(self.geo.log_start) * self.geo.block_size;
+        let at = self.geo.log_offset().ok_or_else(|| {
+            format!(
+                "the XFS log position (fsblock {}) is not inside the filesystem",
+                self.geo.log_start
+            )
+        })?;
         std::fs::OpenOptions::new()
             .write(true)
-            .open(self.view.path())
+            .open(view.path())
             .and_then(|f| f.write_all_at(&[0u8; 512], at))
             .map_err(|e| format!("zeroing the log's first sector in the copy-on-write view: {e}"))
     }
 
-    fn xfs_db(&self, commands: &[String]) -> Result<super::fs::Output, String> {
+    /// Runs xfs_db on `view` with `commands`, stopped at `end` (shared by one mapping's runs).
+    fn xfs_db(
+        &self,
+        view: &FuseView,
+        commands: &[String],
+        end: Instant,
+    ) -> Result<super::fs::Output, String> {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "xfs_db was not run again: the {} s allowed for mapping this XFS are used up",
+                self.deadline.as_secs()
+            ));
+        }
         let mut input = commands.join("\n");
         input.push('\n');
         run_with_deadline(
-            Command::new("xfs_db")
-                .arg("-r")
-                .arg("-f")
-                .arg(self.view.path()),
+            Command::new("xfs_db").arg("-r").arg("-f").arg(view.path()),
             input,
-            self.deadline,
+            left,
         )
         .map_err(|e| {
             if e.contains("cannot run") {
@@ -332,6 +462,11 @@ impl XfsFs {
     ) -> Result<HashMap<u64, Owner>, String> {
         let g = &self.geo;
         let inside: Vec<u64> = blocks.iter().copied().filter(|&b| b < g.blocks).collect();
+        if inside.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let end = Instant::now() + self.deadline;
+        let view = self.view()?;
         let mut cmds = vec!["blockget -n".to_string()];
         for &b in &inside {
             cmds.push(format!("fsblock {}", g.fsblock(b)));
@@ -347,7 +482,7 @@ impl XfsFs {
             let args: Vec<String> = c.iter().map(|i| format!("-i {i}")).collect();
             cmds.push(format!("ncheck {}", args.join(" ")));
         }
-        let mut out = self.xfs_db(&cmds)?;
+        let mut out = self.xfs_db(view, &cmds, end)?;
         let said = |o: &super::fs::Output, what: &str| {
             let text = format!("{} {}", o.stdout, o.stderr);
             text.split_whitespace()
@@ -358,8 +493,8 @@ impl XfsFs {
         if (said(&out, "needs to be replayed") || said(&out, "cannot find log head/tail"))
             && g.log_start != 0
         {
-            self.hide_log()?;
-            out = self.xfs_db(&cmds)?;
+            self.hide_log(view)?;
+            out = self.xfs_db(view, &cmds, end)?;
             notes.push(format!(
                 "{}: the XFS log holds updates that were never written to their places (the filesystem was not cleanly unmounted, or its log reverted): the blocks are mapped from the metadata as it is on disk, without them; the filesystem may refuse to mount, and `xfs_repair -L` would discard those updates",
                 self.region
@@ -377,7 +512,7 @@ impl XfsFs {
             }
         }
         let mut owners = HashMap::new();
-        if uses.is_empty() && !inside.is_empty() {
+        if uses.is_empty() {
             // The walk failed: name what the superblock alone tells.
             let why = out
                 .stdout
@@ -405,8 +540,10 @@ impl XfsFs {
         let named = |ino: u64| names.get(&ino).cloned();
         // A btree root xfs_db could not read is still named by its AG header.
         let ags: BTreeSet<u64> = inside.iter().map(|b| b / g.ag_blocks).collect();
-        let roots: HashMap<u64, &'static str> =
-            ags.into_iter().flat_map(|ag| self.roots(ag)).collect();
+        let roots: HashMap<u64, &'static str> = ags
+            .into_iter()
+            .flat_map(|ag| self.roots(view, ag))
+            .collect();
         let mut data_inodes: BTreeSet<u64> = BTreeSet::new();
         let mut unmapped = 0;
         for &b in &inside {
@@ -421,7 +558,7 @@ impl XfsFs {
                     Owner::FileData {
                         ino,
                         path: u.path.clone(),
-                        file_offset: 0,
+                        file_offset: None,
                     }
                 }
                 ("dir", Some(ino)) => Owner::Directory {
@@ -460,17 +597,23 @@ impl XfsFs {
                     )
                 }
                 ("free1" | "free2", _) => Owner::Free,
-                ("unknown" | "missing", _) if g.fixed(b).is_some() => g.fixed(b).expect("some"),
-                ("unknown" | "missing", _) if roots.contains_key(&b) => {
-                    ag_structure(roots[&b], ag).expect("a btree kind")
-                }
-                (k, _) => match ag_structure(k, ag) {
-                    Some(o) => o,
-                    None => {
-                        unmapped += 1;
-                        continue;
+                (k, _) => {
+                    // A block xfs_db accounts for by nothing may still be an AG header, the log
+                    // or a btree root the AG headers name.
+                    let known = match k {
+                        "unknown" | "missing" => g
+                            .fixed(b)
+                            .or_else(|| roots.get(&b).and_then(|&r| ag_structure(r, ag))),
+                        _ => None,
+                    };
+                    match known.or_else(|| ag_structure(k, ag)) {
+                        Some(o) => o,
+                        None => {
+                            unmapped += 1;
+                            continue;
+                        }
                     }
-                },
+                }
             };
             owners.insert(b, o);
         }
@@ -480,23 +623,31 @@ impl XfsFs {
                 self.region
             ));
         }
-        self.file_offsets(&mut owners, data_inodes, notes);
+        self.file_offsets(view, end, &mut owners, data_inodes, notes);
         Ok(owners)
     }
 
     /// The btree roots AG `ag`'s headers (AGF and AGI, struct xfs_agf and xfs_agi) point to,
     /// as linear block and `blockuse` type.
-    fn roots(&self, ag: u64) -> Vec<(u64, &'static str)> {
+    fn roots(&self, view: &FuseView, ag: u64) -> Vec<(u64, &'static str)> {
         use std::os::unix::fs::FileExt;
         let g = &self.geo;
-        let Ok(f) = std::fs::File::open(self.view.path()) else {
+        let Ok(f) = std::fs::File::open(view.path()) else {
             return Vec::new();
         };
-        let start = ag * g.ag_blocks * g.block_size;
+        let Some(start) = ag
+            .checked_mul(g.ag_blocks)
+            .and_then(|b| b.checked_mul(g.block_size))
+        else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         let mut read = |at: u64, magic: &[u8], fields: &[(usize, &'static str)]| {
             let mut h = [0u8; 512];
-            if f.read_exact_at(&mut h, start + at).is_ok() && &h[..4] == magic {
+            let ok = start
+                .checked_add(at)
+                .is_some_and(|at| f.read_exact_at(&mut h, at).is_ok());
+            if ok && &h[..4] == magic {
                 for &(off, kind) in fields {
                     let b = be32(&h, off);
                     if b != 0 && b < g.ag_blocks {
@@ -520,8 +671,11 @@ impl XfsFs {
 
     /// Fills in the byte offset within its file of every data block, from each inode's
     /// extent map (`bmap`). A separator (the superblock's magic) tells the inodes' outputs apart.
+    /// A block no sound extent holds keeps no offset: its file is named without a byte range.
     fn file_offsets(
         &self,
+        view: &FuseView,
+        end: Instant,
         owners: &mut HashMap<u64, Owner>,
         inodes: BTreeSet<u64>,
         notes: &mut Vec<String>,
@@ -539,32 +693,45 @@ impl XfsFs {
                 "bmap".into(),
             ]);
         }
-        let out = match self.xfs_db(&cmds) {
+        let out = match self.xfs_db(view, &cmds, end) {
             Ok(o) => o,
             Err(e) => {
                 notes.push(format!("{}: XFS file offsets not known: {e}", self.region));
                 return;
             }
         };
+        let g = &self.geo;
         let mut maps: HashMap<u64, Vec<(u64, u64, u64)>> = HashMap::new();
+        let mut damaged = 0;
         let sections = out.stdout.split("magicnum = ").skip(1);
         for (i, text) in inodes.iter().zip(sections) {
-            maps.insert(*i, parse_bmap(text));
+            let (sound, bad) = sound_extents(parse_bmap(text), g.block_size);
+            damaged += bad;
+            maps.insert(*i, sound);
         }
-        let g = &self.geo;
+        if damaged > 0 {
+            notes.push(format!(
+                "{}: {damaged} XFS file extents hold impossible offsets (their extent maps are damaged) and were skipped: blocks in them are named without their place in the file",
+                self.region
+            ));
+        }
+        let mut unplaced = 0;
         for (&b, o) in owners.iter_mut() {
             if let Owner::FileData {
                 ino, file_offset, ..
             } = o
             {
-                let f = g.fsblock(b);
-                if let Some(&(l, s, _)) = maps
+                *file_offset = maps
                     .get(ino)
-                    .and_then(|m| m.iter().find(|&&(_, s, n)| (s..s + n).contains(&f)))
-                {
-                    *file_offset = (l + (f - s)) * g.block_size;
-                }
+                    .and_then(|m| offset_in(m, g.fsblock(b), g.block_size));
+                unplaced += usize::from(file_offset.is_none());
             }
+        }
+        if unplaced > 0 {
+            notes.push(format!(
+                "{}: the extent maps xfs_db gave do not place {unplaced} damaged XFS data blocks in their files: the files are named without a byte range",
+                self.region
+            ));
         }
     }
 }
@@ -631,5 +798,143 @@ mod tests {
             Some(Owner::Structure { owner: "log", .. })
         ));
         assert_eq!(g.fixed(17), None);
+    }
+
+    /// The superblock of `g` (the fields `Geometry::parse` reads).
+    fn superblock(g: &Geometry) -> Vec<u8> {
+        let mut sb = vec![0u8; 512];
+        sb[..4].copy_from_slice(b"XFSB");
+        sb[4..8].copy_from_slice(&(g.block_size as u32).to_be_bytes());
+        sb[8..16].copy_from_slice(&g.blocks.to_be_bytes());
+        sb[48..56].copy_from_slice(&g.log_start.to_be_bytes());
+        sb[84..88].copy_from_slice(&(g.ag_blocks as u32).to_be_bytes());
+        sb[88..92].copy_from_slice(&(g.ag_count as u32).to_be_bytes());
+        sb[96..100].copy_from_slice(&(g.log_blocks as u32).to_be_bytes());
+        sb[102..104].copy_from_slice(&(g.sector_size as u16).to_be_bytes());
+        sb[106..108].copy_from_slice(&(g.inodes_per_block as u16).to_be_bytes());
+        sb[123] = g.inop_blog as u8;
+        sb[124] = g.ag_blk_log as u8;
+        sb
+    }
+
+    fn sample() -> Geometry {
+        Geometry {
+            block_size: 4096,
+            blocks: 76800,
+            ag_blocks: 19200,
+            ag_count: 4,
+            ag_blk_log: 15,
+            inodes_per_block: 8,
+            inop_blog: 3,
+            sector_size: 512,
+            log_start: 65542,
+            log_blocks: 16384,
+        }
+    }
+
+    /// A change to a geometry, as a lost write to its superblock might make it.
+    type Damage = fn(&mut Geometry);
+
+    #[test]
+    fn a_damaged_superblock_is_refused_naming_its_field() {
+        let len = 76800 * 4096;
+        let g = sample();
+        assert_eq!(Geometry::parse(&superblock(&g), len), Ok(g.clone()));
+        assert_eq!(g.log_offset(), Some(38406 * 4096));
+        let cases: [(&str, Damage, u64); 13] = [
+            ("block size", |g| g.block_size = 3000, len),
+            ("block size", |g| g.block_size = 1 << 20, len),
+            ("sector size", |g| g.sector_size = 8192, len),
+            ("inodes per block", |g| g.inop_blog = 200, len),
+            ("AG size", |g| g.ag_blocks = 0, len),
+            ("AG size", |g| g.ag_blk_log = 200, len),
+            ("AG count", |g| g.ag_count = 0, len),
+            ("AG count", |g| g.ag_count = 400, len),
+            ("block count", |_| (), len - 4096),
+            // A log start up to 2^64: the multiplication that placed it overflowed.
+            ("log position", |g| g.log_start = u64::MAX, len),
+            ("log position", |g| g.log_start = 5 << 15, len),
+            // The log runs past the last block.
+            ("log position", |g| g.log_start = 3 << 15 | 19000, len),
+            ("log position", |g| g.log_blocks = 0, len),
+        ];
+        for (field, damage, len) in cases {
+            let mut d = g.clone();
+            damage(&mut d);
+            let e = Geometry::parse(&superblock(&d), len).expect_err(field);
+            assert!(e.contains(&format!("impossible {field} (")), "{field}: {e}");
+        }
+        // An external log (no internal log start) is no error.
+        let mut d = g.clone();
+        d.log_start = 0;
+        let d = Geometry::parse(&superblock(&d), len).expect("external log");
+        assert_eq!(d.log_offset(), None);
+        assert_eq!(d.fixed(38406), None);
+    }
+
+    #[test]
+    fn random_superblocks_never_panic_nor_place_a_log_outside() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let base = superblock(&sample());
+        for _ in 0..20000 {
+            let mut sb = base.clone();
+            // Damage a few of the bytes parse reads.
+            for _ in 0..1 + next() % 4 {
+                let at = [4, 8, 12, 48, 52, 84, 88, 96, 102, 106, 123, 124][next() as usize % 12];
+                sb[at + (next() % 4) as usize] = next() as u8;
+            }
+            let len = next() % (1 << 40);
+            if let Ok(g) = Geometry::parse(&sb, len) {
+                if let Some(at) = g.log_offset() {
+                    assert!(at + g.log_blocks * g.block_size <= len, "{g:?}");
+                }
+                for b in [0, g.blocks / 2, g.blocks - 1] {
+                    let _ = (g.fixed(b), g.inodes_in(b), g.fsblock(b));
+                    assert_eq!(g.linear_checked(g.fsblock(b)), Some(b));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_extents_are_skipped_and_counted() {
+        let bmap = "data offset 0 startblock 32792 (1/24) count 74 flag 0\n\
+                    data offset 18014398509481983 startblock 100 (0/100) count 10 flag 0\n\
+                    data offset 74 startblock 18446744073709551610 (0/0) count 10 flag 0\n";
+        let (sound, damaged) = sound_extents(parse_bmap(bmap), 4096);
+        assert_eq!((sound.clone(), damaged), (vec![(0, 32792, 74)], 2));
+        assert_eq!(offset_in(&sound, 32792 + 3, 4096), Some(3 * 4096));
+        assert_eq!(offset_in(&sound, 32792 + 74, 4096), None);
+        assert_eq!(offset_in(&sound, 105, 4096), None);
+        // Unchecked, the damaged extent's offset would wrap.
+        let raw = parse_bmap(bmap);
+        assert_eq!(offset_in(&raw, 105, 4096), None);
+        assert_eq!(offset_in(&sound, u64::MAX, 4096), None);
+    }
+
+    #[test]
+    fn nothing_to_map_mounts_no_view() {
+        let g = sample();
+        let fs = XfsFs {
+            block_size: g.block_size,
+            geo: g.clone(),
+            region: "whole disk".into(),
+            source: ("/nonexistent".into(), 0, g.blocks * g.block_size),
+            view: OnceCell::new(),
+            deadline: Duration::from_secs(60),
+        };
+        let mut notes = Vec::new();
+        let beyond: BTreeSet<u64> = [g.blocks, g.blocks + 7].into();
+        for blocks in [BTreeSet::new(), beyond] {
+            assert_eq!(fs.owners(&blocks, &mut notes), Ok(HashMap::new()));
+        }
+        assert!(fs.view.get().is_none());
+        assert!(notes.is_empty(), "{notes:?}");
     }
 }
