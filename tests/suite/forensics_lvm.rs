@@ -3,10 +3,13 @@
 //! activated), each LV's ext4 made by mkfs.ext4 and copied to the LV's offset. Blocks of known
 //! files, of a striped LV, of free space and of the metadata area are changed behind the
 //! ledger's back, and the report must name exactly those owners; a PV whose metadata is damaged
-//! is named with why.
+//! is named with why; XFS in an LV is written through the sidecar in two sessions and a file's
+//! rewritten blocks reverted.
 
+use crate::ext4::Stack;
+use crate::forensics_xfs::{bmap, report_json as xfs_report_json, revert};
 use crate::helpers::*;
-use crate::service::{have, run};
+use crate::service::{can_mount, have, run, Service};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -178,6 +181,20 @@ fn owners(v: &Value) -> BTreeMap<u64, Vec<(String, String, String, Value)>> {
         .collect()
 }
 
+/// With LOSTWRITE_SHOW_REPORT set, prints the human report (the source of the examples in
+/// docs/FORENSICS.md).
+fn show_report(image: &Path, extra: &[&str]) {
+    if std::env::var_os("LOSTWRITE_SHOW_REPORT").is_some() {
+        let o = bin()
+            .args(["report", "--files"])
+            .args(extra)
+            .arg(image)
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+    }
+}
+
 fn filesystems(v: &Value) -> Vec<String> {
     v["partitions"][1]
         .as_array()
@@ -299,6 +316,7 @@ fn report_maps_blocks_in_an_lvm_pv_inside_a_partition_to_lvs_and_files() {
         by_block[&in_metadata],
         one("partition 1", "lvm-metadata", "", Value::Null)
     );
+    show_report(&s.image, &[]);
     let notes = notes(&v);
     assert!(
         notes
@@ -368,4 +386,120 @@ fn report_maps_a_whole_disk_pv_and_names_damaged_metadata() {
         ) && n.contains("checksum does not match")),
         "{notes:#?}"
     );
+}
+
+/// The XFS-in-LVM incident: a GPT partition holding a PV whose linear LV holds XFS, written
+/// through the sidecar in two sessions; 64 KiB of a file rewritten in session 2 is reverted
+/// behind the ledger's back, and the report names exactly that file and range in that LV.
+#[test]
+fn report_names_reverted_xfs_files_in_a_logical_volume() {
+    if !tools()
+        || !can_mount()
+        || !have("sgdisk")
+        || !have("nbdfuse")
+        || !have("nbdkit")
+        || !have("mkfs.xfs")
+        || !have("xfs_db")
+        || !have("xfs_bmap")
+        || !have("python3")
+    {
+        return;
+    }
+    let s = Scratch::new(400 * MIB);
+    run(Command::new("sgdisk")
+        .args(["-n", "1:2048:+390M", "-t", "1:8e00"])
+        .arg(&s.image));
+    let part = MIB;
+    let pe_start = make_pv(
+        &s.image,
+        part,
+        390 * MIB,
+        "lwtestxfs",
+        &linear("root", 1, 80),
+    );
+    let lv_start = part + pe_start + 4 * MIB;
+    let lv_len = 80 * 4 * MIB;
+    s.init(4096, true);
+
+    let mnt = s.dir.path().join("mnt");
+    let export = s.dir.path().join("fuse/disk");
+    // Session 1: mkfs.xfs on the LV (a loop device at its offset in the export) and files.
+    let svc = Service::start(&s.image, &[]);
+    let st = Stack::attach(&svc, s.dir.path());
+    {
+        let lv = Loop::new(&export, lv_start, lv_len);
+        run(Command::new("mkfs.xfs").args(["-q", "-f", &lv.0]));
+        std::fs::create_dir_all(&mnt).unwrap();
+        run(Command::new("mount").arg(&lv.0).arg(&mnt));
+        std::fs::create_dir_all(mnt.join("app")).unwrap();
+        for i in 1..=3 {
+            std::fs::write(mnt.join(format!("app/data{i}.fs")), Rng(i).block(200_000)).unwrap();
+        }
+        run(Command::new("umount").arg(&mnt));
+        run(Command::new("blockdev").args(["--flushbufs", &lv.0]));
+    }
+    st.detach();
+    svc.stop();
+    let snap = s.dir.path().join("snapshot.img");
+    std::fs::copy(&s.image, &snap).unwrap();
+
+    // Session 2: 64 KiB of /app/data3.fs rewritten in place.
+    let svc = Service::start(&s.image, &[]);
+    let st = Stack::attach(&svc, s.dir.path());
+    let data3 = {
+        let lv = Loop::new(&export, lv_start, lv_len);
+        run(Command::new("mount").arg(&lv.0).arg(&mnt));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("app/data3.fs"))
+            .unwrap();
+        f.write_all_at(&Rng(77).block(65536), 8192).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let data3 = bmap(&mnt.join("app/data3.fs"));
+        run(Command::new("umount").arg(&mnt));
+        run(Command::new("blockdev").args(["--flushbufs", &lv.0]));
+        data3
+    };
+    st.detach();
+    svc.stop();
+
+    let rewritten: Vec<String> = (8192..73728)
+        .step_by(4096)
+        .map(|o| (lv_start / 4096 + data3[&o]).to_string())
+        .collect();
+    let copy = s.dir.path().join("reverted.img");
+    std::fs::copy(&s.image, &copy).unwrap();
+    let reverted = revert(&copy, &snap, &["--blocks", &rewritten.join(",")]);
+    assert_eq!(reverted.len(), 16, "64 KiB of data3.fs: {reverted:?}");
+    let ledger = s.ledger.to_str().unwrap();
+    let v = xfs_report_json(&copy, &["--device-moved", "--ledger", ledger]);
+    assert_eq!(
+        filesystems(&v),
+        [
+            "lwtestxfs/root (LVM, in partition 1): xfs",
+            "partition 1: lvm2-pv (VG lwtestxfs, metadata seqno 2)"
+        ]
+    );
+    let a = v["affected"].as_array().unwrap();
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(
+        (
+            a[0]["region"].as_str(),
+            a[0]["owner"].as_str(),
+            a[0]["path"].as_str()
+        ),
+        (
+            Some("lwtestxfs/root (LVM, in partition 1)"),
+            Some("file"),
+            Some("/app/data3.fs")
+        )
+    );
+    assert_eq!(a[0]["bytes"], serde_json::json!([[8192, 73728]]));
+    assert_eq!(
+        a[0]["kinds"],
+        serde_json::json!(["reverted"]),
+        "lost writes, not corruption: {a:?}"
+    );
+    show_report(&copy, &["--device-moved", "--ledger", ledger]);
 }
