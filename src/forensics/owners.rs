@@ -1,4 +1,6 @@
-//! What owns a damaged block: the partition table says which region holds it, the region's
+//! What owns a damaged block: the partition table says which region holds it (an LVM2 physical
+//! volume's logical volumes laid out in one piece are regions of their own, [`lvm`](super::lvm);
+//! the rest of a PV is named by LV offset, metadata or free space here), the region's
 //! filesystem (ext2/3/4 or XFS, behind the seam in [`fs`](super::fs)) says which file,
 //! directory or structure owns each of its filesystem blocks, and [`symptom`](super::symptom) gives the
 //! words. A block outside every region, or in a region whose filesystem lostwrite cannot read,
