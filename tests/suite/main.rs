@@ -9,6 +9,7 @@ mod detect;
 mod durability;
 mod ext4;
 mod forensics;
+mod forensics_gpt;
 mod forensics_lvm;
 mod forensics_xfs;
 mod helpers;
