@@ -83,10 +83,15 @@ impl Pv {
         let p = self
             .pieces
             .iter()
-            .find(|p| pe >= p.pe && pe < p.pe + p.count)?;
-        let within = off - self.pe_start - p.pe * self.extent_size;
+            .find(|p| pe >= p.pe && pe < p.pe.saturating_add(p.count))?;
+        // Metadata may hold any numbers: the arithmetic saturates rather than wraps.
+        let within = (off - self.pe_start).saturating_sub(p.pe.saturating_mul(self.extent_size));
         let lv = match &p.map {
-            Map::Linear { lv_extent } => Some(lv_extent * self.extent_size + within),
+            Map::Linear { lv_extent } => Some(
+                lv_extent
+                    .saturating_mul(self.extent_size)
+                    .saturating_add(within),
+            ),
             Map::Striped {
                 seg_extent,
                 stripe,
@@ -94,7 +99,13 @@ impl Pv {
                 chunk,
             } => {
                 let (k, rest) = (within / chunk, within % chunk);
-                Some(seg_extent * self.extent_size + (k * stripes + stripe) * chunk + rest)
+                let chunks = k.saturating_mul(*stripes).saturating_add(*stripe);
+                Some(
+                    seg_extent
+                        .saturating_mul(self.extent_size)
+                        .saturating_add(chunks.saturating_mul(*chunk))
+                        .saturating_add(rest),
+                )
             }
             Map::Other(_) => None,
         };
@@ -103,7 +114,11 @@ impl Pv {
 
     /// True when `off` (from the PV's start) is in the label or a metadata area.
     pub fn is_metadata(&self, off: u64) -> bool {
-        off < 4 * SECTOR || self.metadata.iter().any(|&(o, l)| off >= o && off < o + l)
+        off < 4 * SECTOR
+            || self
+                .metadata
+                .iter()
+                .any(|&(o, l)| off >= o && off < o.saturating_add(l))
     }
 }
 
@@ -219,9 +234,9 @@ fn read_mda(
     }
     // A circular buffer after the 512-byte header: the text may wrap to its start.
     let first = len.min(size - off);
-    let mut text = read(o + off, first as usize)?;
+    let mut text = read(o.saturating_add(off), first as usize)?;
     if first < len {
-        text.extend(read(o + SECTOR, (len - first) as usize)?);
+        text.extend(read(o.saturating_add(SECTOR), (len - first) as usize)?);
     }
     if lvm_crc(&text) != crc {
         return Err("the metadata text's checksum does not match".into());
@@ -344,7 +359,7 @@ fn items(t: &[Tok], p: &mut usize, depth: usize) -> Result<Vec<(String, Value)>,
                 match t.get(*p) {
                     Some(Tok::Punct('=')) => {
                         *p += 1;
-                        v.push((k.clone(), value(t, p)?));
+                        v.push((k.clone(), value(t, p, depth)?));
                     }
                     Some(Tok::Punct('{')) => {
                         *p += 1;
@@ -358,7 +373,10 @@ fn items(t: &[Tok], p: &mut usize, depth: usize) -> Result<Vec<(String, Value)>,
     }
 }
 
-fn value(t: &[Tok], p: &mut usize) -> Result<Value, String> {
+fn value(t: &[Tok], p: &mut usize, depth: usize) -> Result<Value, String> {
+    if depth > 16 {
+        return Err("lists nested too deep".into());
+    }
     let v = match t.get(*p) {
         Some(Tok::Num(n)) => Value::Num(*n),
         Some(Tok::Str(s)) | Some(Tok::Name(s)) => Value::Str(s.clone()),
@@ -369,7 +387,7 @@ fn value(t: &[Tok], p: &mut usize) -> Result<Value, String> {
                 match t.get(*p) {
                     Some(Tok::Punct(']')) => break,
                     Some(Tok::Punct(',')) => *p += 1,
-                    Some(_) => l.push(value(t, p)?),
+                    Some(_) => l.push(value(t, p, depth + 1)?),
                     None => return Err("a list never ends".into()),
                 }
             }
@@ -404,7 +422,7 @@ impl Vg {
     /// The layout of the PV with label UUID `uuid` (32 characters, no dashes).
     fn for_pv(self, uuid: &str, metadata: Vec<(u64, u64)>) -> Result<Pv, String> {
         let b = &self.body;
-        let extent_size = b.num("extent_size")? * SECTOR;
+        let extent_size = b.num("extent_size")?.saturating_mul(SECTOR);
         if extent_size == 0 {
             return Err("extent_size is 0".into());
         }
@@ -416,7 +434,7 @@ impl Vg {
             .iter()
             .find(|(_, v)| v.str("id").is_ok_and(|id| id.replace('-', "") == uuid))
             .ok_or("this PV's UUID is not among the VG's physical volumes")?;
-        let pe_start = pv.num("pe_start")? * SECTOR;
+        let pe_start = pv.num("pe_start")?.saturating_mul(SECTOR);
         let pe_count = pv.num("pe_count")?;
         let mut pieces = Vec::new();
         // Per LV: its total extents and its linear pieces on this PV, for contiguity.
@@ -427,7 +445,7 @@ impl Vg {
                 for (_, seg) in body.sections() {
                     let start = seg.num("start_extent")?;
                     let count = seg.num("extent_count")?;
-                    e.extents += count;
+                    e.extents = e.extents.saturating_add(count);
                     let kind = seg.str("type")?;
                     let stripes = match (kind, seg.get("stripes")) {
                         ("striped", Some(Value::List(s))) => s,
@@ -454,7 +472,7 @@ impl Vg {
                             "LV {lv}: a striped segment of {count} extents over {n} stripes"
                         ));
                     }
-                    let chunk = seg.num("stripe_size").unwrap_or(0) * SECTOR;
+                    let chunk = seg.num("stripe_size").unwrap_or(0).saturating_mul(SECTOR);
                     if n > 1 && chunk == 0 {
                         return Err(format!("LV {lv}: a striped segment without stripe_size"));
                     }
@@ -495,11 +513,15 @@ impl Vg {
         for (lv, l) in lvs {
             let (total, mut lin, other) = (l.extents, l.linear, l.apart);
             lin.sort_unstable();
-            let joined = lin
-                .windows(2)
-                .all(|w| w[0].0 + w[0].2 == w[1].0 && w[0].1 + w[0].2 == w[1].1);
+            let joined = lin.windows(2).all(|w| {
+                w[0].0.saturating_add(w[0].2) == w[1].0 && w[0].1.saturating_add(w[0].2) == w[1].1
+            });
             if !other && joined && lin.first().is_some_and(|f| f.0 == 0) && total > 0 {
-                contiguous.push((lv, pe_start + lin[0].1 * extent_size, total * extent_size));
+                contiguous.push((
+                    lv,
+                    pe_start.saturating_add(lin[0].1.saturating_mul(extent_size)),
+                    total.saturating_mul(extent_size),
+                ));
             }
         }
         Ok(Pv {
@@ -581,6 +603,31 @@ version = 1
         assert_eq!((p.lv.as_str(), o), ("data", Some(3 * 64 * 1024 + 6 * 1024)));
         assert!(pv.lv_offset(mib + 12 * 4 * mib).is_none());
         assert!(pv.is_metadata(5000) && !pv.is_metadata(mib));
+    }
+
+    #[test]
+    fn any_text_or_numbers_give_an_answer_not_a_panic() {
+        assert!(parse_vg(&"[".repeat(100_000)).is_err());
+        assert!(parse_vg(&format!("v {{ seqno = 1 x = {}", "[".repeat(100_000))).is_err());
+        let huge = TEXT
+            .replace("pe_start = 2048", "pe_start = 9223372036854775807")
+            .replace("\"pv0\", 6", "\"pv0\", 9223372036854775807")
+            .replace("extent_count = 4", "extent_count = 9223372036854775806");
+        if let Ok(pv) = parse_vg(&huge)
+            .unwrap()
+            .for_pv("abcdef", vec![(u64::MAX, u64::MAX)])
+        {
+            for off in [0, 1 << 20, u64::MAX / 2, u64::MAX] {
+                let _ = pv.lv_offset(off);
+                let _ = pv.is_metadata(off);
+            }
+        }
+        // Every cut of the text parses or says why.
+        for n in 0..TEXT.len() {
+            if TEXT.is_char_boundary(n) {
+                let _ = parse_vg(&TEXT[..n]).map(|vg| vg.for_pv("abcdef", vec![]));
+            }
+        }
     }
 
     #[test]

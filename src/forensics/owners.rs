@@ -407,6 +407,16 @@ fn expand_lvm(
         match &pv {
             Ok(pv) => {
                 for (lv, start, len) in &pv.contiguous {
+                    if start.saturating_add(*len) > r.len {
+                        notes.push(format!(
+                            "{}: logical volume {}/{lv} ends at byte {} beyond the physical volume's {} bytes: not mapped",
+                            r.name,
+                            pv.vg,
+                            start.saturating_add(*len),
+                            r.len
+                        ));
+                        continue;
+                    }
                     regions.push(Region {
                         name: lv_region(&pv.vg, lv, &r.name),
                         start: r.start + start,
