@@ -606,6 +606,28 @@ version = 1
     }
 
     #[test]
+    fn a_vg_over_two_pvs_maps_only_this_pvs_extents() {
+        let text = r#"vg1 { seqno = 3 extent_size = 8192
+physical_volumes { pv0 { id = "a-b" pe_start = 2048 pe_count = 10 } pv1 { id = "c-d" pe_start = 2048 pe_count = 10 } }
+logical_volumes {
+home { segment1 { start_extent = 0 extent_count = 2 type = "striped" stripe_count = 1 stripes = ["pv1", 0] }
+segment2 { start_extent = 2 extent_count = 3 type = "striped" stripe_count = 1 stripes = ["pv0", 4] } }
+mirror { segment1 { start_extent = 0 extent_count = 1 type = "raid1" raids = ["pv0", 0, "pv1", 5] } }
+}
+}"#;
+        let pv = parse_vg(text).unwrap().for_pv("ab", vec![]).unwrap();
+        assert_eq!(pv.pv_count, 2);
+        assert!(pv.contiguous.is_empty(), "home is partly on pv1");
+        let mib = 1 << 20;
+        let (p, o) = pv.lv_offset(mib + 4 * 4 * mib + 7).unwrap();
+        assert_eq!((p.lv.as_str(), o), ("home", Some(2 * 4 * mib + 7)));
+        let (p, o) = pv.lv_offset(mib + 7).unwrap();
+        assert_eq!((&p.map, o), (&Map::Other("raid1".into()), None));
+        assert!(pv.lv_offset(mib + 9 * 4 * mib).is_none());
+        assert!(parse_vg(text).unwrap().for_pv("zz", vec![]).is_err());
+    }
+
+    #[test]
     fn any_text_or_numbers_give_an_answer_not_a_panic() {
         assert!(parse_vg(&"[".repeat(100_000)).is_err());
         assert!(parse_vg(&format!("v {{ seqno = 1 x = {}", "[".repeat(100_000))).is_err());
