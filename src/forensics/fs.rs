@@ -219,7 +219,7 @@ static FOREIGN: &[(u64, &[u8], Foreign)] = &[
     }),
     (512 + 24, b"LVM2 001", Foreign {
         name: "lvm2-pv",
-        advice: "an LVM2 physical volume: its logical volumes are not read yet; `pvs --segments` and `lvs --segments -o+seg_pe_ranges` map the damaged offsets to a logical volume, whose filesystem can then be checked",
+        advice: "an LVM2 physical volume inside a logical volume (nested LVM is not read): `pvs --segments` and `lvs --segments -o+seg_pe_ranges` map the damaged offsets to a logical volume, whose filesystem can then be checked",
     }),
     (0x1000, b"\xfc\x4e\x2b\xa9", Foreign {
         name: "linux-raid",

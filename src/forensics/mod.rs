@@ -1,7 +1,8 @@
 //! Forensics: from findings to what an operator needs after an incident — the time window of
 //! the lost writes, a histogram of them, the files and directories that own the damaged blocks
 //! with the symptom their users will see, and a timeline picture ([`plot`]). The file mapping
-//! reads the partition table ([`partition`]), recognises each region's filesystem and asks
+//! reads the partition table ([`partition`]) and the LVM2 physical volumes in it ([`lvm`]:
+//! logical volumes become regions), recognises each region's filesystem and asks
 //! debugfs about ext2/3/4 ([`ext4`]) or xfs_db about XFS ([`xfs`]) through one seam ([`fs`]);
 //! any other filesystem is named by its magic, or as unknown, never guessed at.
 //!
@@ -14,6 +15,7 @@
 
 pub mod ext4;
 pub mod fs;
+pub mod lvm;
 pub mod partition;
 pub mod plot;
 pub mod view;

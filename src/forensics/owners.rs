@@ -1,4 +1,6 @@
-//! What owns a damaged block: the partition table says which region holds it, the region's
+//! What owns a damaged block: the partition table says which region holds it (an LVM2 physical
+//! volume's logical volumes laid out in one piece are regions of their own, [`lvm`](super::lvm);
+//! the rest of a PV is named by LV offset, metadata or free space here), the region's
 //! filesystem (ext2/3/4 or XFS, behind the seam in [`fs`](super::fs)) says which file,
 //! directory or structure owns each of its filesystem blocks, and [`symptom`](super::symptom) gives the
 //! words. A block outside every region, or in a region whose filesystem lostwrite cannot read,
@@ -6,7 +8,8 @@
 //! the report's affected list.
 
 use super::fs::{self, Detected, Filesystem, Owner};
-use super::partition::{self, Table};
+use super::lvm::{self, Map, Pv};
+use super::partition::{self, Region, Table};
 use super::symptom::{owner_name, symptom};
 use super::view::FuseView;
 use crate::clock::{rfc3339, Micros};
@@ -27,7 +30,9 @@ pub struct FileRef {
     /// file, directory, block-map, inode-table, bitmap, superblock, descriptors, journal,
     /// reserved, free, partition-table, unknown-filesystem; on XFS also ag-header,
     /// free-space-btree, inode-btree, rmap-btree, refcount-btree, inode-chunk, xattr, log,
-    /// quota and unknown.
+    /// quota and unknown; in an LVM2 physical volume lvm-metadata, lvm-free, lvm-volume (a
+    /// block of a logical volume whose filesystem is not mapped: `path` is the LV, `bytes` the
+    /// range within it) and lvm-pv (a PV whose metadata could not be read).
     pub owner: &'static str,
     /// Path of the file or directory, where there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -165,6 +170,9 @@ struct Disk {
     unmapped: Vec<String>,
     /// Bytes in a ledger block: what one item covers.
     block_size: u64,
+    /// For each region that is an LVM2 physical volume, what its metadata says (or why it
+    /// could not be read); its logical volumes laid out in one piece are regions before it.
+    lvm: Vec<Option<std::result::Result<Pv, String>>>,
     /// The export's file view that debugfs reads, kept mounted until the owners are known.
     _view: Option<std::result::Result<FuseView, String>>,
 }
@@ -173,19 +181,34 @@ impl Disk {
     /// Detects and opens the filesystem of every region of `table`, noting one that is found but
     /// cannot be read.
     fn open(
-        table: Table,
+        mut table: Table,
         dev: &dyn BlockDevice,
         device_path: &str,
         block_size: u64,
         notes: &mut Vec<String>,
     ) -> Disk {
+        let lvm = expand_lvm(&mut table, dev, notes);
         // debugfs opens files only: an NBD export is shown to it through nbdfuse, mounted on the
         // first filesystem found and kept until the owners are known.
         let mut view = None;
         let mut infos = Vec::new();
         let mut filesystems = Vec::new();
         let mut unmapped = Vec::new();
-        for r in &table.regions {
+        for (r, pv) in table.regions.iter().zip(&lvm) {
+            if let Some(pv) = pv {
+                infos.push(RegionInfo {
+                    name: r.name.clone(),
+                    start: r.start,
+                    len: r.len,
+                    filesystem: match pv {
+                        Ok(pv) => format!("lvm2-pv (VG {}, metadata seqno {})", pv.vg, pv.seqno),
+                        Err(_) => "lvm2-pv (metadata unreadable)".into(),
+                    },
+                });
+                filesystems.push(None);
+                unmapped.push(String::new());
+                continue;
+            }
             let detected = fs::detect(dev, r);
             let mut local = || local_path(&mut view, dev, device_path);
             let opened = detected
@@ -234,6 +257,7 @@ impl Disk {
             filesystems,
             unmapped,
             block_size,
+            lvm,
             _view: view,
         }
     }
@@ -296,6 +320,9 @@ impl Disk {
             return vec![outside_regions(offset, self.table.scheme)];
         };
         let region = self.table.regions[i].name.clone();
+        if let Some(pv) = &self.lvm[i] {
+            return vec![in_pv(&self.table.regions[i], pv, offset, self.block_size)];
+        }
         let Some(fs) = &self.filesystems[i] else {
             if unknown_noted.insert(i) {
                 notes.push(self.unmapped[i].clone());
@@ -356,6 +383,146 @@ fn local_path(
         .as_ref()
         .map(|v| v.path().display().to_string())
         .map_err(|e| e.clone())
+}
+
+/// Reads every region that is an LVM2 physical volume: its logical volumes laid out in one
+/// piece on it become regions (before it, so that they are found first) in which filesystems
+/// are read as in partitions. Returns, per region of the grown table, what its PV metadata says.
+fn expand_lvm(
+    table: &mut Table,
+    dev: &dyn BlockDevice,
+    notes: &mut Vec<String>,
+) -> Vec<Option<std::result::Result<Pv, String>>> {
+    let mut regions = Vec::new();
+    let mut roles = Vec::new();
+    for r in std::mem::take(&mut table.regions) {
+        let Some(pv) = lvm::read_pv(dev, &r) else {
+            regions.push(r);
+            roles.push(None);
+            continue;
+        };
+        match &pv {
+            Ok(pv) => {
+                for (lv, start, len) in &pv.contiguous {
+                    if start.saturating_add(*len) > r.len {
+                        notes.push(format!(
+                            "{}: logical volume {}/{lv} ends at byte {} beyond the physical volume's {} bytes: not mapped",
+                            r.name,
+                            pv.vg,
+                            start.saturating_add(*len),
+                            r.len
+                        ));
+                        continue;
+                    }
+                    regions.push(Region {
+                        name: lv_region(&pv.vg, lv, &r.name),
+                        start: r.start + start,
+                        len: *len,
+                    });
+                    roles.push(None);
+                }
+                if pv.pv_count > 1 {
+                    notes.push(format!(
+                        "{}: volume group {} spans {} physical volumes: only the extents on this one are mapped; a logical volume with extents elsewhere is named by its offsets, not mapped to files",
+                        r.name, pv.vg, pv.pv_count
+                    ));
+                }
+                let mut unmapped: Vec<String> = Vec::new();
+                for p in &pv.pieces {
+                    if pv.contiguous.iter().any(|c| c.0 == p.lv) || unmapped.contains(&p.lv) {
+                        continue;
+                    }
+                    unmapped.push(p.lv.clone());
+                    notes.push(format!(
+                        "{}: {}: {}; its blocks are named by their offset in the logical volume",
+                        r.name,
+                        lv_region(&pv.vg, &p.lv, &r.name),
+                        why_unmapped(&p.map)
+                    ));
+                }
+            }
+            Err(e) => notes.push(format!(
+                "{}: an LVM2 physical volume whose metadata could not be read: {e}; its findings are not mapped to logical volumes",
+                r.name
+            )),
+        }
+        regions.push(r);
+        roles.push(Some(pv));
+    }
+    table.regions = regions;
+    roles
+}
+
+/// The region name of logical volume `lv` of `vg` on a PV in region `pv_region`.
+fn lv_region(vg: &str, lv: &str, pv_region: &str) -> String {
+    format!("{vg}/{lv} (LVM, in {pv_region})")
+}
+
+/// Why a logical volume's filesystem is not mapped to files.
+fn why_unmapped(map: &Map) -> String {
+    match map {
+        Map::Striped { stripes, .. } => format!(
+            "striped over {stripes} stripes, so its filesystem is not contiguous on the device: lostwrite does not map it to files"
+        ),
+        Map::Other(kind) => format!("a {kind} segment: lostwrite does not map this segment type"),
+        Map::Linear { .. } => "not laid out in one piece on this physical volume (its segments are apart or on other disks): lostwrite does not map its filesystem to files".into(),
+    }
+}
+
+/// The owner of a block in an LVM2 physical volume outside every logical volume mapped as a
+/// region: a piece of another LV, the label or metadata, or free space.
+fn in_pv(
+    r: &Region,
+    pv: &std::result::Result<Pv, String>,
+    offset: u64,
+    block_size: u64,
+) -> FileRef {
+    let at = offset - r.start;
+    let (region, owner, path, bytes, symptom) = match pv {
+        Err(e) => (
+            r.name.clone(),
+            "lvm-pv",
+            None,
+            None,
+            format!("an LVM2 physical volume whose metadata could not be read ({e}): the logical volume holding this block is unknown; `pvs --segments` and `lvs --segments -o+seg_pe_ranges` on a copy map the offset"),
+        ),
+        Ok(pv) => match pv.lv_offset(at) {
+            Some((p, lvo)) => (
+                lv_region(&pv.vg, &p.lv, &r.name),
+                "lvm-volume",
+                Some(format!("{}/{}", pv.vg, p.lv)),
+                lvo.map(|o| (o, o + block_size)),
+                format!(
+                    "logical volume {}/{}, {}; check its filesystem with its own tools (the byte ranges are offsets in the logical volume)",
+                    pv.vg,
+                    p.lv,
+                    why_unmapped(&p.map)
+                ),
+            ),
+            None if pv.is_metadata(at) || at < pv.pe_start => (
+                r.name.clone(),
+                "lvm-metadata",
+                None,
+                None,
+                format!("the LVM2 label or metadata of volume group {}: an old copy can make the volume group unreadable or undo changes to its logical volumes (`vgcfgrestore` from a backup in /etc/lvm repairs it)", pv.vg),
+            ),
+            None => (
+                r.name.clone(),
+                "lvm-free",
+                None,
+                None,
+                format!("free space of volume group {}: no logical volume uses it: harmless to the logical volumes", pv.vg),
+            ),
+        },
+    };
+    FileRef {
+        region,
+        owner,
+        path,
+        bytes,
+        shared: false,
+        symptom,
+    }
 }
 
 /// The owner of a block that lies in no region: the partition table's area at the start of a

@@ -1,6 +1,7 @@
 //! Partition tables: where the filesystems on a disk image live. MBR (with extended/logical
-//! partitions) and GPT (CRC-checked header and entries), 512-byte sectors. A table that is
-//! damaged or absent is said plainly; the whole device is then treated as one region.
+//! partitions, 512-byte sectors) and GPT (CRC-checked header and entries, 512- or 4096-byte
+//! sectors, the backup header used when the primary is damaged). A table that is damaged or
+//! absent is said plainly; the whole device is then treated as one region.
 
 use crate::device::BlockDevice;
 use std::io;
@@ -168,14 +169,96 @@ fn read_ebr_chain(
     Ok(())
 }
 
+/// A GPT header and its entries, as far as they could be read and checked.
+struct Gpt {
+    /// The entries (count x size bytes), when the header is believable.
+    entries: Option<(Vec<u8>, u64)>,
+    /// What is wrong with this copy; empty when header and entries check out.
+    damage: Vec<String>,
+}
+
+/// Reads the GPT header at byte `at` (sectors of `sector` bytes); None without its signature.
+fn gpt_at(dev: &dyn BlockDevice, at: u64, sector: u64, size: u64) -> io::Result<Option<Gpt>> {
+    let h = read(dev, at, sector as usize)?;
+    if &h[0..8] != b"EFI PART" {
+        return Ok(None);
+    }
+    let mut g = Gpt {
+        entries: None,
+        damage: Vec::new(),
+    };
+    let hsize = (le32(&h, 12) as usize).clamp(92, sector as usize);
+    let mut hc = h[..hsize].to_vec();
+    hc[16..20].fill(0);
+    if crc32fast::hash(&hc) != le32(&h, 16) {
+        g.damage.push("header checksum mismatch".into());
+    }
+    let (entries_lba, count, esize) = (le64(&h, 72), le32(&h, 80) as u64, le32(&h, 84) as u64);
+    if !(128..=4096).contains(&esize)
+        || count > 1024
+        || entries_lba.saturating_add(1).saturating_mul(sector) > size
+    {
+        g.damage.push(format!(
+            "the header names {count} entries of {esize} bytes at sector {entries_lba}: not believable"
+        ));
+        return Ok(Some(g));
+    }
+    let raw = read(dev, entries_lba * sector, (count * esize) as usize)?;
+    if crc32fast::hash(&raw) != le32(&h, 88) {
+        g.damage.push("partition entries checksum mismatch".into());
+    }
+    g.entries = Some((raw, esize));
+    Ok(Some(g))
+}
+
+/// GPT with 512- or 4096-byte logical sectors (the header is at LBA 1: byte 512 or 4096). When
+/// the primary header or its entries are damaged and the backup (at the last LBA) checks out,
+/// the backup is used and a warning says so.
 fn read_gpt(dev: &dyn BlockDevice, size: u64) -> io::Result<Table> {
     let mut t = Table {
         scheme: "gpt",
         regions: Vec::new(),
         warnings: Vec::new(),
     };
-    let h = read(dev, SECTOR, SECTOR as usize)?;
-    if &h[0..8] != b"EFI PART" {
+    let mut found = None;
+    for sector in [512u64, 4096] {
+        if size < 3 * sector {
+            continue;
+        }
+        let primary = gpt_at(dev, sector, sector, size)?;
+        let backup = || gpt_at(dev, size / sector * sector - sector, sector, size);
+        match primary {
+            Some(p) if p.damage.is_empty() => found = Some((p, sector)),
+            Some(p) => {
+                let why = p.damage.join(", ");
+                match backup()? {
+                    Some(b) if b.damage.is_empty() => {
+                        t.warnings.push(format!(
+                            "the primary GPT is damaged ({why}): the backup GPT header at the disk's last sector was used"
+                        ));
+                        found = Some((b, sector));
+                    }
+                    _ => {
+                        t.warnings.push(format!(
+                            "the primary GPT is damaged ({why}) and no intact backup was found: the partition table is damaged"
+                        ));
+                        found = Some((p, sector));
+                    }
+                }
+            }
+            None => match backup()? {
+                Some(b) if b.damage.is_empty() => {
+                    t.warnings.push(
+                        "no primary GPT header at sector 1: the backup GPT header at the disk's last sector was used".into(),
+                    );
+                    found = Some((b, sector));
+                }
+                _ => continue,
+            },
+        }
+        break;
+    }
+    let Some((g, sector)) = found else {
         t.warnings
             .push("protective MBR but no GPT header at sector 1".into());
         t.regions.push(Region {
@@ -184,26 +267,10 @@ fn read_gpt(dev: &dyn BlockDevice, size: u64) -> io::Result<Table> {
             len: size,
         });
         return Ok(t);
-    }
-    let hsize = (le32(&h, 12) as usize).clamp(92, SECTOR as usize);
-    let mut hc = h[..hsize].to_vec();
-    hc[16..20].fill(0);
-    if crc32fast::hash(&hc) != le32(&h, 16) {
-        t.warnings
-            .push("GPT header checksum mismatch: the partition table is damaged".into());
-    }
-    let (entries_lba, count, esize) = (le64(&h, 72), le32(&h, 80) as u64, le32(&h, 84) as u64);
-    if !(128..=4096).contains(&esize) || count > 1024 || (entries_lba + 1) * SECTOR > size {
-        t.warnings.push(format!(
-            "GPT header names {count} entries of {esize} bytes at sector {entries_lba}: not believable"
-        ));
+    };
+    let Some((raw, esize)) = g.entries else {
         return Ok(t);
-    }
-    let raw = read(dev, entries_lba * SECTOR, (count * esize) as usize)?;
-    if crc32fast::hash(&raw) != le32(&h, 88) {
-        t.warnings
-            .push("GPT partition entries checksum mismatch: the table is damaged".into());
-    }
+    };
     for (i, e) in raw.chunks_exact(esize as usize).enumerate() {
         if e[0..16].iter().all(|&b| b == 0) {
             continue;
@@ -217,8 +284,8 @@ fn read_gpt(dev: &dyn BlockDevice, size: u64) -> io::Result<Table> {
         push_checked(
             &mut t,
             format!("partition {}", i + 1),
-            first * SECTOR,
-            (last - first + 1) * SECTOR,
+            first.saturating_mul(sector),
+            (last - first + 1).saturating_mul(sector),
             size,
         );
     }

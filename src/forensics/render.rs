@@ -125,6 +125,7 @@ impl ForensicReport {
                     ("file", Some(p)) => p.clone(),
                     ("directory", Some(p)) => format!("{p}/ (directory)"),
                     ("block-map", Some(p)) => format!("{p} (extent tree)"),
+                    ("lvm-volume", Some(p)) => format!("{p} (logical volume, not mapped to files)"),
                     (owner, _) => owner.to_string(),
                 };
                 writeln!(

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// Copies `blocks` back from `snapshot` into `image` where they differ; returns those reverted.
-fn revert(image: &Path, snapshot: &Path, args: &[&str]) -> Vec<u64> {
+pub(crate) fn revert(image: &Path, snapshot: &Path, args: &[&str]) -> Vec<u64> {
     let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/inject-lost-writes.py");
     let out = run(Command::new("python3")
         .arg(tool)
@@ -24,7 +24,7 @@ fn revert(image: &Path, snapshot: &Path, args: &[&str]) -> Vec<u64> {
 }
 
 /// `report --files --json` with `extra` arguments, exiting 1 (there are lost writes).
-fn report_json(image: &Path, extra: &[&str]) -> Value {
+pub(crate) fn report_json(image: &Path, extra: &[&str]) -> Value {
     let o = bin()
         .args(["report", "--files", "--json"])
         .args(extra)
@@ -43,7 +43,7 @@ fn report_json(image: &Path, extra: &[&str]) -> Value {
 
 /// The 4 KiB disk blocks of a mounted file or directory, by byte offset in it, from
 /// `xfs_bmap -v` (512-byte units; the filesystem starts at the disk's start).
-fn bmap(path: &Path) -> BTreeMap<u64, u64> {
+pub(crate) fn bmap(path: &Path) -> BTreeMap<u64, u64> {
     let out = run(Command::new("xfs_bmap").arg("-v").arg(path));
     let mut map = BTreeMap::new();
     for line in out.lines() {

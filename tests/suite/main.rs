@@ -10,6 +10,8 @@ mod durability;
 mod ext4;
 mod fleet;
 mod forensics;
+mod forensics_gpt;
+mod forensics_lvm;
 mod forensics_xfs;
 mod helpers;
 mod host;
