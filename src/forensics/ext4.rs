@@ -224,6 +224,15 @@ struct Inode {
     map: BTreeSet<u64>,
 }
 
+impl Inode {
+    /// The byte offset within the file of its data block `b`, when the block map `stat` gave
+    /// places it (and the offset fits in 64 bits).
+    fn file_offset(&self, b: u64, block_size: u64) -> Option<u64> {
+        let &(l, p, _) = self.data.iter().find(|&&(_, p, n)| b >= p && b - p < n)?;
+        l.checked_add(b - p)?.checked_mul(block_size)
+    }
+}
+
 fn parse_range(s: &str) -> Option<(u64, u64)> {
     let s = s.trim().trim_end_matches("[u]");
     match s.split_once('-') {
@@ -376,22 +385,12 @@ impl ExtFs {
                         ino,
                         path: name(ino),
                     },
-                    Some(s) => {
-                        let logical = s
-                            .data
-                            .iter()
-                            .find(|&&(_, p, n)| (p..p + n).contains(&b))
-                            .map(|&(l, p, _)| l + (b - p));
-                        Owner::FileData {
-                            ino,
-                            path: name(ino),
-                            file_offset: Some(logical.unwrap_or(0) * self.block_size),
-                        }
-                    }
-                    None => Owner::FileData {
+                    // Where stat does not place the block (or gave nothing), the file is
+                    // named without a byte range rather than claiming its start.
+                    s => Owner::FileData {
                         ino,
                         path: name(ino),
-                        file_offset: Some(0),
+                        file_offset: s.and_then(|s| s.file_offset(b, self.block_size)),
                     },
                 }
             };
@@ -426,6 +425,23 @@ mod tests {
         let i = parse_stat(s);
         assert_eq!(i.map.iter().copied().collect::<Vec<_>>(), vec![1198, 1455]);
         assert_eq!(i.data[1], (12, 1199, 256));
+    }
+
+    #[test]
+    fn a_block_stat_does_not_place_has_no_file_offset() {
+        let s = "Inode: 13   Type: regular\nEXTENTS:\n(ETB0):1300, (0-11):1000-1011, (12):2000\n";
+        let i = parse_stat(s);
+        assert_eq!(i.file_offset(1003, 4096), Some(3 * 4096));
+        assert_eq!(i.file_offset(2000, 4096), Some(12 * 4096));
+        // Not in the listed extents (stat cut short, or the block map damaged).
+        assert_eq!(i.file_offset(1500, 4096), None);
+        // The extent-tree block is no data: it has no place in the file.
+        assert_eq!(i.file_offset(1300, 4096), None);
+        // A stat without a block list, or with logical ranges it cannot read.
+        let bare = parse_stat("Inode: 15   Type: regular\nSize: 4096\n");
+        assert_eq!(bare.file_offset(1000, 4096), None);
+        let unreadable = parse_stat("Inode: 16   Type: regular\nEXTENTS:\n(?):1000-1011\n");
+        assert_eq!(unreadable.file_offset(1000, 4096), None);
     }
 
     #[test]
