@@ -6,8 +6,8 @@
 //! under a deadline, so that a damaged one cannot hang the report.
 //! docs/DEPENDENCIES.md says why debugfs rather than a native reader.
 
-use super::fs::run_with_deadline;
-pub use super::fs::Owner;
+use super::deadline::run_with_deadline;
+pub use super::owner::Owner;
 use super::partition::Region;
 use crate::device::BlockDevice;
 use std::collections::{BTreeSet, HashMap};

@@ -13,9 +13,11 @@
 //! debugfs read an NBD export and xfs_db a copy-on-write view of a region. Their public items
 //! are re-exported here.
 
+pub mod deadline;
 pub mod ext4;
 pub mod fs;
 pub mod lvm;
+pub mod owner;
 pub mod partition;
 pub mod plot;
 pub mod view;

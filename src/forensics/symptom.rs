@@ -2,7 +2,7 @@
 //! symptom its users will see after a given kind of finding, and what the block is when there
 //! is no finding (for `history --files`).
 
-use super::fs::Owner;
+use super::owner::Owner;
 use crate::clock::{rfc3339, Micros};
 use crate::findings::classify::Kind;
 

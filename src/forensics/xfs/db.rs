@@ -4,7 +4,8 @@
 
 use super::geometry::be32;
 use super::{XfsFs, MAX_INODES};
-use crate::forensics::fs::{run_with_deadline, Output, Owner};
+use crate::forensics::deadline::{run_with_deadline, Output};
+use crate::forensics::owner::Owner;
 use crate::forensics::view::FuseView;
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;

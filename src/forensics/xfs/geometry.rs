@@ -5,7 +5,7 @@
 //! internal log.
 
 use super::structures::{ag_header, log_owner};
-use crate::forensics::fs::Owner;
+use crate::forensics::owner::Owner;
 
 /// The geometry the primary superblock gives.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

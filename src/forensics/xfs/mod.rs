@@ -26,7 +26,7 @@ mod structures;
 use self::db::{normalize, parse_use, Use};
 use self::geometry::Geometry;
 use self::structures::{ag_structure, structure};
-use super::fs::Owner;
+use super::owner::Owner;
 use super::partition::Region;
 use super::view::FuseView;
 use crate::device::BlockDevice;
@@ -134,7 +134,7 @@ impl XfsFs {
             cmds.push(format!("ncheck {}", args.join(" ")));
         }
         let mut out = self.xfs_db(view, &cmds, end)?;
-        let said = |o: &super::fs::Output, what: &str| {
+        let said = |o: &super::deadline::Output, what: &str| {
             let text = format!("{} {}", o.stdout, o.stderr);
             text.split_whitespace()
                 .collect::<Vec<_>>()

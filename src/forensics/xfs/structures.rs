@@ -3,7 +3,7 @@
 //! free-space, inode, reverse-mapping and reference-count btrees, the AG free list, quota and
 //! realtime metadata, and blocks nothing accounts for.
 
-use crate::forensics::fs::Owner;
+use crate::forensics::owner::Owner;
 
 pub(super) fn structure(owner: &'static str, what: String, symptom: String) -> Owner {
     Owner::Structure {
