@@ -5,6 +5,7 @@
 //! answers the same live figures as JSON ([`LiveStatus`]), which `status --config` reads, so no
 //! client has to parse the text exposition.
 
+use crate::clock::rfc3339;
 use crate::findings::classify::Kind;
 use crate::service::{Export, FLUSH_BUCKETS};
 use prometheus_client::collector::Collector;
@@ -237,6 +238,48 @@ pub const STATUS_PATH: &str = "/status.json";
 pub struct LiveStatus {
     /// One entry per open export, in the order of the configuration.
     pub exports: Vec<ExportStatus>,
+    /// The exports of the configuration that could not be opened at start, and why.
+    pub not_served: Vec<NotServed>,
+}
+
+/// An export of the configuration that is not served: it could not be opened at start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NotServed {
+    /// The export's name.
+    pub export: String,
+    /// Its device (path or URI).
+    pub device: String,
+    /// Why it could not be opened.
+    pub reason: String,
+}
+
+impl NotServed {
+    /// The line `/healthz` and the log give it.
+    pub fn line(&self) -> String {
+        format!(
+            "export {:?} ({}) is NOT served: {}",
+            self.export, self.device, self.reason
+        )
+    }
+}
+
+/// One client connection in transmission, as `/status.json` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientStatus {
+    /// The server's number for the connection (its log lines say `connection N`).
+    pub id: u64,
+    /// A TCP address (`HOST:PORT`), or `unix socket`.
+    pub peer: String,
+    /// When it entered transmission (RFC 3339).
+    pub connected: String,
+    /// Requests read on it.
+    pub requests: u64,
+    /// Bytes it asked to read.
+    pub read_bytes: u64,
+    /// Bytes it sent to write.
+    pub written_bytes: u64,
 }
 
 /// One export's live figures, read from its counters when asked (as `/metrics` reads them).
@@ -249,6 +292,17 @@ pub struct ExportStatus {
     pub clients: u64,
     /// The ledger's write session, when one is open.
     pub session: Option<u64>,
+    /// When that session began (RFC 3339).
+    pub session_opened: Option<String>,
+    /// Whether that session is strict (`journal_sync = "strict"`: every change durable before
+    /// its reply).
+    pub session_strict: Option<bool>,
+    /// The connections in transmission now, oldest first.
+    pub connections: Vec<ClientStatus>,
+    /// When the last FLUSH completed (RFC 3339), if one has since the export opened.
+    pub last_flush: Option<String>,
+    /// How long that FLUSH took, in seconds.
+    pub last_flush_seconds: Option<f64>,
     /// Write requests (WRITE, WRITE_ZEROES, TRIM) completed.
     pub writes: u64,
     /// Read requests completed.
@@ -259,14 +313,17 @@ pub struct ExportStatus {
     pub errors: u64,
     /// Findings in the findings log not yet cleared.
     pub findings_open: u64,
+    /// Stale blocks reads found that the detection queue had no room to classify, since the
+    /// export opened (`status` adds those of earlier sessions from the findings log).
+    pub stale_reads_unclassified: u64,
     /// Bytes in the ledger's journal segments.
     pub journal_bytes: u64,
     /// Why the export cannot record, when it cannot (what `/healthz` says of it).
     pub failure: Option<String>,
 }
 
-/// The live figures of every export.
-pub fn live_status(exports: &[Arc<Export>]) -> LiveStatus {
+/// The live figures of every export, and the exports that are `down`.
+pub fn live_status(exports: &[Arc<Export>], down: &[NotServed]) -> LiveStatus {
     LiveStatus {
         exports: exports
             .iter()
@@ -274,6 +331,29 @@ pub fn live_status(exports: &[Arc<Export>]) -> LiveStatus {
                 export: e.name().to_string(),
                 clients: load(&e.counters.clients),
                 session: e.ledger().and_then(|l| l.session_id()),
+                session_opened: e.ledger().map(|l| rfc3339(l.opened())),
+                session_strict: e.ledger().map(|l| l.strict()),
+                connections: e
+                    .counters
+                    .connections
+                    .list()
+                    .iter()
+                    .map(|k| ClientStatus {
+                        id: k.id,
+                        peer: k.peer.clone(),
+                        connected: rfc3339(k.connected),
+                        requests: load(&k.requests),
+                        read_bytes: load(&k.read_bytes),
+                        written_bytes: load(&k.written_bytes),
+                    })
+                    .collect(),
+                last_flush: match e.counters.last_flush.load(Ordering::Relaxed) {
+                    0 => None,
+                    t => Some(rfc3339(t)),
+                },
+                last_flush_seconds: (e.counters.last_flush.load(Ordering::Relaxed) != 0)
+                    .then(|| load(&e.counters.last_flush_nanos) as f64 / 1e9),
+                stale_reads_unclassified: load(&e.counters.suspects_dropped),
                 writes: load(&e.counters.writes),
                 reads: load(&e.counters.reads),
                 flushes: load(&e.counters.flushes),
@@ -283,6 +363,7 @@ pub fn live_status(exports: &[Arc<Export>]) -> LiveStatus {
                 failure: failure(e),
             })
             .collect(),
+        not_served: down.to_vec(),
     }
 }
 
@@ -329,12 +410,12 @@ impl MetricsListener {
         &self.addr
     }
 
-    /// Serves `/metrics`, `/healthz` and `/status.json` for `exports`; `down` names configured exports that
-    /// could not be opened (health reports them).
+    /// Serves `/metrics`, `/healthz` and `/status.json` for `exports`; `down` names configured
+    /// exports that could not be opened (health and the status route report them).
     pub fn start(
         self,
         exports: Vec<Arc<Export>>,
-        down: Vec<String>,
+        down: Vec<NotServed>,
     ) -> crate::Result<MetricsServer> {
         let server = Arc::new(self.server);
         let s = server.clone();
@@ -365,7 +446,7 @@ impl MetricsServer {
     }
 }
 
-fn serve(server: &tiny_http::Server, exports: &[Arc<Export>], down: &[String]) {
+fn serve(server: &tiny_http::Server, exports: &[Arc<Export>], down: &[NotServed]) {
     use tiny_http::{Header, Method, Response};
     let text =
         |ct: &str| Header::from_bytes(&b"Content-Type"[..], ct.as_bytes()).expect("a valid header");
@@ -375,7 +456,7 @@ fn serve(server: &tiny_http::Server, exports: &[Arc<Export>], down: &[String]) {
             (Method::Get, "/metrics") => Response::from_string(render(exports))
                 .with_header(text("text/plain; version=0.0.4; charset=utf-8")),
             (Method::Get, "/healthz") => {
-                let mut bad = down.to_vec();
+                let mut bad: Vec<String> = down.iter().map(NotServed::line).collect();
                 bad.extend(health(exports));
                 if bad.is_empty() {
                     Response::from_string("ok\n").with_header(text("text/plain"))
@@ -386,7 +467,7 @@ fn serve(server: &tiny_http::Server, exports: &[Arc<Export>], down: &[String]) {
                 }
             }
             (Method::Get, STATUS_PATH) => {
-                let body = serde_json::to_string(&live_status(exports))
+                let body = serde_json::to_string(&live_status(exports, down))
                     .expect("plain numbers and strings always serialise");
                 Response::from_string(body + "\n").with_header(text("application/json"))
             }

@@ -1,7 +1,8 @@
 //! `lostwrite status [DEVICE] [--json]` or `lostwrite status --config FILE`: what each ledger
 //! describes and where it stands: blocks, journal, sessions, the last flush, the scrubber, the
-//! open findings, and, when the service publishes metrics, its clients (read as JSON from the
-//! service's `/status.json`, see `lostwrite::metrics::LiveStatus`).
+//! open findings, and, when the service publishes metrics, what it serves now: each export's
+//! connections, its session, its last FLUSH and how long it took, or why it is not served (read
+//! as JSON from the service's `/status.json`, see `lostwrite::metrics::LiveStatus`).
 
 use super::resolve_ledger;
 use lostwrite::clock::rfc3339;
@@ -62,8 +63,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let figures = live
             .as_ref()
             .and_then(|l| l.exports.iter().find(|e| e.export == *name));
+        let down = live
+            .as_ref()
+            .and_then(|l| l.not_served.iter().find(|e| e.export == *name))
+            .map(|n| n.reason.clone());
         match one(dir, name, figures) {
-            Ok(v) => {
+            Ok(mut v) => {
+                v["not_served"] = json!(down);
                 if !v["ledger_damage"].is_null() {
                     status = 2;
                 }
@@ -72,7 +78,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             // With many exports, one unreadable ledger must not hide the others.
             Err(e) if a.config.is_some() => {
                 status = 2;
-                all.push(json!({"export": name, "ledger": dir.display().to_string(), "error": format!("{e:#}")}));
+                all.push(json!({"export": name, "ledger": dir.display().to_string(), "error": format!("{e:#}"), "not_served": down}));
             }
             Err(e) => return Err(e),
         }
@@ -194,6 +200,8 @@ fn one(dir: &Path, export: &str, live: Option<&ExportStatus>) -> anyhow::Result<
         .collect();
     let clients = live.map(|e| e.clients);
     Ok(json!({
+        // What the running service says of it now (`/status.json`), when it answered.
+        "live": live,
         "export": export,
         "ledger": dir.display().to_string(),
         "ledger_damage": l.state_damage(),
@@ -237,9 +245,13 @@ fn human(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let mut o = String::new();
+    let not_served = v["not_served"]
+        .as_str()
+        .map(|why| format!("NOT SERVED {why}\n"))
+        .unwrap_or_default();
     if let Some(e) = v.get("error") {
         return format!(
-            "export   {}\nledger   {}\nERROR    {}\n",
+            "export   {}\n{not_served}ledger   {}\nERROR    {}\n",
             s("export"),
             s("ledger"),
             e.as_str().unwrap_or("")
@@ -248,6 +260,8 @@ fn human(v: &Value) -> String {
     if !s("export").is_empty() {
         o += &format!("export   {}\n", s("export"));
     }
+    o += &not_served;
+    let live = &v["live"];
     o += &format!("ledger   {}\n", s("ledger"));
     if let Some(d) = v["ledger_damage"].as_str() {
         o += &format!("DAMAGED  {d}\n");
@@ -295,12 +309,40 @@ fn human(v: &Value) -> String {
             .map(|d| format!("; last: {d}"))
             .unwrap_or_default()
     );
-    o += &format!(
-        "flushed  {}\n",
-        v["last_flush"].as_str().unwrap_or("never through serve")
-    );
+    if let Some(id) = live["session"].as_u64() {
+        o += &format!(
+            "serving  session {id} opened {}, {}\n",
+            live["session_opened"].as_str().unwrap_or("?"),
+            if live["session_strict"].as_bool() == Some(true) {
+                "strict (every change durable before its reply)"
+            } else {
+                "not strict (changes durable at FLUSH)"
+            }
+        );
+    }
+    o += &match (
+        live["last_flush"].as_str(),
+        live["last_flush_seconds"].as_f64(),
+    ) {
+        (Some(t), Some(took)) => format!("flushed  {t} (took {})\n", show_seconds(took)),
+        _ => format!(
+            "flushed  {}\n",
+            v["last_flush"].as_str().unwrap_or("never through serve")
+        ),
+    };
     if let Some(c) = v["clients"].as_u64() {
         o += &format!("clients  {c}\n");
+    }
+    for c in live["connections"].as_array().into_iter().flatten() {
+        o += &format!(
+            "  connection {} from {} since {}: {} requests, {} bytes read, {} bytes written\n",
+            c["id"],
+            c["peer"].as_str().unwrap_or("?"),
+            c["connected"].as_str().unwrap_or("?"),
+            c["requests"],
+            c["read_bytes"],
+            c["written_bytes"]
+        );
     }
     let sc = &v["scrub"];
     o += &if sc.is_null() {
@@ -324,6 +366,9 @@ fn human(v: &Value) -> String {
         n("findings_open"),
         if sc.is_null() { "" } else { " and the scrubber" }
     );
+    if let Some(why) = live["failure"].as_str() {
+        o += &format!("FAILING  {why}\n");
+    }
     if n("stale_reads_unclassified") > 0 {
         o += &format!(
             "WARNING  {} stale reads were not classified (detection queue full; last {}): run `lostwrite verify`\n",
@@ -340,4 +385,15 @@ fn human(v: &Value) -> String {
         );
     }
     o
+}
+
+/// A duration in seconds as a person reads it: `850 µs`, `3.2 ms`, `1.25 s`.
+fn show_seconds(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.0} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
 }

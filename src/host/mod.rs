@@ -32,7 +32,7 @@ pub use closed::{Closed, Outcome, Summary};
 pub use config::{ExportSpec, JournalSync, ServeConfig};
 
 use crate::error::{Error, Result};
-use crate::metrics::{MetricsListener, MetricsServer};
+use crate::metrics::{MetricsListener, MetricsServer, NotServed};
 use crate::server::listener::Listener;
 use crate::server::{Config, Server};
 use crate::service::alert::Alerter;
@@ -243,11 +243,12 @@ impl Bound {
                 Ok(e) => opened.push((Arc::new(e), scrub_opts, spec.retention())),
                 // With many disks, one that cannot be opened must not keep the others offline.
                 Err(e) if config.serve_what_opens => {
-                    let why = format!(
-                        "export {:?} ({}) is NOT served: {e}",
-                        spec.name, spec.device
-                    );
-                    tracing::error!("{why}");
+                    let why = NotServed {
+                        export: spec.name.clone(),
+                        device: spec.device.clone(),
+                        reason: e.to_string(),
+                    };
+                    tracing::error!("{}", why.line());
                     down.push(why);
                 }
                 Err(e) => {

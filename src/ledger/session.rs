@@ -77,6 +77,7 @@ impl LedgerWriter {
         h.clean = false;
         self.state.write_header(&h)?;
         let id = h.last_session + 1;
+        let opened = clock::now();
         let (lsn, _) = j.append(
             &[Record::SessionOpen(SessionOpen {
                 session: id,
@@ -85,7 +86,7 @@ impl LedgerWriter {
                 pid: std::process::id(),
                 software: concat!("lostwrite ", env!("CARGO_PKG_VERSION")).into(),
             })],
-            clock::now(),
+            opened,
         )?;
         j.sync_to(lsn)?;
         h.checkpoint_lsn = lsn;
@@ -100,6 +101,7 @@ impl LedgerWriter {
             writer: self,
             id,
             strict,
+            opened,
             inflight: Mutex::new(Inflight {
                 incomplete: BTreeMap::new(),
                 completed: Vec::new(),
@@ -140,6 +142,7 @@ pub struct WriteSession {
     writer: LedgerWriter,
     id: u64,
     strict: bool,
+    opened: clock::Micros,
     inflight: Mutex<Inflight>,
     flushes: Mutex<FlushRounds>,
     flushed: Condvar,
@@ -158,6 +161,16 @@ impl WriteSession {
     /// The session number.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether every change is durable before its reply (`--journal-sync strict`).
+    pub fn strict(&self) -> bool {
+        self.strict
+    }
+
+    /// When the session began (its session-open record's time).
+    pub fn opened(&self) -> clock::Micros {
+        self.opened
     }
 
     /// Refuses to record once the device failed to make data durable.

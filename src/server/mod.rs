@@ -27,7 +27,7 @@ pub mod tls;
 pub mod transmission;
 
 use crate::nbd::stream::WRITE_SLICE;
-use crate::service::Export;
+use crate::service::{Connection, Export};
 use buffers::Buffers;
 use conn::Conn;
 use crossbeam_channel::{Receiver, Sender};
@@ -324,8 +324,8 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
                 "connection {id} from {peer}: serving export {:?}",
                 export.name()
             );
-            let _client = ClientCount::new(&export);
-            let requests = transmission::transmission(s, export, shared, id);
+            let client = ClientCount::new(&export, id, peer);
+            let requests = transmission::transmission(s, export, shared, id, &client.1);
             tracing::info!("connection {id} closed after {requests} requests");
         }
         Ok(Outcome::Closed(why)) => {
@@ -335,18 +335,23 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
     }
 }
 
-/// Counts a connection in transmission on its export until dropped (even by a panic).
-struct ClientCount(Arc<Export>);
+/// Counts a connection in transmission on its export, and lists it among the export's
+/// connections, until dropped (even by a panic): at connect and disconnect only, so the
+/// request path pays nothing for it.
+struct ClientCount(Arc<Export>, Arc<Connection>);
 
 impl ClientCount {
-    fn new(e: &Arc<Export>) -> ClientCount {
+    fn new(e: &Arc<Export>, id: u64, peer: String) -> ClientCount {
+        let c = Arc::new(Connection::new(id, peer));
+        e.counters.connections.add(c.clone());
         e.counters.clients.fetch_add(1, Ordering::Relaxed);
-        ClientCount(e.clone())
+        ClientCount(e.clone(), c)
     }
 }
 
 impl Drop for ClientCount {
     fn drop(&mut self) {
         self.0.counters.clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.counters.connections.remove(self.1.id);
     }
 }

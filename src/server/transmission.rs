@@ -11,7 +11,7 @@ use super::handshake::MAX_PAYLOAD;
 use super::{lock, Job, Shared, REPLY_TIMEOUT};
 use crate::nbd::proto::{self, cflags, cmd, Request};
 use crate::nbd::stream::write_all_until;
-use crate::service::Export;
+use crate::service::{Connection, Export};
 use std::io::{BufReader, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -178,7 +178,16 @@ impl Batch {
     }
 }
 
-pub(super) fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, id: u64) -> u64 {
+/// Serves one connection's requests until it ends; returns how many were read. Its figures
+/// (`stats`) are stored as they change, for `status`: plain stores, read by no one on the
+/// request path.
+pub(super) fn transmission(
+    s: Conn,
+    export: Arc<Export>,
+    shared: &Arc<Shared>,
+    id: u64,
+    stats: &Connection,
+) -> u64 {
     let replies = match s.try_clone() {
         Ok(w) => Arc::new(Replies {
             stream: Mutex::new(w),
@@ -193,6 +202,7 @@ pub(super) fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, i
     let mut reader = BufReader::with_capacity(128 << 10, s);
     let mut batch = Batch { buf: Vec::new() };
     let mut count = 0u64;
+    let (mut read_bytes, mut written_bytes) = (0u64, 0u64);
     let mut wrote = false;
     // Small WRITEs already read, run together (one journal append) before anything else.
     let mut pending = Pending::default();
@@ -225,8 +235,18 @@ pub(super) fn transmission(s: Conn, export: Arc<Export>, shared: &Arc<Shared>, i
             }
         };
         count += 1;
-        if req.kind == cmd::DISC {
-            break;
+        stats.requests.store(count, Ordering::Relaxed);
+        match req.kind {
+            cmd::READ => {
+                read_bytes += u64::from(req.length);
+                stats.read_bytes.store(read_bytes, Ordering::Relaxed);
+            }
+            cmd::WRITE => {
+                written_bytes += u64::from(req.length);
+                stats.written_bytes.store(written_bytes, Ordering::Relaxed);
+            }
+            cmd::DISC => break,
+            _ => {}
         }
         let mut payload = Buf::empty();
         if req.kind == cmd::WRITE {

@@ -22,7 +22,7 @@
 //!   [`detect`], and CACHE;
 //! - `write.rs`: WRITE, `write_many`, WRITE_ZEROES, TRIM, FLUSH and FUA;
 //! - `error.rs`: [`OpError`], what failed (the server chooses the NBD value it answers);
-//! - `counters.rs`: [`Counters`] and the FLUSH [`Histogram`];
+//! - `counters.rs`: [`Counters`], the FLUSH [`Histogram`] and the open [`Connections`];
 //! - `locks.rs`: the block range locks that order changes and reads;
 //! - beside the request path, each its own thread: [`detect`] (online classification),
 //!   [`scrub`], [`alert`] (`--on-finding`) and [`retain`].
@@ -38,7 +38,7 @@ mod error;
 mod read;
 mod write;
 
-pub use counters::{Counters, Histogram, FLUSH_BUCKETS};
+pub use counters::{Connection, Connections, Counters, Histogram, FLUSH_BUCKETS};
 pub use error::OpError;
 pub use write::CHUNK_BLOCKS;
 

@@ -384,8 +384,16 @@ impl Export {
                 .map_err(|e| OpError::device(e, "fdatasync")),
         };
         if r.is_ok() {
+            let took = started.elapsed();
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-            self.counters.flush_duration.observe(started.elapsed());
+            self.counters.flush_duration.observe(took);
+            self.counters
+                .last_flush
+                .store(crate::clock::now(), Ordering::Relaxed);
+            self.counters.last_flush_nanos.store(
+                took.as_nanos().min(u64::MAX as u128) as u64,
+                Ordering::Relaxed,
+            );
         }
         self.fail(r)
     }

@@ -517,6 +517,148 @@ fn status_of_a_config_shows_the_client_connected_now() {
     assert!(log.contains("export \"alpha\" closed cleanly"), "{log}");
 }
 
+/// `status --config` of a running service lists each export's connections (on the right
+/// export, with their peers), its session, its last FLUSH and its findings, and an export that
+/// could not be opened as not served; a client that leaves is gone from the list.
+#[test]
+fn status_of_a_config_lists_each_exports_clients_session_and_last_flush() {
+    use lostwrite::nbd::client::Client;
+    use lostwrite::nbd::uri::NbdUri;
+    let started = jiff::Timestamp::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let imgs: Vec<PathBuf> = ["a.img", "b.img"].iter().map(|n| d.join(n)).collect();
+    for (i, img) in imgs.iter().enumerate() {
+        random_image(img, 4 << 20, 60 + i as u64);
+        lw_ok(bin().args(["init", "--baseline"]).arg(img));
+    }
+    let sock = d.join("host.sock");
+    let cfg = d.join("host.toml");
+    // Fixed ports (found free just now): `status` finds the service through the config file.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, nbd_port) = (free(), free());
+    std::fs::write(
+        &cfg,
+        format!(
+            "socket = {sock:?}\nlisten = \"127.0.0.1:{nbd_port}\"\nmetrics = \"127.0.0.1:{port}\"\n\n\
+             [[export]]\nname = \"alpha\"\ndevice = {:?}\n\n\
+             [[export]]\nname = \"beta\"\ndevice = {:?}\njournal_sync = \"strict\"\n\n\
+             [[export]]\nname = \"gone\"\ndevice = {:?}\n",
+            imgs[0],
+            imgs[1],
+            d.join("missing.img")
+        ),
+    )
+    .unwrap();
+    let svc = Service::start_config(&cfg, &sock);
+    // One client on alpha over the unix socket, one on beta over TCP.
+    let mut a = Client::connect_unix(&sock, "alpha").unwrap();
+    let b = Client::connect(&NbdUri::parse(&format!("nbd://127.0.0.1:{nbd_port}/beta")).unwrap())
+        .unwrap();
+    a.write(0, &vec![7u8; BS as usize], false).unwrap();
+    a.flush().unwrap();
+    let status = || -> Value {
+        let o = bin()
+            .args(["status", "--json", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        // Exit 2: the missing export's ledger cannot be read.
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // The server lists a client once its handshake is over, a moment after the client's.
+    wait_for("both clients to be listed", || {
+        let st = status();
+        st[0]["clients"] == 1 && st[1]["clients"] == 1
+    });
+    let st = status();
+    let (alpha, beta, gone) = (&st[0], &st[1], &st[2]);
+    assert_eq!(alpha["export"], "alpha", "{st}");
+    assert_eq!(beta["export"], "beta", "{st}");
+    let conns = |e: &Value| e["live"]["connections"].as_array().unwrap().clone();
+    let (ca, cb) = (conns(alpha), conns(beta));
+    assert_eq!((ca.len(), cb.len()), (1, 1), "{st}");
+    assert_eq!(ca[0]["peer"], "unix socket", "{st}");
+    assert!(
+        cb[0]["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{st}"
+    );
+    assert_ne!(ca[0]["id"], cb[0]["id"], "{st}");
+    // Two requests so far on alpha (the WRITE and the FLUSH), none on beta.
+    assert_eq!(ca[0]["requests"], 2, "{st}");
+    assert_eq!(ca[0]["written_bytes"], BS, "{st}");
+    assert_eq!(cb[0]["requests"], 0, "{st}");
+    let time = |v: &Value| -> jiff::Timestamp { v.as_str().unwrap().parse().unwrap() };
+    assert!(time(&ca[0]["connected"]) >= started, "{st}");
+    // Sessions: each its own, opened during this test, strict only where configured.
+    for (e, strict) in [(alpha, false), (beta, true)] {
+        let live = &e["live"];
+        assert!(live["session"].as_u64().unwrap() >= 1, "{st}");
+        assert!(time(&live["session_opened"]) >= started, "{st}");
+        assert_eq!(live["session_strict"], strict, "{st}");
+        assert_eq!(e["findings_open"], 0, "{st}");
+        assert_eq!(live["findings_open"], 0, "{st}");
+        assert_eq!(e["stale_reads_unclassified"], 0, "{st}");
+        assert_eq!(live["stale_reads_unclassified"], 0, "{st}");
+        assert!(e["not_served"].is_null(), "{st}");
+    }
+    // The last FLUSH: on alpha, after the test started, with how long it took; none on beta.
+    assert!(time(&alpha["live"]["last_flush"]) >= started, "{st}");
+    assert!(
+        alpha["live"]["last_flush_seconds"].as_f64().unwrap() >= 0.0,
+        "{st}"
+    );
+    assert!(beta["live"]["last_flush"].is_null(), "{st}");
+    // The export that could not be opened is listed as not served, with the reason.
+    assert_eq!(gone["export"], "gone", "{st}");
+    assert!(
+        gone["not_served"].as_str().unwrap().contains("missing.img"),
+        "{st}"
+    );
+    // The same in text.
+    let o = bin()
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("connection ") && text.contains("from unix socket"),
+        "{text}"
+    );
+    assert!(text.contains("NOT SERVED"), "{text}");
+    assert!(text.contains("strict (every change durable"), "{text}");
+    assert!(text.contains("(took "), "{text}");
+    // A client that leaves is gone from the list; the other stays.
+    b.disconnect().unwrap();
+    wait_for("beta's client to leave the list", || {
+        let st = status();
+        st[1]["live"]["connections"]
+            .as_array()
+            .is_some_and(|c| c.is_empty())
+            && st[0]["live"]["connections"].as_array().map(Vec::len) == Some(1)
+    });
+    drop(a);
+    let log = svc.stop();
+    assert!(log.contains("export \"alpha\" closed cleanly"), "{log}");
+    assert!(log.contains("export \"beta\" closed cleanly"), "{log}");
+    for img in &imgs {
+        verify_clean(img);
+    }
+}
+
 /// A config file with mistakes is refused before anything is served, naming the mistake.
 #[test]
 fn bad_config_files_are_refused_with_the_reason() {
