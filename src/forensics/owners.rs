@@ -714,3 +714,93 @@ pub(super) fn summarize(findings: &[MappedFinding]) -> Vec<Affected> {
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reverted finding on `block`, its contents written at second `found`, lost at `lost`.
+    fn reverted(block: u64, found: u64, lost: u64, files: Vec<FileRef>) -> MappedFinding {
+        let text = format!(
+            r#"{{"block":{block},"offset":{},"kind":"reverted","expected_generation":2,"found_generation":1,"found_time":"2026-11-25T14:00:{found:02}Z","lost":[{{"generation":2,"time":"2026-11-25T14:00:{lost:02}Z","durable":true,"session":1,"change":"write"}}]}}"#,
+            block * 4096
+        );
+        MappedFinding {
+            finding: serde_json::from_str(&text).unwrap(),
+            files,
+        }
+    }
+
+    fn owned(region: &str, owner: &'static str, path: Option<&str>, symptom: &str) -> FileRef {
+        FileRef {
+            region: region.into(),
+            owner,
+            path: path.map(str::to_string),
+            bytes: None,
+            symptom: symptom.into(),
+            shared: false,
+            maybe_data_of: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn free_blocks_beside_reverted_metadata_are_suspects_and_files_get_time_ranges() {
+        let harmless = "owned by no file now: harmless";
+        let mut mapped = vec![
+            reverted(1, 0, 40, vec![owned("p1", "block-map", Some("/db"), "x")]),
+            reverted(2, 0, 40, vec![owned("p1", "free", None, harmless)]),
+            // Another region's free block: its filesystem's metadata is intact.
+            reverted(3, 0, 40, vec![owned("p2", "free", None, harmless)]),
+            reverted(4, 1, 40, vec![owned("p2", "file", Some("/a"), "/a: at 01")]),
+            reverted(
+                5,
+                37,
+                41,
+                vec![owned("p2", "file", Some("/a"), "/a: at 37")],
+            ),
+        ];
+        for f in mapped.iter_mut().skip(3) {
+            let t = f.finding.found_time;
+            f.files[0].symptom = format!(
+                "/a: this part of the file {}",
+                old_contents(t.map(|t| (t, t)))
+            );
+        }
+        suspect_free(&mut mapped);
+        assert_eq!(mapped[1].files[0].maybe_data_of, ["the extent tree of /db"]);
+        assert!(mapped[1].files[0].symptom.starts_with(
+            "free by the current, possibly reverted, metadata; the extent tree of /db also reverted in the window"
+        ));
+        assert!(mapped[2].files[0].maybe_data_of.is_empty());
+        assert_eq!(mapped[2].files[0].symptom, harmless);
+
+        let a = summarize(&mapped);
+        let file = a.iter().find(|a| a.owner == "file").unwrap();
+        let t = |s: &str| crate::clock::parse(s).unwrap();
+        assert_eq!(
+            file.contents_written,
+            Some((t("2026-11-25T14:00:01Z"), t("2026-11-25T14:00:37Z")))
+        );
+        assert_eq!(
+            file.lost_between,
+            Some((t("2026-11-25T14:00:40Z"), t("2026-11-25T14:00:41Z")))
+        );
+        assert!(file.symptom.contains(
+            "reads OLD contents (as written between 2026-11-25T14:00:01.000000Z and 2026-11-25T14:00:37.000000Z)"
+        ), "{}", file.symptom);
+        // Suspect free space right after the files; harmless free space last.
+        let order: Vec<(&str, bool)> = a
+            .iter()
+            .map(|a| (a.owner, a.maybe_data_of.is_empty()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("block-map", true),
+                ("file", true),
+                ("free", false),
+                ("free", true)
+            ]
+        );
+    }
+}
