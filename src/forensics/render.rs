@@ -161,6 +161,21 @@ impl ForensicReport {
                     )
                     .ok();
                 }
+                match a.contents_written {
+                    Some((x, y)) if x == y => {
+                        writeln!(o, "      reads contents written at {}", rfc3339(x)).ok();
+                    }
+                    Some((x, y)) => {
+                        writeln!(
+                            o,
+                            "      reads contents written from {} to {}",
+                            rfc3339(x),
+                            rfc3339(y)
+                        )
+                        .ok();
+                    }
+                    None => {}
+                }
                 if let Some((x, y)) = a.lost_between {
                     writeln!(o, "      lost writes from {} to {}", rfc3339(x), rfc3339(y)).ok();
                 }

@@ -31,10 +31,7 @@ pub(super) fn symptom(o: &Owner, kind: Option<Kind>, found_time: Option<Micros>)
     }
     let contents = match (kind, found_time) {
         (None, _) => "holds this part of the file".into(),
-        (Some(Kind::Reverted | Kind::Unflushed), Some(t)) => {
-            format!("reads OLD contents (as written at {})", rfc3339(t))
-        }
-        (Some(Kind::Reverted | Kind::Unflushed), None) => "reads OLD contents".into(),
+        (Some(Kind::Reverted | Kind::Unflushed), t) => old_contents(t.map(|t| (t, t))),
         (Some(Kind::Zeroed), _) => "reads zeroes".into(),
         (Some(Kind::Misdirected), _) => {
             "holds another block's contents (random to its reader)".into()
@@ -82,6 +79,43 @@ pub(super) fn symptom(o: &Owner, kind: Option<Kind>, found_time: Option<Micros>)
         Owner::ReservedGdt | Owner::Special { .. } => "space the filesystem reserves for itself: harmless".into(),
         Owner::Structure { symptom, .. } => symptom.clone(),
         Owner::Free => "owned by no file now: harmless, unless a file created in the window owned it and lost its entry or inode too (see the directories and inode tables listed)".into(),
+    }
+}
+
+/// The words for reverted contents written between the two times (one time when they are the
+/// same; none when the ledger holds no record of the contents found).
+pub(super) fn old_contents(written: Option<(Micros, Micros)>) -> String {
+    match written {
+        Some((a, z)) if a == z => format!("reads OLD contents (as written at {})", rfc3339(a)),
+        Some((a, z)) => format!(
+            "reads OLD contents (as written between {} and {})",
+            rfc3339(a),
+            rfc3339(z)
+        ),
+        None => "reads OLD contents".into(),
+    }
+}
+
+/// The symptom of a block the current metadata calls free (`owner` "free" or "lvm-free") while
+/// metadata that could have listed it (`suspects`: what it is, and whose) also has a finding in
+/// the same region: that metadata may be the reverted copy that lost the block, so the block may
+/// be data of those files (or of a logical volume).
+pub(super) fn maybe_data_of(owner: &str, suspects: &[String], reverted: bool) -> String {
+    let shown: Vec<&str> = suspects.iter().take(6).map(|s| s.as_str()).collect();
+    let list = format!(
+        "{}{}",
+        shown.join("; "),
+        if suspects.len() > 6 { "; ..." } else { "" }
+    );
+    let how = if reverted { "reverted" } else { "damaged" };
+    if owner == "lvm-free" {
+        format!(
+            "free by the current, possibly reverted, LVM metadata; {list} also {how} in the window, so this may be data of a logical volume created or extended in the window: not harmless until that is ruled out"
+        )
+    } else {
+        format!(
+            "free by the current, possibly reverted, metadata; {list} also {how} in the window, so this may be data of those files (the old metadata no longer lists it): not harmless until that is ruled out"
+        )
     }
 }
 

@@ -386,3 +386,242 @@ fn the_demo_tells_the_whole_story() {
     let svg = std::fs::read_to_string(d.path().join("incident.svg")).unwrap();
     roxmltree::Document::parse(&svg).expect("well-formed SVG");
 }
+
+/// Session 1 writes /app/grow.db in two halves 2 s apart; after a snapshot, session 2 rewrites
+/// those halves, appends 64 KiB (new blocks, and a new size and extent list in its inode), and
+/// writes then deletes /app/tmp.bin. Returns the scratch, the snapshot, the blocks tmp.bin had
+/// (free now) and the inode table block of grow.db (in ledger blocks).
+fn grown_file_on_ext4() -> (Scratch, PathBuf, Vec<u64>, u64) {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let s = Scratch::new(64 << 20);
+    s.init(4096, true);
+    let mnt = s.dir.path().join("mnt");
+    let svc = Service::start(&s.image, &[]);
+    let mut st = Stack::attach(&svc, s.dir.path());
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096"])
+        .arg(st.dev()));
+    st.mount(&mnt);
+    std::fs::create_dir_all(mnt.join("app")).unwrap();
+    let db = mnt.join("app/grow.db");
+    {
+        let mut f = std::fs::File::create(&db).unwrap();
+        f.write_all(&Rng(1).block(32768)).unwrap();
+        f.sync_all().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        f.write_all(&Rng(2).block(32768)).unwrap();
+        f.sync_all().unwrap();
+    }
+    st.umount();
+    st.detach();
+    svc.stop();
+    let snap = s.dir.path().join("snapshot.img");
+    std::fs::copy(&s.image, &snap).unwrap();
+    let svc = Service::start(&s.image, &[]);
+    let mut st = Stack::attach(&svc, s.dir.path());
+    st.mount(&mnt);
+    {
+        let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.write_all_at(&Rng(3).block(65536), 0).unwrap();
+        f.write_all_at(&Rng(4).block(65536), 65536).unwrap();
+        f.sync_all().unwrap();
+    }
+    let tmp = mnt.join("app/tmp.bin");
+    {
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        f.write_all(&Rng(5).block(65536)).unwrap();
+        f.sync_all().unwrap();
+    }
+    // filefrag -v: "   0:        0..      15:      33024..     33039:     16:  ..."
+    let frag = run(Command::new("filefrag").arg("-v").arg(&tmp));
+    let mut tmp_blocks = Vec::new();
+    for line in frag.lines() {
+        let cols: Vec<&str> = line.split(':').map(str::trim).collect();
+        if cols.len() >= 4 && cols[0].parse::<u64>().is_ok() {
+            let (a, z) = cols[2].split_once("..").unwrap();
+            let (a, z): (u64, u64) = (a.trim().parse().unwrap(), z.trim().parse().unwrap());
+            tmp_blocks.extend(a..=z);
+        }
+    }
+    assert_eq!(tmp_blocks.len(), 16, "{frag}");
+    std::fs::remove_file(&tmp).unwrap();
+    st.umount();
+    st.detach();
+    svc.stop();
+    // "Inode 12 is part of block group 0\n\tlocated at block 1058, offset 0x0b00"
+    let imap = run(Command::new("debugfs")
+        .args(["-c", "-R", "imap /app/grow.db"])
+        .arg(&s.image));
+    let itable: u64 = imap
+        .split("located at block ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{imap}"));
+    (s, snap, tmp_blocks, itable)
+}
+
+/// The session-1 write times of `blocks`, from the ledger dump.
+fn write_times(image: &Path, blocks: &BTreeSet<u64>, in_session: u64) -> Vec<String> {
+    let dump = lw_ok(bin().args(["ledger", "dump", "--json"]).arg(image));
+    let mut session = 0;
+    let mut times = Vec::new();
+    for line in dump.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        if let Some(open) = r["record"].get("SessionOpen") {
+            session = open["session"].as_u64().unwrap();
+        }
+        if let Some(w) = r["record"].get("Write") {
+            if session == in_session && blocks.contains(&w["block"].as_u64().unwrap()) {
+                times.push(r["time"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    times.sort();
+    times
+}
+
+#[test]
+fn free_blocks_are_not_harmless_when_the_metadata_that_listed_them_reverted_too() {
+    if !can_mount() || !have("nbdfuse") || !have("mkfs.ext4") || !have("debugfs") {
+        return;
+    }
+    if !have("filefrag") || !have("python3") {
+        return;
+    }
+    let (s, snap, tmp_blocks, itable) = grown_file_on_ext4();
+    let ledger = s.ledger.to_str().unwrap();
+
+    // Control: only the deleted file's blocks revert; the metadata is intact, so they are free
+    // and harmless.
+    let copy = s.dir.path().join("free-only.img");
+    std::fs::copy(&s.image, &copy).unwrap();
+    let list: Vec<String> = tmp_blocks.iter().map(u64::to_string).collect();
+    let reverted = inject(&copy, &snap, &["--blocks", &list.join(",")]);
+    assert_eq!(reverted, tmp_blocks);
+    let v = report_json(&copy, &["--device-moved", "--ledger", ledger]);
+    let a = affected(&v);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0].0, "free");
+    assert!(a[0].2.contains("harmless"), "{a:?}");
+    assert!(v["affected"][0].get("maybe_data_of").is_none(), "{v}");
+
+    // The file's blocks and its inode table block revert: the inode lists the old 64 KiB, the
+    // 16 appended blocks are free by it, but may be its data.
+    let reverted = inject(
+        &s.image,
+        &snap,
+        &["--fs-path", "/app/grow.db", "--blocks", &itable.to_string()],
+    );
+    assert!(reverted.contains(&itable), "{reverted:?}");
+    assert_eq!(reverted.len(), 33, "{reverted:?}");
+    let v = report_json(&s.image, &[]);
+    let a = affected(&v);
+    assert!(
+        a.iter().any(|(o, p, _)| o == "file" && p == "/app/grow.db"),
+        "{a:?}"
+    );
+    assert!(a.iter().any(|(o, _, _)| o == "inode-table"), "{a:?}");
+    let free: Vec<&Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["files"].as_array().unwrap())
+        .filter(|r| r["owner"] == "free")
+        .collect();
+    assert_eq!(free.len(), 16, "the appended blocks: {v}");
+    for r in free {
+        let sym = r["symptom"].as_str().unwrap();
+        assert!(
+            !sym.contains("harmless,") && sym.contains("not harmless"),
+            "{sym}"
+        );
+        assert!(
+            sym.contains("free by the current, possibly reverted, metadata")
+                && sym.contains("/app/grow.db"),
+            "{sym}"
+        );
+        let of = r["maybe_data_of"].as_array().unwrap();
+        assert!(
+            of.iter().any(|w| w
+                .as_str()
+                .unwrap()
+                .starts_with("the inode table block of inodes")),
+            "{r}"
+        );
+    }
+    let human = lw_ok_or_fail(&s.image);
+    assert!(!human.contains("owned by no file now: harmless"), "{human}");
+
+    // The blocks that still belong to the file read contents written 2 s apart in session 1:
+    // the range covers both writes, and the lost writes are session 2's.
+    let file = v["affected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["owner"] == "file")
+        .unwrap();
+    let data: BTreeSet<u64> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["owner"] == "file")
+        })
+        .map(|f| f["block"].as_u64().unwrap())
+        .collect();
+    assert_eq!(data.len(), 16);
+    let old = write_times(&s.image, &data, 1);
+    let written = &file["contents_written"];
+    assert_eq!(written[0].as_str().unwrap(), old.first().unwrap(), "{file}");
+    assert_eq!(written[1].as_str().unwrap(), old.last().unwrap(), "{file}");
+    let t = |v: &Value| lostwrite::clock::parse(v.as_str().unwrap()).unwrap();
+    assert!(t(&written[1]) - t(&written[0]) >= 2_000_000, "{file}");
+    let new = write_times(&s.image, &data, 2);
+    assert_eq!(
+        file["lost_between"][0].as_str().unwrap(),
+        new.first().unwrap()
+    );
+    assert_eq!(
+        file["lost_between"][1].as_str().unwrap(),
+        new.last().unwrap()
+    );
+    let sym = file["symptom"].as_str().unwrap();
+    assert!(
+        sym.contains(&format!(
+            "reads OLD contents (as written between {} and {})",
+            old.first().unwrap(),
+            old.last().unwrap()
+        )),
+        "{sym}"
+    );
+    assert!(
+        human.contains(&format!(
+            "reads contents written from {} to {}",
+            old.first().unwrap(),
+            old.last().unwrap()
+        )),
+        "{human}"
+    );
+}
+
+/// `report --files` in human form (it exits 1: the device has lost writes).
+fn lw_ok_or_fail(image: &Path) -> String {
+    let o = bin()
+        .args(["report", "--files"])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
