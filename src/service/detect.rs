@@ -113,28 +113,81 @@ impl Drops {
     }
 }
 
+/// New findings of one incident logged one line each; past these, they are summed up.
+const LOUD: u64 = 20;
+
+/// How often, at most, the findings past the first [`LOUD`] of an incident are summed up in
+/// one line while the incident goes on.
+const QUIET_EVERY: Duration = Duration::from_secs(10);
+
+/// What the log has said of the current incident: a run of new findings with no second
+/// without one. Counted across batches, because how many suspects a batch gathers depends on
+/// how the threads are scheduled: a per-batch limit let a loaded machine log hundreds of
+/// lines for one restored device.
+struct Quiet {
+    loud: u64,
+    quiet: u64,
+    last: Option<Instant>,
+}
+
+impl Quiet {
+    /// Sums up the findings not logged one by one, at most once per [`QUIET_EVERY`] unless
+    /// `now` (the incident is over, or the export closes).
+    fn tell(&mut self, e: &Export, now: bool) {
+        let due = self.last.is_none_or(|t| t.elapsed() >= QUIET_EVERY);
+        if self.quiet == 0 || !(now || due) {
+            return;
+        }
+        tracing::warn!(
+            export = e.log_name(),
+            "{} more new findings in this batch (since the last such line; all in findings.jsonl and the metrics)",
+            self.quiet
+        );
+        self.quiet = 0;
+        self.last = Some(Instant::now());
+    }
+
+    /// A second without a new suspect: the incident is over; the next one is logged afresh.
+    fn over(&mut self, e: &Export) {
+        self.tell(e, true);
+        self.loud = 0;
+        self.last = None;
+    }
+}
+
 fn run(export: Weak<Export>, rx: Receiver<Msg>, sink: Option<Sink>) {
     let mut drops = Drops {
         said: 0,
         last: None,
     };
-    let tell = |drops: &mut Drops, now: bool| {
+    let mut quiet = Quiet {
+        loud: 0,
+        quiet: 0,
+        last: None,
+    };
+    let tell = |drops: &mut Drops, quiet: &mut Quiet, now: bool| {
         if let Some(e) = export.upgrade() {
+            if now {
+                quiet.over(&e);
+            }
             drops.tell(&e, now);
         }
     };
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Msg::Suspect(s)) => s,
-            Ok(Msg::Finish) => return tell(&mut drops, true),
+            Ok(Msg::Finish) => return tell(&mut drops, &mut quiet, true),
             Err(RecvTimeoutError::Timeout) => {
                 if export.strong_count() == 0 {
                     return;
                 }
-                tell(&mut drops, false);
+                if let Some(e) = export.upgrade() {
+                    quiet.over(&e);
+                }
+                tell(&mut drops, &mut quiet, false);
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => return tell(&mut drops, true),
+            Err(RecvTimeoutError::Disconnected) => return tell(&mut drops, &mut quiet, true),
         };
         // One pass over the journal classifies a whole batch.
         let mut batch = vec![first];
@@ -150,7 +203,12 @@ fn run(export: Weak<Export>, rx: Receiver<Msg>, sink: Option<Sink>) {
             }
         }
         let Some(e) = export.upgrade() else { return };
-        classify(&e, batch, sink.as_ref());
+        classify(&e, batch, sink.as_ref(), &mut quiet);
+        if finish {
+            quiet.over(&e);
+        } else {
+            quiet.tell(&e, false);
+        }
         drops.tell(&e, finish);
         drop(e);
         if finish {
@@ -159,7 +217,7 @@ fn run(export: Weak<Export>, rx: Receiver<Msg>, sink: Option<Sink>) {
     }
 }
 
-fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
+fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>, quiet: &mut Quiet) {
     let Some(ledger) = e.ledger() else { return };
     // The newest suspect of each block is the one to judge.
     batch.reverse();
@@ -196,8 +254,7 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
         }),
         None => vec![true; items.len()],
     };
-    let mut quiet = 0usize;
-    for (i, ((f, s), new)) in findings.iter().zip(&batch).zip(fresh).enumerate() {
+    for ((f, s), new) in findings.iter().zip(&batch).zip(fresh) {
         if !new {
             tracing::debug!(
                 export = e.log_name(),
@@ -211,13 +268,14 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
         e.counters.findings[f.kind as usize].fetch_add(1, Ordering::Relaxed);
         // A whole device gone stale is a few lines in the log, not one per block: the
         // findings log and the metrics have every one.
-        if i >= 20 {
-            quiet += 1;
+        if quiet.loud >= LOUD {
+            quiet.quiet += 1;
             if let Some(sink) = sink {
                 sink(e.name(), f);
             }
             continue;
         }
+        quiet.loud += 1;
         tracing::warn!(
             export = e.log_name(),
             "finding ({}): block {} (offset {}) is {}: {}",
@@ -230,11 +288,5 @@ fn classify(e: &Export, mut batch: Vec<Suspect>, sink: Option<&Sink>) {
         if let Some(sink) = sink {
             sink(e.name(), f);
         }
-    }
-    if quiet > 0 {
-        tracing::warn!(
-            export = e.log_name(),
-            "{quiet} more new findings in this batch (all in findings.jsonl and the metrics)"
-        );
     }
 }

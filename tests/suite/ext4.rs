@@ -68,9 +68,13 @@ impl Stack {
         self.mnt = Some(mnt.to_path_buf());
     }
 
+    /// Unmounts the filesystem (asserting it can be) and flushes the loop device's buffers.
     pub fn umount(&mut self) {
-        if let Some(m) = self.mnt.take() {
-            run(Command::new("umount").arg(&m));
+        if let Some(m) = &self.mnt {
+            let r = umount_busy(m);
+            assert!(r.is_ok(), "umount {}: {r:?}", m.display());
+            // Forgotten only once unmounted: a failed umount is tried again on teardown.
+            self.mnt = None;
         }
         run(Command::new("blockdev").arg("--flushbufs").arg(self.dev()));
     }
@@ -82,21 +86,37 @@ impl Stack {
 
     fn teardown(&mut self, check: bool) {
         if let Some(m) = self.mnt.take() {
-            let ok = Command::new("umount").arg(&m).status().map(|s| s.success());
-            assert!(!check || ok.unwrap_or(false), "umount {}", m.display());
+            let r = umount_busy(&m);
+            assert!(!check || r.is_ok(), "umount {}: {r:?}", m.display());
         }
         if let Some(d) = self.loop_dev.take() {
             let _ = Command::new("losetup").arg("-d").arg(&d).status();
+            // A loop device still open somewhere is detached later, when last closed (it is
+            // only marked autoclear): until then it holds the nbdfuse file, and the FUSE
+            // filesystem cannot be unmounted.
+            let backing = Path::new("/sys/block")
+                .join(Path::new(&d).file_name().unwrap())
+                .join("loop/backing_file");
+            within(Duration::from_secs(20), || !backing.exists());
         }
-        let _ = Command::new("umount").arg(&self.fuse_dir).status();
         if let Some(mut c) = self.nbdfuse.take() {
-            let t = Instant::now();
-            while c.try_wait().unwrap().is_none() {
-                if t.elapsed() > Duration::from_secs(10) {
-                    let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            // nbdfuse exits once its filesystem is unmounted; try again while it is busy.
+            let gone = within(Duration::from_secs(20), || {
+                let _ = Command::new("umount")
+                    .arg(&self.fuse_dir)
+                    .stderr(Stdio::null())
+                    .status();
+                c.try_wait().unwrap().is_some()
+            });
+            if !gone {
+                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+                let _ = c.wait();
             }
+        } else {
+            let _ = Command::new("umount")
+                .arg(&self.fuse_dir)
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -104,6 +124,31 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.teardown(false);
+    }
+}
+
+/// Unmounts `m`, trying again for a while when it is busy: a process another test is
+/// spawning holds a copy of this process's open files between its fork and its exec, which
+/// on a loaded machine can outlast the close of a file just written. Err: umount's message.
+fn umount_busy(m: &Path) -> Result<(), String> {
+    let mut last = String::new();
+    let ok = within(Duration::from_secs(30), || {
+        match Command::new("umount").arg(m).output() {
+            Ok(o) if o.status.success() => true,
+            Ok(o) => {
+                last = String::from_utf8_lossy(&o.stderr).into_owned();
+                false
+            }
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(last)
     }
 }
 

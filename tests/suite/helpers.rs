@@ -8,6 +8,7 @@ use lostwrite::device::{BlockDevice, FileDevice};
 use lostwrite::ledger::{Access, BaselineSource, Ledger, LedgerWriter, OpenOptions, WriteSession};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Deterministic pseudo-random bytes.
 pub struct Rng(pub u64);
@@ -215,4 +216,27 @@ pub fn lw_ok(cmd: &mut assert_cmd::Command) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `ok` until it holds (true) or `d` has passed (false). On a loaded machine a test waits
+/// for a condition, never for a fixed time.
+pub fn within(d: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    loop {
+        if ok() {
+            return true;
+        }
+        if t.elapsed() >= d {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits up to 30 s for `what` to hold; panics naming it past that.
+pub fn wait_for(what: &str, ok: impl FnMut() -> bool) {
+    assert!(
+        within(Duration::from_secs(30), ok),
+        "timed out waiting for {what}"
+    );
 }
