@@ -176,8 +176,14 @@ impl ForensicReport {
                     }
                     None => {}
                 }
-                if let Some((x, y)) = a.lost_between {
-                    writeln!(o, "      lost writes from {} to {}", rfc3339(x), rfc3339(y)).ok();
+                match a.lost_between {
+                    Some((x, y)) if x == y => {
+                        writeln!(o, "      lost a write made at {}", rfc3339(x)).ok();
+                    }
+                    Some((x, y)) => {
+                        writeln!(o, "      lost writes from {} to {}", rfc3339(x), rfc3339(y)).ok();
+                    }
+                    None => {}
                 }
             }
             if self.affected.len() > max_rows {
