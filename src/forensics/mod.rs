@@ -8,8 +8,8 @@
 //!
 //! One file per job: `report.rs` holds the report, its options and [`build`]; `window.rs` the
 //! incident window and histogram; `owners.rs` the mapping of blocks to their owners
-//! ([`map_blocks`]) and the per-owner sums; `symptom.rs` the words for what a user sees;
-//! `render.rs` the human form ([`ForensicReport::human`]); `view.rs` the nbdfuse views that let
+//! ([`map_blocks`]); `affected.rs` the per-owner sums and which free blocks are suspect;
+//! `symptom.rs` the words for what a user sees; `render.rs` the human form ([`ForensicReport::human`]); `view.rs` the nbdfuse views that let
 //! debugfs read an NBD export and xfs_db a copy-on-write view of a region. Their public items
 //! are re-exported here.
 
@@ -23,12 +23,14 @@ pub mod plot;
 pub mod view;
 pub mod xfs;
 
+mod affected;
 mod owners;
 mod render;
 mod report;
 mod symptom;
 mod window;
 
-pub use owners::{map_blocks, Affected, FileRef, Item, MappedFinding, RegionInfo};
+pub use affected::Affected;
+pub use owners::{map_blocks, FileRef, Item, MappedFinding, RegionInfo};
 pub use report::{build, ForensicReport, Options};
 pub use window::{lost_points, Bin, IncidentWindow, LostPoint};

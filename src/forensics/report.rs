@@ -3,7 +3,8 @@
 //! owners ([`owners`](super::owners)), and the service sessions for the timeline picture. Its
 //! JSON is the serde form of [`ForensicReport`]; the human form is in [`render`](super::render).
 
-use super::owners::{map_findings, summarize};
+use super::affected::summarize;
+use super::owners::map_findings;
 use super::window::{histogram, in_view, incident_window, lost_points};
 use super::{Affected, Bin, IncidentWindow, LostPoint, MappedFinding, RegionInfo};
 use crate::clock::{rfc3339, Micros};

@@ -190,18 +190,7 @@ pub(super) mod tests {
 
     #[test]
     fn fsblock_numbers_round_trip() {
-        let g = Geometry {
-            block_size: 4096,
-            blocks: 76800,
-            ag_blocks: 19200,
-            ag_count: 4,
-            ag_blk_log: 15,
-            inodes_per_block: 8,
-            inop_blog: 3,
-            sector_size: 512,
-            log_start: 65542,
-            log_blocks: 16384,
-        };
+        let g = sample();
         assert_eq!(g.fsblock(19200 + 10), 32768 + 10);
         assert_eq!(g.linear(65542), 38406);
         assert_eq!(g.inodes_in(19200 + 16).start, 262272);
