@@ -41,8 +41,9 @@ pub struct FleetDisk {
     pub lost_durable_writes: usize,
     /// Blocks with a failing finding in view.
     pub damaged_blocks: usize,
-    /// Files and directories among the affected (with `--files`).
-    pub files_hit: usize,
+    /// Files and directories among the affected (only with `--files`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_hit: Option<usize>,
     /// Why the disk could not be examined, or why its result settles nothing (a damaged
     /// ledger, a ledger that tracks no block).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,11 +74,13 @@ impl FleetDisk {
                 .as_ref()
                 .map_or(0, |w| w.lost_durable_writes),
             damaged_blocks,
-            files_hit: report
-                .affected
-                .iter()
-                .filter(|a| matches!(a.owner, "file" | "directory"))
-                .count(),
+            files_hit: report.partitions.is_some().then(|| {
+                report
+                    .affected
+                    .iter()
+                    .filter(|a| matches!(a.owner, "file" | "directory"))
+                    .count()
+            }),
             trouble,
             report: Some(report),
         }
@@ -91,7 +94,7 @@ impl FleetDisk {
             rank: None,
             lost_durable_writes: 0,
             damaged_blocks: 0,
-            files_hit: 0,
+            files_hit: None,
             trouble: Some(why),
             report: None,
         }
@@ -141,7 +144,11 @@ pub fn build(mut disks: Vec<FleetDisk>, opts: &Options) -> FleetReport {
     disks.sort_by_key(|d| {
         (
             d.status == DiskStatus::NotRead,
-            std::cmp::Reverse((d.lost_durable_writes, d.damaged_blocks, d.files_hit)),
+            std::cmp::Reverse((
+                d.lost_durable_writes,
+                d.damaged_blocks,
+                d.files_hit.unwrap_or(0),
+            )),
         )
     });
     let mut rank = 0;
@@ -342,6 +349,14 @@ fn write_disk(o: &mut String, d: &FleetDisk, rows: usize) {
             }
         )
         .ok();
+        if r.outside_view > 0 {
+            writeln!(
+                o,
+                "       {} outside this view",
+                plural(r.outside_view, "finding lies", "findings lie")
+            )
+            .ok();
+        }
     } else {
         writeln!(
             o,
@@ -349,13 +364,12 @@ fn write_disk(o: &mut String, d: &FleetDisk, rows: usize) {
             d.device,
             plural(d.lost_durable_writes, "durable write", "durable writes"),
             plural(d.damaged_blocks, "block", "blocks"),
-            if r.partitions.is_some() {
-                format!(
+            match d.files_hit {
+                Some(n) => format!(
                     ", {} hit",
-                    plural(d.files_hit, "file or directory", "files and directories")
-                )
-            } else {
-                String::new()
+                    plural(n, "file or directory", "files and directories")
+                ),
+                None => String::new(),
             }
         )
         .ok();

@@ -155,6 +155,8 @@ fn one_report_over_three_disks_gives_one_window_ranks_the_hit_disks_and_names_th
     assert_eq!(blocks, lost_b);
     let (files, blocks) = files_and_blocks(&disk(dc));
     assert!(files.is_empty() && blocks.is_empty(), "{out}");
+    assert_eq!(disk(da)["files_hit"], 1);
+    assert_eq!(disk(db)["files_hit"], 2);
     // Each disk's own report is the one `report DEVICE` gives.
     assert_eq!(
         disk(da)["lost_durable_writes"].as_u64().unwrap() as usize,
