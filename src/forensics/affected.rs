@@ -46,6 +46,20 @@ pub struct Affected {
     pub maybe_intact: bool,
 }
 
+impl Affected {
+    /// How the human reports name it: a file's path, a directory with its slash, an extent
+    /// tree or unmapped logical volume with what it is, else the owner kind.
+    pub fn what(&self) -> String {
+        match (self.owner, &self.path) {
+            ("file", Some(p)) => p.clone(),
+            ("directory", Some(p)) => format!("{p}/ (directory)"),
+            ("block-map", Some(p)) => format!("{p} (extent tree)"),
+            ("lvm-volume", Some(p)) => format!("{p} (logical volume, not mapped to files)"),
+            (owner, _) => owner.to_string(),
+        }
+    }
+}
+
 /// A pair of times as the RFC 3339 texts it is printed as.
 fn pair_text<S: Serializer>(
     v: &Option<(Micros, Micros)>,

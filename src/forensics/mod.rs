@@ -9,12 +9,14 @@
 //! One file per job: `report.rs` holds the report, its options and [`build`]; `window.rs` the
 //! incident window and histogram; `owners.rs` the mapping of blocks to their owners
 //! ([`map_blocks`]); `affected.rs` the per-owner sums and which free blocks are suspect;
-//! `symptom.rs` the words for what a user sees; `render.rs` the human form ([`ForensicReport::human`]); `view.rs` the nbdfuse views that let
-//! debugfs read an NBD export and xfs_db a copy-on-write view of a region. Their public items
-//! are re-exported here.
+//! `symptom.rs` the words for what a user sees; `render.rs` the human form
+//! ([`ForensicReport::human`]); [`fleet`] the report over many disks; `view.rs` the nbdfuse views
+//! that let debugfs read an NBD export and xfs_db a copy-on-write view of a region. Their public
+//! items are re-exported here.
 
 pub mod deadline;
 pub mod ext4;
+pub mod fleet;
 pub mod fs;
 pub mod lvm;
 pub mod owner;

@@ -1,8 +1,10 @@
 //! The timeline picture, as SVG written by hand (no plotting dependency): on top, time across
 //! with the service sessions as bands (a crashed one in red), every completed flush as a tick,
 //! and every lost write as a mark in the lane of its kind, the incident window shaded; below,
-//! the device from first to last byte with every finding where it lies.
+//! the device from first to last byte with every finding where it lies. For many disks
+//! ([`render_fleet`]): one lane per disk on a shared time axis.
 
+use super::fleet::{DiskStatus, FleetReport};
 use super::{lost_points, ForensicReport};
 use crate::clock::{rfc3339, Micros};
 use crate::findings::classify::Kind;
@@ -47,12 +49,13 @@ fn bytes_label(b: u64) -> String {
     }
 }
 
-/// Renders the report's picture.
-pub fn render(r: &ForensicReport, device_size: u64) -> String {
-    let points = lost_points(&r.findings);
-    let mut times: Vec<Micros> = points.iter().map(|p| p.0).collect();
-    for s in &r.sessions {
-        if s.id != 0 {
+/// The time span the pictures of `reports` show: every lost write and every service session,
+/// padded; at least a second.
+fn time_range(reports: &[&ForensicReport]) -> (Micros, Micros) {
+    let mut times: Vec<Micros> = Vec::new();
+    for r in reports {
+        times.extend(lost_points(&r.findings).iter().map(|p| p.0));
+        for s in r.sessions.iter().filter(|s| s.id != 0) {
             times.push(s.open_time);
             times.push(s.last_time);
         }
@@ -66,7 +69,60 @@ pub fn render(r: &ForensicReport, device_size: u64) -> String {
         t1 += 500_000;
     }
     let pad = (t1 - t0) / 40;
-    let (t0, t1) = (t0 - pad, t1 + pad);
+    (t0 - pad, t1 + pad)
+}
+
+/// The time axis at `axis_y`, from `left` to the right margin: six labelled ticks and what
+/// the axis is.
+fn time_axis(
+    s: &mut String,
+    (t0, t1): (Micros, Micros),
+    left: f64,
+    x: &dyn Fn(Micros) -> f64,
+    axis_y: f64,
+) {
+    writeln!(
+        s,
+        r##"<line x1="{left}" x2="{}" y1="{axis_y}" y2="{axis_y}" stroke="black"/>"##,
+        W - RIGHT
+    )
+    .ok();
+    for i in 0..=5 {
+        let t = t0 + (t1 - t0) * i / 5;
+        let xt = x(t);
+        let stamp = rfc3339(t);
+        let label = if t1 - t0 > 86_400_000_000 {
+            format!("{} {}", &stamp[5..10], &stamp[11..16])
+        } else {
+            stamp[11..23].to_string()
+        };
+        let anchor = match i {
+            0 => "start",
+            5 => "end",
+            _ => "middle",
+        };
+        writeln!(
+            s,
+            r##"<line x1="{xt:.1}" x2="{xt:.1}" y1="{axis_y}" y2="{}" stroke="black"/>"##,
+            axis_y + 5.0
+        )
+        .ok();
+        writeln!(
+            s,
+            r##"<text x="{xt:.1}" y="{}" text-anchor="{anchor}">{}</text>"##,
+            axis_y + 18.0,
+            esc(&label)
+        )
+        .ok();
+    }
+    let day = rfc3339(t0)[..10].to_string();
+    writeln!(s, r##"<text x="{}" y="{}" text-anchor="middle">time (UTC, from {day}), when each write was made</text>"##, (left + W - RIGHT) / 2.0, axis_y + 36.0).ok();
+}
+
+/// Renders the report's picture.
+pub fn render(r: &ForensicReport, device_size: u64) -> String {
+    let points = lost_points(&r.findings);
+    let (t0, t1) = time_range(&[r]);
     let x = |t: Micros| LEFT + (t - t0) as f64 / (t1 - t0) as f64 * (W - LEFT - RIGHT);
     let lanes = [
         Kind::Reverted,
@@ -177,42 +233,7 @@ pub fn render(r: &ForensicReport, device_size: u64) -> String {
     }
     // Time axis.
     let axis_y = bottom + 24.0;
-    writeln!(
-        s,
-        r##"<line x1="{LEFT}" x2="{}" y1="{axis_y}" y2="{axis_y}" stroke="black"/>"##,
-        W - RIGHT
-    )
-    .ok();
-    for i in 0..=5 {
-        let t = t0 + (t1 - t0) * i / 5;
-        let xt = x(t);
-        let stamp = rfc3339(t);
-        let label = if t1 - t0 > 86_400_000_000 {
-            format!("{} {}", &stamp[5..10], &stamp[11..16])
-        } else {
-            stamp[11..23].to_string()
-        };
-        let anchor = match i {
-            0 => "start",
-            5 => "end",
-            _ => "middle",
-        };
-        writeln!(
-            s,
-            r##"<line x1="{xt:.1}" x2="{xt:.1}" y1="{axis_y}" y2="{}" stroke="black"/>"##,
-            axis_y + 5.0
-        )
-        .ok();
-        writeln!(
-            s,
-            r##"<text x="{xt:.1}" y="{}" text-anchor="{anchor}">{}</text>"##,
-            axis_y + 18.0,
-            esc(&label)
-        )
-        .ok();
-    }
-    let day = rfc3339(t0)[..10].to_string();
-    writeln!(s, r##"<text x="{}" y="{}" text-anchor="middle">time (UTC, from {day}), when each write was made</text>"##, (LEFT + W - RIGHT) / 2.0, axis_y + 36.0).ok();
+    time_axis(&mut s, (t0, t1), LEFT, &x, axis_y);
     // Device map.
     let (my, mh) = (430.0, 60.0);
     let bx = |off: u64| LEFT + off as f64 / device_size.max(1) as f64 * (W - LEFT - RIGHT);
@@ -266,6 +287,177 @@ pub fn render(r: &ForensicReport, device_size: u64) -> String {
         bytes_label(device_size)
     )
     .ok();
+    writeln!(s, "</svg>").ok();
+    s
+}
+
+/// Left margin of the fleet picture: room for the disks' names.
+const FLEET_LEFT: f64 = 230.0;
+const LANE_H: f64 = 44.0;
+
+/// `device` cut from the left to `n` characters, so that the distinctive end stays.
+fn tail(device: &str, n: usize) -> String {
+    let chars: Vec<char> = device.chars().collect();
+    if chars.len() <= n {
+        device.to_string()
+    } else {
+        format!(
+            "…{}",
+            chars[chars.len() - (n - 1)..].iter().collect::<String>()
+        )
+    }
+}
+
+/// The fleet's picture: one lane per disk, in rank order, on one time axis — its service
+/// sessions as bands, each lost write as a mark coloured by kind (hollow when not durable) and
+/// its own window as a bar; the fleet's incident window shaded across all lanes.
+pub fn render_fleet(f: &FleetReport) -> String {
+    let reports: Vec<&ForensicReport> = f.disks.iter().filter_map(|d| d.report.as_ref()).collect();
+    let (t0, t1) = time_range(&reports);
+    let x = |t: Micros| FLEET_LEFT + (t - t0) as f64 / (t1 - t0) as f64 * (W - FLEET_LEFT - RIGHT);
+    let top = 80.0;
+    let bottom = top + LANE_H * f.disks.len().max(1) as f64;
+    let axis_y = bottom + 24.0;
+    let height = axis_y + 80.0;
+    let mut s = String::new();
+    writeln!(s, r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" font-family="sans-serif" font-size="12">"##).ok();
+    writeln!(s, r##"<rect width="100%" height="100%" fill="white"/>"##).ok();
+    writeln!(
+        s,
+        r##"<text x="8" y="28" font-size="16" font-weight="bold">Lost writes on {} disks: {} damaged, {} clean{}</text>"##,
+        f.disks_total,
+        f.disks_damaged,
+        f.disks_clean,
+        if f.disks_not_read > 0 {
+            format!(", {} not read", f.disks_not_read)
+        } else {
+            String::new()
+        }
+    )
+    .ok();
+    let sub = match &f.incident_window {
+        Some(w) => format!(
+            "{} durable writes lost on {} disks between {} and {} ({:.3} s)",
+            w.window.lost_durable_writes,
+            w.disks,
+            rfc3339(w.window.start),
+            rfc3339(w.window.end),
+            w.window.seconds
+        ),
+        None => "no durable write lost on any disk".into(),
+    };
+    writeln!(
+        s,
+        r##"<text x="8" y="48" fill="#444">{}</text>"##,
+        esc(&sub)
+    )
+    .ok();
+    for (i, d) in f.disks.iter().enumerate() {
+        let y0 = top + LANE_H * i as f64;
+        let yc = y0 + LANE_H / 2.0;
+        let status = match d.status {
+            DiskStatus::Damaged => "damaged",
+            DiskStatus::Clean => "clean",
+            DiskStatus::NotRead => "not-read",
+        };
+        writeln!(
+            s,
+            r##"<g class="lane" data-device="{}" data-status="{status}">"##,
+            esc(&d.device)
+        )
+        .ok();
+        let band = if i % 2 == 0 { "#fafafa" } else { "#f0f0f0" };
+        writeln!(
+            s,
+            r##"<rect x="0" y="{y0}" width="{W}" height="{LANE_H}" fill="{band}"/>"##
+        )
+        .ok();
+        let rank = d.rank.map_or(String::new(), |r| format!("{r}. "));
+        writeln!(
+            s,
+            r##"<text x="8" y="{}" font-weight="bold">{rank}{}<title>{}</title></text>"##,
+            yc - 3.0,
+            esc(&tail(&d.device, 30)),
+            esc(&d.device)
+        )
+        .ok();
+        let (what, fill) = match d.status {
+            DiskStatus::Damaged => (
+                format!(
+                    "{} durable writes lost, {} blocks damaged",
+                    d.lost_durable_writes, d.damaged_blocks
+                ),
+                "#d62728",
+            ),
+            DiskStatus::Clean if d.trouble.is_some() => ("not verified".into(), "#7f7f7f"),
+            DiskStatus::Clean => ("clean: checked, nothing lost".into(), "#2ca02c"),
+            DiskStatus::NotRead => ("not read".into(), "#7f7f7f"),
+        };
+        writeln!(
+            s,
+            r##"<text x="8" y="{}" font-size="10" fill="{fill}">{}</text>"##,
+            yc + 11.0,
+            esc(&what)
+        )
+        .ok();
+        if let Some(r) = &d.report {
+            for sess in r.sessions.iter().filter(|s| s.id != 0) {
+                let (a, b) = (
+                    x(sess.open_time),
+                    x(sess.last_time).max(x(sess.open_time) + 2.0),
+                );
+                let fill = if sess.crashed() { "#fbe3e3" } else { "#e3eaf3" };
+                writeln!(s, r##"<rect class="session" x="{a:.1}" y="{}" width="{:.1}" height="{}" fill="{fill}"><title>session {}{}</title></rect>"##, y0 + 6.0, b - a, LANE_H - 12.0, sess.id, if sess.crashed() { " (crashed)" } else { "" }).ok();
+            }
+            writeln!(
+                s,
+                r##"<line x1="{FLEET_LEFT}" x2="{}" y1="{yc}" y2="{yc}" stroke="#ccc"/>"##,
+                W - RIGHT
+            )
+            .ok();
+            if let Some(w) = &r.incident_window {
+                let (xa, xb) = (x(w.start), x(w.end).max(x(w.start) + 2.0));
+                writeln!(s, r##"<rect class="disk-window" x="{:.1}" y="{}" width="{:.1}" height="4" fill="#d62728"><title>{}: lost writes from {} to {}</title></rect>"##, xa, y0 + 6.0, xb - xa, esc(&d.device), rfc3339(w.start), rfc3339(w.end)).ok();
+            }
+            for &(t, durable, k, block) in &lost_points(&r.findings) {
+                let fill = if durable { color(k) } else { "white" };
+                writeln!(s, r##"<circle class="lost" cx="{:.1}" cy="{yc}" r="4" fill="{fill}" stroke="{}"><title>{}, block {block}: {} write at {}{}</title></circle>"##, x(t), color(k), esc(&d.device), k.name(), rfc3339(t), if durable { " (durable)" } else { " (unflushed)" }).ok();
+            }
+        }
+        writeln!(s, "</g>").ok();
+    }
+    writeln!(
+        s,
+        r##"<line x1="{FLEET_LEFT}" x2="{FLEET_LEFT}" y1="{top}" y2="{bottom}" stroke="#999"/>"##
+    )
+    .ok();
+    if let Some(w) = &f.incident_window {
+        let (xa, xb) = (
+            x(w.window.start),
+            x(w.window.end).max(x(w.window.start) + 2.0),
+        );
+        writeln!(s, r##"<rect class="window" x="{:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#d62728" fill-opacity="0.10" stroke="#d62728" stroke-dasharray="4 3"/>"##, xa - 2.0, xb - xa + 4.0, bottom - top).ok();
+        writeln!(
+            s,
+            r##"<text x="{:.1}" y="{}" fill="#d62728" font-size="11">incident window, all disks</text>"##,
+            xa,
+            top - 6.0
+        )
+        .ok();
+    }
+    time_axis(&mut s, (t0, t1), FLEET_LEFT, &x, axis_y);
+    // The legend: what the colours are.
+    let mut lx = FLEET_LEFT;
+    for k in [
+        Kind::Reverted,
+        Kind::Misdirected,
+        Kind::Zeroed,
+        Kind::Corrupt,
+        Kind::Unflushed,
+    ] {
+        writeln!(s, r##"<circle cx="{lx:.1}" cy="{}" r="4" fill="{}"/><text x="{:.1}" y="{}" font-size="11">{}</text>"##, axis_y + 58.0, color(k), lx + 8.0, axis_y + 62.0, k.name()).ok();
+        lx += 100.0;
+    }
     writeln!(s, "</svg>").ok();
     s
 }

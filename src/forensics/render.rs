@@ -121,13 +121,7 @@ impl ForensicReport {
             writeln!(o, "\naffected files and filesystem structures:").ok();
             for a in self.affected.iter().take(max_rows) {
                 let kinds: Vec<&str> = a.kinds.iter().map(|k| k.name()).collect();
-                let what = match (a.owner, &a.path) {
-                    ("file", Some(p)) => p.clone(),
-                    ("directory", Some(p)) => format!("{p}/ (directory)"),
-                    ("block-map", Some(p)) => format!("{p} (extent tree)"),
-                    ("lvm-volume", Some(p)) => format!("{p} (logical volume, not mapped to files)"),
-                    (owner, _) => owner.to_string(),
-                };
+                let what = a.what();
                 writeln!(
                     o,
                     "  [{}] {what}: {} block{} {}",

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn inject(image: &Path, snapshot: &Path, args: &[&str]) -> Vec<u64> {
+pub(crate) fn inject(image: &Path, snapshot: &Path, args: &[&str]) -> Vec<u64> {
     let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/inject-lost-writes.py");
     let out = run(Command::new("python3")
         .arg(tool)
@@ -68,7 +68,7 @@ fn affected(v: &Value) -> Vec<(String, String, String)> {
 
 /// Phase 1 in session 1, a snapshot, phase 2 (in-place update of /app/data3.fs and new entries
 /// in /app) in session 2: returns the scratch, the snapshot and the ledger dump of session 2.
-fn two_phases_on_ext4() -> (Scratch, PathBuf) {
+pub(crate) fn two_phases_on_ext4() -> (Scratch, PathBuf) {
     let s = Scratch::new(64 << 20);
     s.init(4096, true);
     let mnt = s.dir.path().join("mnt");
@@ -463,7 +463,7 @@ fn grown_file_on_ext4() -> (Scratch, PathBuf, Vec<u64>, u64) {
 }
 
 /// The session-1 write times of `blocks`, from the ledger dump.
-fn write_times(image: &Path, blocks: &BTreeSet<u64>, in_session: u64) -> Vec<String> {
+pub(crate) fn write_times(image: &Path, blocks: &BTreeSet<u64>, in_session: u64) -> Vec<String> {
     let dump = lw_ok(bin().args(["ledger", "dump", "--json"]).arg(image));
     let mut session = 0;
     let mut times = Vec::new();

@@ -10,6 +10,7 @@ mod durability;
 mod ext4;
 mod fleet;
 mod forensics;
+mod forensics_fleet;
 mod forensics_gpt;
 mod forensics_lvm;
 mod forensics_xfs;
