@@ -1,4 +1,5 @@
-//! `lostwrite report DEVICE [--since T] [--until T] [--files] [--plot FILE.svg] [--json]`:
+//! `lostwrite report DEVICE [--since T] [--until T] [--files] [--packages] [--plot FILE.svg]
+//! [--json]`:
 //! forensics after an incident. Exit status as `verify`'s: 0 when no finding fails, 1 when
 //! some do (whatever `--since`/`--until` show: a narrower view does not make the device
 //! clean), 2 on trouble, including a damaged ledger.
@@ -29,6 +30,10 @@ pub struct Args {
     /// (ext2/3/4, whole disk or MBR/GPT partitions; needs debugfs from e2fsprogs).
     #[arg(long)]
     files: bool,
+    /// Also name the installed packages (dpkg) owning the damaged files, as a list to
+    /// reinstall; implies --files.
+    #[arg(long)]
+    packages: bool,
     /// Write a timeline picture (SVG) here.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -55,7 +60,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let opts = forensics::Options {
         since: parse(&a.since)?,
         until: parse(&a.until)?,
-        files: a.files,
+        files: a.files || a.packages,
+        packages: a.packages,
     };
     let dir = a.target.ledger_dir()?;
     let dev = lostwrite::device::open(&a.target.device, false)?;

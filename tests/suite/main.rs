@@ -12,6 +12,7 @@ mod fleet;
 mod forensics;
 mod forensics_gpt;
 mod forensics_lvm;
+mod forensics_packages;
 mod forensics_xfs;
 mod helpers;
 mod host;
