@@ -6,14 +6,20 @@
 //! Debian and Ubuntu: /var/lib/dpkg/status names the installed packages (with their version
 //! and architecture) and /var/lib/dpkg/info/PKG.list (PKG:ARCH.list for `Multi-Arch: same`)
 //! the paths each one installed. When the damaged blocks include the database itself, the list
-//! is said to be possibly old rather than trusted silently. RPM databases (rpmdb.sqlite,
-//! Berkeley DB `Packages`) are found and named with the command that reads them; they are not
-//! parsed here.
+//! is said to be possibly old rather than trusted silently.
+//!
+//! RPM (RHEL, Fedora): the database (rpmdb.sqlite, or Berkeley DB `Packages` on RHEL 7 and 8)
+//! is copied out and listed by the `rpm` tool (`--dbpath`), which reads every backend; nothing
+//! here parses its headers. Without `rpm`, or when it cannot read the copy, the report says
+//! the database was found and how to read it.
 
+use super::deadline::run_with_deadline;
 use super::fs::Filesystem;
-use super::owners::MappedFinding;
+use super::owners::{FileRef, MappedFinding};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::Command;
+use std::time::Duration;
 
 /// The dpkg database of installed packages.
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
@@ -131,11 +137,21 @@ fn aliases(listed: &str) -> impl Iterator<Item = String> + '_ {
     std::iter::once(listed.to_string()).chain(twin)
 }
 
-/// Whether a damaged owner's path or symptom touches the dpkg database (its files, its
-/// directories, or an inode table block holding their inodes).
-fn touches_dpkg(path: Option<&str>, symptom: &str) -> bool {
-    path.is_some_and(|p| p == "/var/lib/dpkg" || p.starts_with("/var/lib/dpkg/"))
-        || symptom.contains("/var/lib/dpkg/")
+/// The directories a package database lives in.
+fn db_dirs(database: &str) -> &'static [&'static str] {
+    match database {
+        "dpkg" => &["/var/lib/dpkg"],
+        _ => &["/var/lib/rpm", "/usr/lib/sysimage/rpm"],
+    }
+}
+
+/// Whether a damaged owner's path or symptom touches the database of `database` (its files,
+/// its directories, or an inode table block holding their inodes).
+fn touches(database: &str, path: Option<&str>, symptom: &str) -> bool {
+    db_dirs(database).iter().any(|d| {
+        path.is_some_and(|p| p == *d || p.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+            || symptom.contains(&format!("{d}/"))
+    })
 }
 
 /// The packages owning the damaged files of each region whose filesystem is readable
@@ -148,26 +164,20 @@ pub(super) fn find(
 ) -> Vec<RegionPackages> {
     let mut out = Vec::new();
     for &(region, fs) in filesystems {
-        let refs = mapped
+        let refs: Vec<&FileRef> = mapped
             .iter()
             .flat_map(|f| &f.files)
-            .filter(|r| r.region == region);
-        let mut damaged = BTreeSet::new();
-        let mut db_damaged = BTreeSet::new();
-        for r in refs {
-            if r.owner == "file" {
-                if let Some(p) = &r.path {
-                    damaged.insert(p.clone());
-                }
-            }
-            if touches_dpkg(r.path.as_deref(), &r.symptom) {
-                db_damaged.insert(r.path.clone().unwrap_or_else(|| r.owner.to_string()));
-            }
-        }
+            .filter(|r| r.region == region)
+            .collect();
+        let damaged: BTreeSet<String> = refs
+            .iter()
+            .filter(|r| r.owner == "file")
+            .filter_map(|r| r.path.clone())
+            .collect();
         if damaged.is_empty() {
             continue;
         }
-        match of_region(region, fs, &damaged, db_damaged) {
+        match of_region(region, fs, &damaged, &refs) {
             Ok(Some(p)) => out.push(p),
             Ok(None) => notes.push(format!(
                 "{region}: --packages: no package database found (neither {DPKG_STATUS} nor an RPM database): the damaged files are not matched to packages"
@@ -180,23 +190,118 @@ pub(super) fn find(
     out
 }
 
-/// The packages of one region's filesystem owning `damaged` files; None when it holds no
-/// package database.
+/// An installed package, as the package manager is asked to reinstall it.
+struct Pkg {
+    name: String,
+    version: String,
+    arch: String,
+    /// `name`, `name:arch` (dpkg Multi-Arch: same) or `name.arch` (rpm).
+    spec: String,
+}
+
+/// The packages of one region's filesystem owning `damaged` files (`refs`: the region's
+/// damaged owners); None when it holds no package database.
 fn of_region(
     region: &str,
     fs: &Filesystem,
     damaged: &BTreeSet<String>,
-    db_damaged: BTreeSet<String>,
+    refs: &[&FileRef],
 ) -> Result<Option<RegionPackages>, String> {
     let mut probe = vec![DPKG_STATUS.to_string()];
     probe.extend(RPM_DBS.iter().map(|s| s.to_string()));
     let found = fs.read_files(&probe, MAX_DB)?;
-    let Some(status) = found.get(DPKG_STATUS) else {
-        return Ok(RPM_DBS
-            .iter()
-            .find(|p| found.contains_key(**p))
-            .map(|db| rpm_unread(region, db, damaged)));
+    let (database, pkgs, owners, mut notes) = if let Some(status) = found.get(DPKG_STATUS) {
+        let (pkgs, owners, notes) = dpkg(fs, status, damaged)?;
+        ("dpkg", pkgs, owners, notes)
+    } else if let Some(db) = RPM_DBS.iter().find(|p| found.contains_key(**p)) {
+        match rpm(db, &found[*db], damaged) {
+            Ok((pkgs, owners)) => ("rpm", pkgs, owners, Vec::new()),
+            Err(e) => return Ok(Some(rpm_unread(region, db, &e, damaged))),
+        }
+    } else {
+        return Ok(None);
     };
+    let own = |p: &str| touches(database, Some(p), "");
+    let mut by_pkg: BTreeMap<(String, String), Package> = BTreeMap::new();
+    let mut unowned = Vec::new();
+    for path in damaged {
+        let Some(who) = owners.get(path) else {
+            // The database's own files are said as such, below.
+            if !own(path) {
+                unowned.push(path.clone());
+            }
+            continue;
+        };
+        for &i in who {
+            let p = &pkgs[i];
+            by_pkg
+                .entry((p.name.clone(), p.arch.clone()))
+                .or_insert_with(|| Package {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    arch: p.arch.clone(),
+                    files: Vec::new(),
+                    spec: p.spec.clone(),
+                })
+                .files
+                .push(path.clone());
+        }
+    }
+    let packages: Vec<Package> = by_pkg.into_values().collect();
+    let command = (!packages.is_empty()).then(|| {
+        let specs: Vec<&str> = packages.iter().map(|p| p.spec.as_str()).collect();
+        let tool = match database {
+            "dpkg" => "apt-get install --reinstall",
+            _ => "dnf reinstall",
+        };
+        format!("{tool} {}", specs.join(" "))
+    });
+    let database_damaged: Vec<String> = refs
+        .iter()
+        .filter(|r| touches(database, r.path.as_deref(), &r.symptom))
+        .map(|r| r.path.clone().unwrap_or_else(|| r.owner.to_string()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !database_damaged.is_empty() {
+        let logs = match database {
+            "dpkg" => {
+                "/var/log/dpkg.log and /var/log/apt/history.log, and /var/lib/dpkg/status-old"
+            }
+            _ => "/var/log/dnf.rpm.log and `dnf history`",
+        };
+        notes.push(format!(
+            "the {database} database itself has damaged blocks ({}): this list comes from it and may itself be old: packages installed, upgraded or removed in the window may be missing or shown at their old version; compare with {logs}",
+            database_damaged.join(", ")
+        ));
+    }
+    if command.is_some() {
+        notes.push(match database {
+            "dpkg" => "`dpkg --verify` (or `debsums -c`) afterwards checks every packaged file against its md5sums, including damage the ledger could not see".into(),
+            _ => "`rpm -Va` afterwards checks every packaged file against its digest, including damage the ledger could not see".into(),
+        });
+    }
+    Ok(Some(RegionPackages {
+        region: region.to_string(),
+        database,
+        packages,
+        command,
+        unowned,
+        database_damaged,
+        notes,
+    }))
+}
+
+/// For each damaged path, the packages (their indexes) that own it.
+type Owners = HashMap<String, Vec<usize>>;
+
+/// The dpkg packages (from `status`) and which of them own each damaged file (from their
+/// .list files), with a note on packages whose list is missing.
+fn dpkg(
+    fs: &Filesystem,
+    status: &[u8],
+    damaged: &BTreeSet<String>,
+) -> Result<(Vec<Pkg>, Owners, Vec<String>), String> {
     let installed = parse_status(&String::from_utf8_lossy(status));
     // Each package's list under the name dpkg most likely used, then the other for the rest.
     let mut lists: HashMap<usize, Vec<u8>> = HashMap::new();
@@ -215,7 +320,7 @@ fn of_region(
             }
         }
     }
-    let mut owners: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut owners: Owners = HashMap::new();
     for (&i, data) in &lists {
         for line in String::from_utf8_lossy(data).lines() {
             for path in aliases(line.trim_end()) {
@@ -225,41 +330,6 @@ fn of_region(
             }
         }
     }
-    let mut by_pkg: BTreeMap<(String, String), Package> = BTreeMap::new();
-    let mut unowned = Vec::new();
-    for path in damaged {
-        let Some(who) = owners.get(path) else {
-            // The database's own files are said as such, below.
-            if !touches_dpkg(Some(path), "") {
-                unowned.push(path.clone());
-            }
-            continue;
-        };
-        for &i in who {
-            let p = &installed[i];
-            let spec = if p.multi_arch_same {
-                format!("{}:{}", p.name, p.arch)
-            } else {
-                p.name.clone()
-            };
-            by_pkg
-                .entry((p.name.clone(), p.arch.clone()))
-                .or_insert_with(|| Package {
-                    name: p.name.clone(),
-                    version: p.version.clone(),
-                    arch: p.arch.clone(),
-                    files: Vec::new(),
-                    spec,
-                })
-                .files
-                .push(path.clone());
-        }
-    }
-    let packages: Vec<Package> = by_pkg.into_values().collect();
-    let command = (!packages.is_empty()).then(|| {
-        let specs: Vec<&str> = packages.iter().map(|p| p.spec.as_str()).collect();
-        format!("apt-get install --reinstall {}", specs.join(" "))
-    });
     let mut notes = Vec::new();
     let missing = installed.len() - lists.len();
     if missing > 0 {
@@ -268,27 +338,87 @@ fn of_region(
             installed.len()
         ));
     }
-    let database_damaged: Vec<String> = db_damaged.into_iter().collect();
-    if !database_damaged.is_empty() {
-        notes.push(format!(
-            "the dpkg database itself has damaged blocks ({}): this list comes from it and may itself be old: packages installed, upgraded or removed in the window may be missing or shown at their old version; compare with /var/log/dpkg.log and /var/log/apt/history.log, and {DPKG_STATUS}-old",
-            database_damaged.join(", ")
+    let pkgs = installed
+        .into_iter()
+        .map(|p| Pkg {
+            spec: if p.multi_arch_same {
+                format!("{}:{}", p.name, p.arch)
+            } else {
+                p.name.clone()
+            },
+            name: p.name,
+            version: p.version,
+            arch: p.arch,
+        })
+        .collect();
+    Ok((pkgs, owners, notes))
+}
+
+/// How long `rpm` may take to list a copied database.
+const RPM_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The RPM packages and which of them own each damaged file, asked of the `rpm` tool on a
+/// copy of the database (`db`, read from the filesystem as `data`): rpm reads every backend
+/// (sqlite, and Berkeley DB read-only), where anything else would have to parse its headers.
+fn rpm(db: &str, data: &[u8], damaged: &BTreeSet<String>) -> Result<(Vec<Pkg>, Owners), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("lostwrite-rpmdb")
+        .tempdir()
+        .map_err(|e| format!("making a directory for a copy of the RPM database: {e}"))?;
+    let (file, backend) = if db.ends_with(".sqlite") {
+        ("rpmdb.sqlite", "sqlite")
+    } else {
+        ("Packages", "bdb_ro")
+    };
+    std::fs::write(dir.path().join(file), data)
+        .map_err(|e| format!("copying the RPM database: {e}"))?;
+    let out = run_with_deadline(
+        Command::new("rpm")
+            .arg("--dbpath")
+            .arg(dir.path())
+            .args(["--define", &format!("_db_backend {backend}"), "-qa", "--qf"])
+            .arg(
+                "[%{=NAME}\\t%{=EPOCHNUM}\\t%{=VERSION}-%{=RELEASE}\\t%{=ARCH}\\t%{FILENAMES}\\n]",
+            ),
+        String::new(),
+        RPM_DEADLINE,
+    )?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(format!(
+            "rpm could not list it ({}): {}",
+            out.status,
+            out.stderr.trim()
         ));
     }
-    if command.is_some() {
-        notes.push(
-            "`dpkg --verify` (or `debsums -c`) afterwards checks every packaged file against its md5sums, including damage the ledger could not see".into(),
-        );
+    let mut pkgs: Vec<Pkg> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut owners: Owners = HashMap::new();
+    for line in out.stdout.lines() {
+        let f: Vec<&str> = line.splitn(5, '\t').collect();
+        let [name, epoch, vr, arch, path] = f[..] else {
+            continue;
+        };
+        let key = format!("{name}\t{epoch}\t{vr}\t{arch}");
+        let i = *index.entry(key).or_insert_with(|| {
+            pkgs.push(Pkg {
+                name: name.to_string(),
+                version: if epoch == "0" {
+                    vr.to_string()
+                } else {
+                    format!("{epoch}:{vr}")
+                },
+                arch: arch.to_string(),
+                spec: format!("{name}.{arch}"),
+            });
+            pkgs.len() - 1
+        });
+        for p in aliases(path) {
+            if damaged.contains(&p) {
+                owners.entry(p).or_default().push(i);
+            }
+        }
     }
-    Ok(Some(RegionPackages {
-        region: region.to_string(),
-        database: "dpkg",
-        packages,
-        command,
-        unowned,
-        database_damaged,
-        notes,
-    }))
+    Ok((pkgs, owners))
 }
 
 impl RegionPackages {
@@ -355,8 +485,8 @@ impl RegionPackages {
     }
 }
 
-/// An RPM database found at `db` and not read: how to read it.
-fn rpm_unread(region: &str, db: &str, damaged: &BTreeSet<String>) -> RegionPackages {
+/// An RPM database found at `db` and not read (`why`): how to read it.
+fn rpm_unread(region: &str, db: &str, why: &str, damaged: &BTreeSet<String>) -> RegionPackages {
     let sample: Vec<&str> = damaged.iter().take(SHOWN).map(|s| s.as_str()).collect();
     RegionPackages {
         region: region.to_string(),
@@ -366,7 +496,7 @@ fn rpm_unread(region: &str, db: &str, damaged: &BTreeSet<String>) -> RegionPacka
         unowned: Vec::new(),
         database_damaged: Vec::new(),
         notes: vec![format!(
-            "an RPM database was found ({db}) and lostwrite does not read it: with the filesystem mounted read-only at /mnt, `rpm --root /mnt -qf FILE...` names the package of each damaged file ({}{}), and `rpm --root /mnt -V PACKAGE` checks its files; then `dnf reinstall PACKAGE...` on the host",
+            "an RPM database was found ({db}) and could not be read ({why}): with the filesystem mounted read-only at /mnt, `rpm --root /mnt -qf FILE...` names the package of each damaged file ({}{}), and `rpm --root /mnt -V PACKAGE` checks its files; then `dnf reinstall PACKAGE...` on the host",
             sample.join(" "),
             if damaged.len() > SHOWN { " ..." } else { "" }
         )],
@@ -403,12 +533,19 @@ mod tests {
         );
         assert_eq!(aliases("/usr/bin/ls").count(), 1);
         assert_eq!(aliases("/binary").count(), 1);
-        assert!(touches_dpkg(Some("/var/lib/dpkg/status"), ""));
-        assert!(touches_dpkg(Some("/var/lib/dpkg"), ""));
-        assert!(touches_dpkg(
+        assert!(touches("dpkg", Some("/var/lib/dpkg/status"), ""));
+        assert!(touches("dpkg", Some("/var/lib/dpkg"), ""));
+        assert!(touches(
+            "dpkg",
             None,
             "inodes 17-32 (/var/lib/dpkg/status): ..."
         ));
-        assert!(!touches_dpkg(Some("/var/lib/dpkgx"), ""));
+        assert!(!touches("dpkg", Some("/var/lib/dpkgx"), ""));
+        assert!(!touches("dpkg", Some("/var/lib/rpm/rpmdb.sqlite"), ""));
+        assert!(touches(
+            "rpm",
+            Some("/usr/lib/sysimage/rpm/rpmdb.sqlite"),
+            ""
+        ));
     }
 }

@@ -125,14 +125,29 @@ fn rewrite(root: &Path, paths: &[&str]) {
     }
 }
 
-/// Session 1 makes the filesystem (`mkfs` with its arguments) and installs; session 2 rewrites
-/// every package file and /app/data.db, and (with `new_package`) adds a package to the status
-/// in place with its file /usr/bin/newtool. Returns the scratch, the snapshot taken between the
-/// sessions, and the 4 KiB blocks of each file after session 2 when `blocks_of` is given
-/// (XFS: from xfs_bmap).
+/// Session 1 makes the filesystem (`mkfs` with its arguments) and installs (`setup`: the
+/// dpkg packages by default); session 2 rewrites `paths` (by default every dpkg package file and
+/// /app/data.db), and (with `new_package`) adds a package to the dpkg status in place with its
+/// file /usr/bin/newtool. Returns the scratch, the snapshot taken between the sessions, and
+/// the 4 KiB blocks of each file after session 2 when `blocks_of` is given (XFS: from
+/// xfs_bmap).
 fn two_sessions(
     size: u64,
     mkfs: &[&str],
+    new_package: bool,
+    blocks_of: Option<fn(&Path) -> Vec<u64>>,
+) -> (Scratch, PathBuf, Vec<(String, Vec<u64>)>) {
+    let mut paths: Vec<&str> = FILES.iter().map(|f| f.2).collect();
+    paths.push("/app/data.db");
+    sessions(size, mkfs, &install, &paths, new_package, blocks_of)
+}
+
+/// As [`two_sessions`], with what session 1 installs and session 2 rewrites given.
+fn sessions(
+    size: u64,
+    mkfs: &[&str],
+    setup: &dyn Fn(&Path),
+    paths: &[&str],
     new_package: bool,
     blocks_of: Option<fn(&Path) -> Vec<u64>>,
 ) -> (Scratch, PathBuf, Vec<(String, Vec<u64>)>) {
@@ -143,7 +158,7 @@ fn two_sessions(
     let mut st = Stack::attach(&svc, s.dir.path());
     run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(st.dev()));
     st.mount(&mnt);
-    install(&mnt);
+    setup(&mnt);
     st.umount();
     st.detach();
     svc.stop();
@@ -152,8 +167,7 @@ fn two_sessions(
     let svc = Service::start(&s.image, &[]);
     let mut st = Stack::attach(&svc, s.dir.path());
     st.mount(&mnt);
-    let mut paths: Vec<&str> = FILES.iter().map(|f| f.2).collect();
-    paths.push("/app/data.db");
+    let mut paths = paths.to_vec();
     rewrite(&mnt, &paths);
     if new_package {
         let status = mnt.join("var/lib/dpkg/status");
@@ -378,4 +392,89 @@ fn report_lists_the_packages_owning_reverted_files_on_xfs() {
         command,
         json!("apt-get install --reinstall coreutils libfoo1:amd64")
     );
+}
+
+/// A real RPM package (built by rpmbuild: /usr/bin/hello and /usr/share/hello/README)
+/// recorded in a new rpmdb.sqlite by rpm itself, as on RHEL 9; returns the database file.
+fn rpmdb(dir: &Path) -> PathBuf {
+    let spec = dir.join("hello.spec");
+    std::fs::write(
+        &spec,
+        "Name: hello\nVersion: 2.12.1\nRelease: 5.el9\nSummary: prints a greeting\nLicense: GPLv3+\nBuildArch: x86_64\n\
+         %description\nThe GNU hello program.\n\
+         %install\nmkdir -p %{buildroot}/usr/bin %{buildroot}/usr/share/hello\n\
+         head -c 40960 /dev/urandom > %{buildroot}/usr/bin/hello\necho hello > %{buildroot}/usr/share/hello/README\n\
+         %files\n/usr/bin/hello\n/usr/share/hello/README\n",
+    )
+    .unwrap();
+    let top = dir.join("rpmbuild");
+    run(Command::new("rpmbuild")
+        .args(["-bb", "--define"])
+        .arg(format!("_topdir {}", top.display()))
+        .arg(&spec));
+    let rpm = top.join("RPMS/x86_64/hello-2.12.1-5.el9.x86_64.rpm");
+    let db = dir.join("rpmdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let rpm_db = |args: &[&str]| {
+        run(Command::new("rpm")
+            .arg("--dbpath")
+            .arg(&db)
+            .args(["--define", "_db_backend sqlite"])
+            .args(args));
+    };
+    rpm_db(&["--initdb"]);
+    rpm_db(&[
+        "-i",
+        "--justdb",
+        "--nodeps",
+        "--ignorearch",
+        "--ignoreos",
+        rpm.to_str().unwrap(),
+    ]);
+    db.join("rpmdb.sqlite")
+}
+
+#[test]
+fn report_lists_the_rpm_packages_owning_reverted_files() {
+    if !tools_ok(&["mkfs.ext4", "debugfs", "rpm", "rpmbuild"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let db = rpmdb(work.path());
+    let setup = |root: &Path| {
+        std::fs::create_dir_all(root.join("var/lib/rpm")).unwrap();
+        std::fs::copy(&db, root.join("var/lib/rpm/rpmdb.sqlite")).unwrap();
+        std::fs::create_dir_all(root.join("usr/share/hello")).unwrap();
+        std::fs::write(root.join("usr/bin/hello"), Rng(1).block(40960))
+            .or_else(|_| {
+                std::fs::create_dir_all(root.join("usr/bin"))?;
+                std::fs::write(root.join("usr/bin/hello"), Rng(1).block(40960))
+            })
+            .unwrap();
+        std::fs::write(root.join("usr/share/hello/README"), "hello\n").unwrap();
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::write(root.join("app/data.db"), Rng(9).block(40960)).unwrap();
+    };
+    let (s, snap, _) = sessions(
+        64 << 20,
+        &["mkfs.ext4", "-q", "-F", "-b", "4096"],
+        &setup,
+        &["/usr/bin/hello", "/app/data.db"],
+        false,
+        None,
+    );
+    for p in ["/usr/bin/hello", "/app/data.db"] {
+        assert_eq!(revert(&s.image, &snap, &["--fs-path", p]).len(), 4, "{p}");
+    }
+    let v = report_json(&s.image, &["--packages"]);
+    let r = &v["packages"][0];
+    assert_eq!(v["packages"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(r["database"], "rpm", "{r}");
+    assert_eq!(
+        r["packages"],
+        json!([{"name": "hello", "version": "2.12.1-5.el9", "arch": "x86_64",
+                "files": ["/usr/bin/hello"]}])
+    );
+    assert_eq!(r["unowned"], json!(["/app/data.db"]));
+    assert_eq!(r["command"], json!("dnf reinstall hello.x86_64"));
 }
