@@ -466,10 +466,15 @@ impl RegionPackages {
             writeln!(o, "      run: {c}").ok();
         }
         if !self.unowned.is_empty() {
-            let why = if self.database_damaged.is_empty() {
-                "restore from a backup"
+            let them = if self.unowned.len() == 1 {
+                "it"
             } else {
-                "restore from a backup, unless a package the old list misses owns them"
+                "them"
+            };
+            let why = if self.database_damaged.is_empty() {
+                "restore from a backup".to_string()
+            } else {
+                format!("restore from a backup, unless a package the old list misses owns {them}")
             };
             writeln!(
                 o,
