@@ -1,5 +1,5 @@
 //! `lostwrite report DEVICE... [--findings FILE]... [--since T] [--until T] [--files]
-//! [--plot FILE.svg] [--json]`: forensics after an incident, on one disk or on many. One disk
+//! [--packages] [--plot FILE.svg] [--json]`: forensics after an incident, on one disk or on many. One disk
 //! (one DEVICE, or one saved findings file) gives its report; several give the fleet report
 //! ([`forensics::fleet`]): one incident window across them, the disks ranked, each with its
 //! files. Exit status as `verify`'s: 0 when no disk has a failing finding, 1 when one does
@@ -42,6 +42,10 @@ pub struct Args {
     /// (ext2/3/4, whole disk or MBR/GPT partitions; needs debugfs from e2fsprogs).
     #[arg(long)]
     files: bool,
+    /// Also name the installed packages (dpkg, rpm) owning the damaged files, as a list to
+    /// reinstall; implies --files.
+    #[arg(long)]
+    packages: bool,
     /// Write a timeline picture (SVG) here; with several disks, one lane per disk.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -94,7 +98,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let opts = forensics::Options {
         since: parse(&a.since)?,
         until: parse(&a.until)?,
-        files: a.files,
+        files: a.files || a.packages,
+        packages: a.packages,
     };
     match (a.devices.len(), a.findings.len()) {
         (0, 0) => anyhow::bail!("give a DEVICE, or a saved `verify --json` with --findings FILE"),

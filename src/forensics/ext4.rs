@@ -410,6 +410,49 @@ impl ExtFs {
     }
 }
 
+impl ExtFs {
+    /// The contents of the regular files at `paths`, dumped by debugfs into a private
+    /// temporary directory in one run. Missing files, paths debugfs could not take as one
+    /// argument, and files over `max` bytes are left out.
+    pub fn read_files(
+        &self,
+        paths: &[String],
+        max: u64,
+    ) -> Result<HashMap<String, Vec<u8>>, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("lostwrite-dump")
+            .tempdir()
+            .map_err(|e| format!("making a directory for debugfs dump: {e}"))?;
+        let wanted: Vec<(usize, &String)> = paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.starts_with('/') && !p.contains(['"', '\n', '\\']))
+            .collect();
+        let cmds: Vec<String> = wanted
+            .iter()
+            .map(|(i, p)| {
+                format!(
+                    "dump \"{p}\" \"{}\"",
+                    dir.path().join(i.to_string()).display()
+                )
+            })
+            .collect();
+        if cmds.is_empty() {
+            return Ok(HashMap::new());
+        }
+        debugfs(&self.arg, &cmds)?;
+        let mut out = HashMap::new();
+        for (i, p) in wanted {
+            let f = dir.path().join(i.to_string());
+            if std::fs::metadata(&f).is_ok_and(|m| m.is_file() && m.len() <= max) {
+                let data = std::fs::read(&f).map_err(|e| format!("reading {p} as dumped: {e}"))?;
+                out.insert(p.clone(), data);
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

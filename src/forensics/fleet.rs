@@ -431,6 +431,20 @@ fn write_disk(o: &mut String, d: &FleetDisk, rows: usize) {
     for n in &r.notes {
         writeln!(o, "       note: {n}").ok();
     }
+    // With --packages each disk says what to reinstall on it: the packages belong to the disk.
+    if let Some(regions) = &r.packages {
+        writeln!(o, "       packages to reinstall:").ok();
+        if regions.is_empty() {
+            writeln!(o, "         none: no damaged file in a filesystem lostwrite reads").ok();
+        }
+        let mut lines = String::new();
+        for region in regions {
+            region.write_human(&mut lines);
+        }
+        for line in lines.lines() {
+            writeln!(o, "       {line}").ok();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -471,6 +485,7 @@ mod tests {
             findings,
             affected: Vec::new(),
             partitions: None,
+            packages: None,
             notes: Vec::new(),
             view: None,
             outside_view: 0,

@@ -93,6 +93,20 @@ impl Filesystem {
             Filesystem::Xfs(f) => f.owners(blocks, notes),
         }
     }
+
+    /// The contents of the regular files at `paths` (absolute, from the filesystem's root),
+    /// read through the same tool that maps its blocks, in one run. A path that is missing,
+    /// not a regular file, or larger than `max` bytes is left out.
+    pub fn read_files(
+        &self,
+        paths: &[String],
+        max: u64,
+    ) -> Result<HashMap<String, Vec<u8>>, String> {
+        match self {
+            Filesystem::Ext(f) => f.read_files(paths, max),
+            Filesystem::Xfs(f) => f.read_files(paths, max),
+        }
+    }
 }
 
 /// Formats recognised by a magic number at a fixed place, with what the user can do.

@@ -9,10 +9,10 @@
 //! One file per job: `report.rs` holds the report, its options and [`build`]; `window.rs` the
 //! incident window and histogram; `owners.rs` the mapping of blocks to their owners
 //! ([`map_blocks`]); `affected.rs` the per-owner sums and which free blocks are suspect;
-//! `symptom.rs` the words for what a user sees; `render.rs` the human form
-//! ([`ForensicReport::human`]); [`fleet`] the report over many disks; `view.rs` the nbdfuse views
-//! that let debugfs read an NBD export and xfs_db a copy-on-write view of a region. Their public
-//! items are re-exported here.
+//! `symptom.rs` the words for what a user sees; `packages.rs` the packages owning damaged files;
+//! `render.rs` the human form ([`ForensicReport::human`]); [`fleet`] the report over many disks;
+//! `view.rs` the nbdfuse views that let debugfs read an NBD export and xfs_db a copy-on-write
+//! view of a region. Their public items are re-exported here.
 
 pub mod deadline;
 pub mod ext4;
@@ -27,6 +27,7 @@ pub mod xfs;
 
 mod affected;
 mod owners;
+mod packages;
 mod render;
 mod report;
 mod symptom;
@@ -34,5 +35,6 @@ mod window;
 
 pub use affected::Affected;
 pub use owners::{map_blocks, FileRef, Item, MappedFinding, RegionInfo};
+pub use packages::{Package, RegionPackages};
 pub use report::{build, ForensicReport, Options};
 pub use window::{lost_points, Bin, IncidentWindow, LostPoint};

@@ -10,6 +10,7 @@
 use super::affected::suspect_free;
 use super::fs::{self, Detected, Filesystem, Owner};
 use super::lvm::{self, Map, Pv};
+use super::packages::{self, RegionPackages};
 use super::partition::{self, Region, Table};
 use super::symptom::{owner_name, symptom};
 use super::view::FuseView;
@@ -90,6 +91,19 @@ pub fn map_blocks(
     items: &[Item],
     notes: &mut Vec<String>,
 ) -> Result<(String, Vec<RegionInfo>, Vec<Vec<FileRef>>)> {
+    let (disk, all) = open_and_map(ledger, dev, device_path, items, notes)?;
+    Ok((disk.table.scheme.to_string(), disk.infos, all))
+}
+
+/// Opens the device's regions and maps the items; the disk is returned still open, so that
+/// its filesystems can be read further.
+fn open_and_map(
+    ledger: &Ledger,
+    dev: &dyn BlockDevice,
+    device_path: &str,
+    items: &[Item],
+    notes: &mut Vec<String>,
+) -> Result<(Disk, Vec<Vec<FileRef>>)> {
     let table = partition::read_table(dev)
         .map_err(|e| crate::Error::io(device_path, "reading the partition table", e))?;
     notes.extend(table.warnings.iter().cloned());
@@ -103,28 +117,40 @@ pub fn map_blocks(
             disk.refs((*offset, *kind, *found), &owners, &mut unknown_noted, notes)
         })
         .collect();
-    Ok((disk.table.scheme.to_string(), disk.infos, all))
+    Ok((disk, all))
 }
 
-/// Maps the findings' blocks to their owners (filling in each finding's `files`). Returns the
-/// partition scheme and the regions.
+/// Maps the findings' blocks to their owners (filling in each finding's `files`) and, with
+/// `packages`, finds the packages owning the damaged files while the filesystems are open.
+/// Returns the partition scheme, the regions and the packages.
 pub(super) fn map_findings(
     ledger: &Ledger,
     dev: &dyn BlockDevice,
     device_path: &str,
     mapped: &mut [MappedFinding],
+    packages: bool,
     notes: &mut Vec<String>,
-) -> Result<(String, Vec<RegionInfo>)> {
+) -> Result<(String, Vec<RegionInfo>, Option<Vec<RegionPackages>>)> {
     let items: Vec<Item> = mapped
         .iter()
         .map(|f| (f.finding.offset, Some(f.finding.kind), f.finding.found_time))
         .collect();
-    let (scheme, regions, files) = map_blocks(ledger, dev, device_path, &items, notes)?;
+    let (disk, files) = open_and_map(ledger, dev, device_path, &items, notes)?;
     for (f, refs) in mapped.iter_mut().zip(files) {
         f.files = refs;
     }
     suspect_free(mapped);
-    Ok((scheme, regions))
+    let packages = packages.then(|| {
+        let open: Vec<(&str, &Filesystem)> = disk
+            .table
+            .regions
+            .iter()
+            .zip(&disk.filesystems)
+            .filter_map(|(r, fs)| Some((r.name.as_str(), fs.as_ref()?)))
+            .collect();
+        packages::find(&open, mapped, notes)
+    });
+    Ok((disk.table.scheme.to_string(), disk.infos, packages))
 }
 
 /// The regions of a device and the filesystem found in each, ready to be asked who owns a block.

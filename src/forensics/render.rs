@@ -1,6 +1,6 @@
 //! The human form of a [`ForensicReport`], as `report` prints it: the device and the counts,
 //! the incident window with its histogram (or that nothing durable was lost), the affected files
-//! and structures, the notes, and where the timeline picture went.
+//! and structures, the packages to reinstall, the notes, and where the timeline picture went.
 
 use super::ForensicReport;
 use crate::clock::rfc3339;
@@ -13,6 +13,7 @@ impl ForensicReport {
         self.write_head(&mut o);
         self.write_window(&mut o);
         self.write_affected(&mut o, max_rows);
+        self.write_packages(&mut o);
         for n in &self.notes {
             writeln!(o, "note: {n}").ok();
         }
@@ -188,6 +189,20 @@ impl ForensicReport {
                 )
                 .ok();
             }
+        }
+    }
+
+    /// The packages to reinstall, per filesystem (with `--packages`).
+    fn write_packages(&self, o: &mut String) {
+        let Some(regions) = &self.packages else {
+            return;
+        };
+        writeln!(o, "\npackages to reinstall:").ok();
+        if regions.is_empty() {
+            writeln!(o, "  none: no damaged file in a filesystem lostwrite reads").ok();
+        }
+        for r in regions {
+            r.write_human(o);
         }
     }
 }

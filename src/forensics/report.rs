@@ -6,7 +6,7 @@
 use super::affected::summarize;
 use super::owners::map_findings;
 use super::window::{histogram, in_view, incident_window, lost_points};
-use super::{Affected, Bin, IncidentWindow, LostPoint, MappedFinding, RegionInfo};
+use super::{Affected, Bin, IncidentWindow, LostPoint, MappedFinding, RegionInfo, RegionPackages};
 use crate::clock::{rfc3339, Micros};
 use crate::device::BlockDevice;
 use crate::error::Result;
@@ -26,6 +26,8 @@ pub struct Options {
     pub until: Option<Micros>,
     /// Map findings to files.
     pub files: bool,
+    /// Also name the packages owning the damaged files (implies `files`).
+    pub packages: bool,
 }
 
 /// The forensic report.
@@ -57,6 +59,9 @@ pub struct ForensicReport {
     /// Partition scheme and regions (with `--files`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<(String, Vec<RegionInfo>)>,
+    /// Per filesystem with damaged files, the packages owning them (with `--packages`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Vec<RegionPackages>>,
     /// Notes (a damaged partition table, a filesystem the mapper does not know).
     pub notes: Vec<String>,
     /// `--since` / `--until` in effect (RFC 3339 in JSON).
@@ -117,10 +122,19 @@ pub fn build(
     let mut notes = Vec::new();
     let mut affected = Vec::new();
     let mut partitions = None;
-    if opts.files {
-        let (scheme, regions) = map_findings(ledger, dev, device_path, &mut mapped, &mut notes)?;
+    let mut packages = None;
+    if opts.files || opts.packages {
+        let (scheme, regions, p) = map_findings(
+            ledger,
+            dev,
+            device_path,
+            &mut mapped,
+            opts.packages,
+            &mut notes,
+        )?;
         affected = summarize(&mapped);
         partitions = Some((scheme, regions));
+        packages = p;
     }
     let hist = history::collect(ledger, &HashSet::new(), &HashSet::new())?;
     Ok(ForensicReport {
@@ -135,6 +149,7 @@ pub fn build(
         findings: mapped,
         affected,
         partitions,
+        packages,
         notes,
         view: viewed.then_some((opts.since, opts.until)),
         outside_view,

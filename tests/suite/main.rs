@@ -13,6 +13,7 @@ mod forensics;
 mod forensics_fleet;
 mod forensics_gpt;
 mod forensics_lvm;
+mod forensics_packages;
 mod forensics_xfs;
 mod helpers;
 mod host;
