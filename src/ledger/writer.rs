@@ -255,6 +255,13 @@ impl JournalWriter {
         lock(&self.app).next_lsn
     }
 
+    /// The last LSN appended and where the journal ends after it: (segment, offset), read
+    /// together.
+    pub fn end(&self) -> (Lsn, (u64, u64)) {
+        let a = lock(&self.app);
+        (a.next_lsn - 1, (a.segment, a.offset))
+    }
+
     /// The journal is durable through this LSN.
     pub fn synced(&self) -> Lsn {
         self.synced_hint.load(Ordering::Acquire)
