@@ -24,7 +24,9 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 /// A running checkpoint is due once this many records followed the last one ...
 pub(super) const EVERY_RECORDS: u64 = 1 << 19;
-/// ... or this long after it (µs), whichever comes first, when records follow it at all.
+/// ... or this long after it (µs), or once the journal started a new segment (retention folds
+/// whole segments, and a checkpoint older than the fold is no use), whichever comes first,
+/// when records follow it at all.
 pub(super) const EVERY_MICROS: Micros = 5_000_000;
 
 /// The running checkpoints of one session.
@@ -34,6 +36,8 @@ pub(super) struct Checkpoints {
     gate: RwLock<()>,
     due_lsn: AtomicU64,
     due_time: AtomicI64,
+    /// The journal's segment count at the last checkpoint.
+    rolls: AtomicU64,
     /// One checkpoint at a time; a recorder finding one under way goes on.
     taking: Mutex<()>,
     /// The host boot the session runs under; `None` (no boot id) takes no running checkpoints.
@@ -47,6 +51,7 @@ impl Checkpoints {
             gate: RwLock::new(()),
             due_lsn: AtomicU64::new(lsn + EVERY_RECORDS),
             due_time: AtomicI64::new(now + EVERY_MICROS),
+            rolls: AtomicU64::new(0),
             taking: Mutex::new(()),
             boot,
         }
@@ -57,9 +62,10 @@ impl Checkpoints {
         self.gate.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn due(&self, last: Lsn) -> bool {
+    fn due(&self, last: Lsn, rolls: u64) -> bool {
         self.boot.is_some()
             && (last >= self.due_lsn.load(Ordering::Relaxed)
+                || rolls != self.rolls.load(Ordering::Relaxed)
                 || clock::now() >= self.due_time.load(Ordering::Relaxed))
     }
 }
@@ -71,13 +77,14 @@ impl WriteSession {
     /// the one caller that finds it due; a failure is logged, not the caller's.
     pub(super) fn checkpoint_if_due(&self, last: Lsn) {
         let c = self.checkpoints();
-        if !c.due(last) {
+        let rolls = self.journal().rolls();
+        if !c.due(last, rolls) {
             return;
         }
         let Ok(_one) = c.taking.try_lock() else {
             return;
         };
-        if !c.due(last) {
+        if !c.due(last, rolls) {
             return;
         }
         if let Err(e) = self.checkpoint_running() {
@@ -93,10 +100,12 @@ impl WriteSession {
             return Ok(self.header().checkpoint_lsn);
         };
         let j = self.journal();
+        let rolls = j.rolls();
         let (lsn, pos) = {
             let _all = c.gate.write().unwrap_or_else(|p| p.into_inner());
             j.end()
         };
+        c.rolls.store(rolls, Ordering::Relaxed);
         j.sync_to(lsn)?;
         self.state.seal_dirty();
         c.due_lsn.store(lsn + EVERY_RECORDS, Ordering::Relaxed);

@@ -240,6 +240,11 @@ impl JournalWriter {
         lock(&self.app).first_time
     }
 
+    /// Segments started so far by this writer.
+    pub fn rolls(&self) -> u64 {
+        *lock(&self.rolls)
+    }
+
     /// Waits until a segment is started after the `seen`-th, or `timeout`; returns the count.
     pub fn wait_roll(&self, seen: u64, timeout: std::time::Duration) -> u64 {
         let g = lock(&self.rolls);
