@@ -177,7 +177,7 @@ print("| --- | --- | --- | --- | --- | --- |")
 def opened(key, label, goal):
     med, lo, hi, n, replayed = one[key]
     ok = "" if not goal else ("yes" if float(med) <= 2000 else "**no**")
-    print(f"| `Ledger::open` {label} ({int(replayed):,} records replayed) | {float(med)/1e3:.2f} s | "
+    print(f"| `Ledger::open` {label} (at most {int(replayed):,} records replayed) | {float(med)/1e3:.2f} s | "
           f"{float(lo)/1e3:.2f}–{float(hi)/1e3:.2f} s | {n} | {'≤ 2 s' if goal else '—'} | {ok} |")
 opened("open_crash_write_hot", "after a crash, as `serve` (Write), hot cache", True)
 opened("open_crash_write_cold", "after a crash, as `serve` (Write), cold cache", True)

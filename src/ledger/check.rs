@@ -6,7 +6,7 @@
 use super::baseline::Baseline;
 use super::fold::Fold;
 use super::meta::Meta;
-use super::open::open_state;
+use super::open::{open_state, running_checkpoint};
 use super::replay::{apply, journal_start, Replay};
 use super::state::{StateHeader, StateTable};
 use super::{files, lock, reader, BASELINE_FILE, JOURNAL_DIR, META_FILE, STATE_FILE};
@@ -197,6 +197,21 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
                 "the state table was checkpointed before the compacted history ends: the next writer rebuilds it".into(),
             );
             state = None;
+        }
+    }
+    if let Some(h) = header.filter(|h| !h.clean && h.running.is_some()) {
+        match running_checkpoint(&h) {
+            Ok(()) => rep.notes.push(format!(
+                "the last writer did not close the ledger; its running checkpoint is at LSN {}: the next writer replays the journal after it",
+                h.checkpoint_lsn
+            )),
+            Err(why) => {
+                // The table may be ahead of the journal after a host crash: not damage.
+                rep.warnings.push(format!(
+                    "{why}; the next writer rebuilds the state table from the journal"
+                ));
+                state = None;
+            }
         }
     }
     let ckpt = header.map_or(0, |h| h.checkpoint_lsn);

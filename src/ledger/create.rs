@@ -79,6 +79,7 @@ impl Ledger {
             last_session: 0,
             session_open: false,
             clean: false,
+            running: None,
         };
         let state = StateTable::create(&t.join(STATE_FILE), &header)?;
         if let Some(src) = baseline {

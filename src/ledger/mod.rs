@@ -36,6 +36,7 @@
 
 pub mod baseline;
 pub mod check;
+mod checkpoint;
 pub mod codec;
 pub mod compact;
 mod create;
@@ -140,6 +141,9 @@ pub struct Recovery {
     pub state_rebuilt: Option<String>,
     /// Records replayed into the state table.
     pub replayed: u64,
+    /// The LSN the replay started from: past the table's checkpoint, or the journal's start
+    /// when the table was rebuilt whole (0: nothing was replayed: a live view).
+    pub replayed_from: Lsn,
     /// Whether the last session had closed cleanly.
     pub previous_clean: bool,
     /// Warnings for the operator.

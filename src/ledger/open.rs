@@ -162,6 +162,7 @@ fn recover(
         last_session: sessions.current,
         session_open: sessions.open(),
         clean: true,
+        running: None,
     };
     let ledger = Ledger {
         dir: dir.to_path_buf(),
@@ -277,6 +278,7 @@ fn open_state_table(
                 last_session: 0,
                 session_open: false,
                 clean: false,
+                running: None,
             };
             Ok((StateTable::create(&path, &h)?, Some(why)))
         }
@@ -341,9 +343,11 @@ fn judge_header(
 }
 
 /// Step 5, the journal: replays it into the table from the checkpoint on when the table is
-/// sound; otherwise clears the table and rebuilds it from the compacted history and the whole
-/// journal — when it is damaged (`rebuild`, or a page failing its check: a warning), when the
-/// last writer did not close cleanly (after a host crash the table may even hold changes whose
+/// sound — closed cleanly, or left by a writer that crashed under this host boot after a running
+/// checkpoint (checkpoint.rs); otherwise clears the table and rebuilds it from the compacted
+/// history and the whole journal — when it is damaged (`rebuild`, or a page failing its check: a
+/// warning), when the last writer did not close cleanly and its checkpoint cannot be trusted (a
+/// version-1 table, or another boot: after a host crash the table may even hold changes whose
 /// journal records were lost), or when retention folded records past its checkpoint. Returns
 /// where the journal ends and the sessions it saw.
 fn replay_journal(
@@ -358,24 +362,42 @@ fn replay_journal(
     // Why the table must be rebuilt from the whole journal although it is not damaged.
     let mut recover: Option<String> = None;
     if let Some(h) = header {
-        if !h.clean {
-            recover = Some("the last writer did not close the ledger cleanly".into());
-        } else if let Some(&p) = state.bad_pages().first() {
-            rebuild = Some(format!(
-                "page {p} (blocks {}..{}) fails its check at offset {}",
-                p * 512,
-                (p + 1) * 512,
-                state.check_offset(p)
-            ));
+        let trusted = if h.clean {
+            Ok(())
+        } else {
+            running_checkpoint(&h)
+        };
+        if let Err(why) = trusted {
+            recover = Some(why);
+        } else if let Some(why) = h.clean.then(|| first_bad_page(state)).flatten() {
+            rebuild = Some(why);
         } else if fold.is_some_and(|f| h.checkpoint_lsn < f.header.through_lsn) {
             recover = Some(
                 "the state table was checkpointed before the oldest retained journal record".into(),
             );
         } else {
             let mut sessions = Sessions::at_checkpoint(Some(&h));
-            let (e, n) = table.run(h.checkpoint_lsn + 1, h.checkpoint_pos, &mut sessions)?;
-            recovery.replayed = n;
-            return Ok((e, sessions));
+            let from = h.checkpoint_lsn + 1;
+            let (e, n) = table.run(from, h.checkpoint_pos, &mut sessions)?;
+            // A crashed writer's table is checked after the tail is in: every page the tail did
+            // not change must pass the check the running checkpoint sealed.
+            match (!h.clean).then(|| first_bad_page(state)).flatten() {
+                Some(why) => rebuild = Some(why),
+                None => {
+                    recovery.replayed = n;
+                    recovery.replayed_from = from;
+                    tracing::info!(
+                        "state table {}: replayed {n} records from LSN {from} (the {})",
+                        state_path.display(),
+                        if h.clean {
+                            "checkpoint of a clean close"
+                        } else {
+                            "running checkpoint of the crashed writer"
+                        }
+                    );
+                    return Ok((e, sessions));
+                }
+            }
         }
     }
     if let Some(why) = &rebuild {
@@ -386,15 +408,53 @@ fn replay_journal(
         tracing::warn!("{msg}");
         recovery.warnings.push(msg);
         recovery.state_rebuilt = Some(why.clone());
-    } else if let Some(why) = &recover {
-        tracing::info!("{why}; rebuilding the state table from the journal");
     }
     state.clear();
     let mut sessions = table.seed(fold)?;
     let protected = header.map_or((0, 0), |h| h.checkpoint_pos);
     let (e, n) = table.run(table.start.lsn, protected, &mut sessions)?;
     recovery.replayed = n;
+    recovery.replayed_from = table.start.lsn;
+    tracing::info!(
+        "state table {}: replayed {n} records from LSN {} (the whole journal: {})",
+        state_path.display(),
+        table.start.lsn,
+        rebuild
+            .as_deref()
+            .or(recover.as_deref())
+            .unwrap_or("no checkpoint to start from")
+    );
     Ok((e, sessions))
+}
+
+/// Whether the checkpoint of a table its writer did not close can be trusted: only a running
+/// checkpoint taken under this host boot (checkpoint.rs says why). The error says why not.
+pub(super) fn running_checkpoint(h: &StateHeader) -> std::result::Result<(), String> {
+    match (h.running, super::state::boot_id()) {
+        (None, _) => Err(
+            "the last writer did not close the ledger cleanly and left no running checkpoint"
+                .into(),
+        ),
+        (Some(_), None) => Err(
+            "the last writer did not close the ledger cleanly, and this host gives no boot id to trust its running checkpoint by".into(),
+        ),
+        (Some(theirs), Some(ours)) if theirs != ours => Err(
+            "the last writer did not close the ledger cleanly and the host has restarted since: the table may hold changes whose journal records were lost".into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The first data page (not changed since the last seal) failing its check, described.
+fn first_bad_page(state: &StateTable) -> Option<String> {
+    state.bad_pages().first().map(|&p| {
+        format!(
+            "page {p} (blocks {}..{}) fails its check at offset {}",
+            p * 512,
+            (p + 1) * 512,
+            state.check_offset(p)
+        )
+    })
 }
 
 /// Step 6, the torn tail: bytes after the journal's last whole frame. Left by a crash, they are

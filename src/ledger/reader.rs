@@ -161,12 +161,13 @@ pub fn scan(
                 },
             ));
         }
-        let buf = std::fs::read(&path).ctx(&path, "reading journal segment")?;
-        let header = match SegmentHeader::decode(&buf) {
+        let mut win = Window::open(&path)?;
+        let file_len = win.len;
+        let header = match SegmentHeader::decode(win.at(0, segment::HEADER_LEN)?) {
             Ok(h) => h,
             Err(why)
                 if is_last
-                    && (buf.len() < segment::HEADER_LEN || buf.iter().all(|&b| b == 0))
+                    && (file_len < segment::HEADER_LEN as u64 || win.all_zero_from(0)?)
                     && (number, 0) >= protected =>
             {
                 // A segment created just before a crash whose header never reached the disk.
@@ -174,7 +175,7 @@ pub fn scan(
                     segment: number,
                     path: path.clone(),
                     offset: 0,
-                    file_len: buf.len() as u64,
+                    file_len,
                     reason: why,
                 });
                 break;
@@ -185,14 +186,15 @@ pub fn scan(
             .last()
             .map_or(start.prev, |p| (p.content_crc, p.valid_len));
         check_header(&header, &path, ledger_id, number, next_lsn, prev)?;
-        let mut pos = segment::HEADER_LEN;
+        let mut pos = segment::HEADER_LEN as u64;
         let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&buf[..pos]);
-        while pos < buf.len() {
-            let f = match frame::parse(&buf[pos..], ledger_id) {
+        hasher.update(&win.at(0, segment::HEADER_LEN)?[..segment::HEADER_LEN]);
+        while pos < file_len {
+            let bytes = win.frame_at(pos)?;
+            let f = match frame::parse(bytes, ledger_id) {
                 Ok(f) => f,
                 Err(e) => {
-                    let offset = pos as u64;
+                    let offset = pos;
                     if !is_last || (number, offset) < protected {
                         return Err(Error::damaged(
                             &path,
@@ -200,12 +202,14 @@ pub fn scan(
                             format!("{e} in synced journal history (the ledger file was damaged; `lostwrite ledger check` lists every problem)"),
                         ));
                     }
-                    if let Some(later) = synced_frame_after(&buf, pos, ledger_id, next_lsn) {
+                    let rest = win.rest(pos)?;
+                    if let Some(later) = synced_frame_after(&rest, 0, ledger_id, next_lsn) {
                         return Err(Error::damaged(
                             &path,
                             offset,
                             format!(
-                                "{e}, but a later frame at offset {later} says the journal had been synced past this point: damaged history, not a torn tail"
+                                "{e}, but a later frame at offset {} says the journal had been synced past this point: damaged history, not a torn tail",
+                                offset + later as u64
                             ),
                         ));
                     }
@@ -213,8 +217,8 @@ pub fn scan(
                         segment: number,
                         path: path.clone(),
                         offset,
-                        file_len: buf.len() as u64,
-                        reason: describe_tail(&e, &buf[pos..]),
+                        file_len,
+                        reason: describe_tail(&e, &rest),
                     });
                     break;
                 }
@@ -222,7 +226,7 @@ pub fn scan(
             if f.first_lsn != next_lsn {
                 return Err(Error::damaged(
                     &path,
-                    pos as u64,
+                    pos,
                     format!(
                         "frame starts at LSN {} where LSN {next_lsn} was expected ({} records)",
                         f.first_lsn,
@@ -235,9 +239,9 @@ pub fn scan(
                 ));
             }
             if f.last_lsn() >= decode_from {
-                let records = f.records().map_err(|e| {
-                    Error::damaged(&path, pos as u64, format!("undecodable frame: {e}"))
-                })?;
+                let records = f
+                    .records()
+                    .map_err(|e| Error::damaged(&path, pos, format!("undecodable frame: {e}")))?;
                 for (k, r) in records.iter().enumerate() {
                     let lsn = f.first_lsn + k as u64;
                     if lsn >= decode_from {
@@ -249,19 +253,19 @@ pub fn scan(
                     }
                 }
             }
-            hasher.update(&buf[pos..pos + f.len]);
+            hasher.update(&bytes[..f.len]);
             next_lsn = f.last_lsn() + 1;
             last_time = f.time;
-            pos += f.len;
+            pos += f.len as u64;
         }
         segments.push(SegmentInfo {
             number,
             path,
             first_lsn: header.first_lsn,
-            valid_len: pos.min(buf.len()) as u64,
-            file_len: buf.len() as u64,
+            valid_len: pos.min(file_len),
+            file_len,
             content_crc: hasher.finalize(),
-            last_time: if pos > segment::HEADER_LEN {
+            last_time: if pos > segment::HEADER_LEN as u64 {
                 last_time
             } else {
                 0
@@ -277,6 +281,98 @@ pub fn scan(
         last_time,
         torn,
     })
+}
+
+/// Bytes a segment is read in: opening holds this much of a segment (or one frame, when a frame
+/// is larger), not the whole 64 MiB file.
+const CHUNK: usize = 1 << 20;
+
+/// A segment read through a bounded buffer: `buf` holds the file's bytes from offset `base` on.
+struct Window {
+    file: std::fs::File,
+    path: PathBuf,
+    /// The file's length when it was opened (a live view reads while the service appends).
+    len: u64,
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl Window {
+    fn open(path: &Path) -> Result<Window> {
+        let file = std::fs::File::open(path).ctx(path, "reading journal segment")?;
+        let len = file.metadata().ctx(path, "reading journal segment")?.len();
+        Ok(Window {
+            file,
+            path: path.to_path_buf(),
+            len,
+            base: 0,
+            buf: Vec::with_capacity(CHUNK),
+        })
+    }
+
+    /// The bytes from file offset `pos` (not before the window's start) to the buffer's end:
+    /// at least `want` of them, or all the file has.
+    fn at(&mut self, pos: u64, want: usize) -> Result<&[u8]> {
+        use std::os::unix::fs::FileExt;
+        debug_assert!(pos >= self.base);
+        let end = self.base + self.buf.len() as u64;
+        let need = (pos + want as u64).min(self.len);
+        if need > end || pos > end {
+            // Keep only what is not consumed yet, then read a chunk (or the frame) behind it.
+            let keep_from = (pos - self.base).min(self.buf.len() as u64) as usize;
+            self.buf.drain(..keep_from);
+            self.base += keep_from as u64;
+            let target = ((need - self.base) as usize).max(CHUNK);
+            let target = target.min((self.len - self.base) as usize);
+            let mut have = self.buf.len();
+            self.buf.resize(target, 0);
+            while have < target {
+                let n = self
+                    .file
+                    .read_at(&mut self.buf[have..], self.base + have as u64)
+                    .ctx(&self.path, "reading journal segment")?;
+                if n == 0 {
+                    break;
+                }
+                have += n;
+            }
+            self.buf.truncate(have);
+        }
+        let from = ((pos - self.base) as usize).min(self.buf.len());
+        Ok(&self.buf[from..])
+    }
+
+    /// The bytes of the frame at `pos` as far as its header says it reaches (fewer at the
+    /// file's end: the parser then calls it cut short).
+    fn frame_at(&mut self, pos: u64) -> Result<&[u8]> {
+        let head = self.at(pos, frame::HEADER_LEN)?;
+        let want = if head.len() >= frame::HEADER_LEN {
+            let body = u32::from_le_bytes(head[8..12].try_into().expect("4")) as usize;
+            frame::HEADER_LEN + body.min(frame::MAX_BODY)
+        } else {
+            head.len()
+        };
+        self.at(pos, want)
+    }
+
+    /// Everything from `pos` to the end of the file (to judge a bad tail: only then is more
+    /// than a chunk held).
+    fn rest(&mut self, pos: u64) -> Result<Vec<u8>> {
+        let want = (self.len.saturating_sub(pos)) as usize;
+        Ok(self.at(pos, want)?.to_vec())
+    }
+
+    /// Whether every byte from `pos` on is zero, read a chunk at a time.
+    fn all_zero_from(&mut self, mut pos: u64) -> Result<bool> {
+        while pos < self.len {
+            let b = self.at(pos, CHUNK)?;
+            if b.iter().any(|&x| x != 0) {
+                return Ok(false);
+            }
+            pos += b.len() as u64;
+        }
+        Ok(true)
+    }
 }
 
 fn check_header(

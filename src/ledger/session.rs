@@ -18,9 +18,10 @@
 //! session also answers everything a reader can, and a `&WriteSession` passes where a
 //! `&Ledger` is asked for.
 
+use super::checkpoint::Checkpoints;
 use super::record::{Generation, Lsn, Record, SessionOpen};
 use super::replay::{journal_start, Replay};
-use super::state::BlockState;
+use super::state::{self, BlockState};
 use super::writer::JournalWriter;
 use super::{lock_mutex, Ledger, JOURNAL_DIR};
 use crate::block;
@@ -73,8 +74,11 @@ impl LedgerWriter {
         let mut h = self.header();
         // The table stops claiming a clean end before anything is appended: a clean header
         // then means no writer appended past its checkpoint, so bytes found there were written
-        // by no crash of ours (docs/FORMAT.md, "Recovery").
+        // by no crash of ours (docs/FORMAT.md, "Recovery"). It is still the state at its
+        // checkpoint: a running one (checkpoint.rs) from here on.
+        let boot = state::boot_id();
         h.clean = false;
+        h.running = boot;
         self.state.write_header(&h)?;
         let id = h.last_session + 1;
         let opened = clock::now();
@@ -94,6 +98,7 @@ impl LedgerWriter {
         h.last_session = id;
         h.session_open = true;
         h.clean = false;
+        h.running = boot;
         self.state.write_header(&h)?;
         *lock_mutex(&self.header) = h;
         self.ledger.own_session = Some(id);
@@ -102,6 +107,7 @@ impl LedgerWriter {
             id,
             strict,
             opened,
+            checkpoints: Checkpoints::new(lsn, opened, boot),
             inflight: Mutex::new(Inflight {
                 incomplete: BTreeMap::new(),
                 completed: Vec::new(),
@@ -132,6 +138,7 @@ impl LedgerWriter {
         h.last_session = sessions.current;
         h.session_open = sessions.open();
         h.clean = true;
+        h.running = None;
         self.checkpoint(h)
     }
 }
@@ -143,6 +150,7 @@ pub struct WriteSession {
     id: u64,
     strict: bool,
     opened: clock::Micros,
+    checkpoints: Checkpoints,
     inflight: Mutex<Inflight>,
     flushes: Mutex<FlushRounds>,
     flushed: Condvar,
@@ -171,6 +179,11 @@ impl WriteSession {
     /// When the session began (its session-open record's time).
     pub fn opened(&self) -> clock::Micros {
         self.opened
+    }
+
+    /// The session's running checkpoints (checkpoint.rs).
+    pub(super) fn checkpoints(&self) -> &Checkpoints {
+        &self.checkpoints
     }
 
     /// Refuses to record once the device failed to make data durable.
@@ -241,6 +254,9 @@ impl WriteSession {
                 generations,
             });
         }
+        // Shared until the entries are in the table: a running checkpoint never claims a record
+        // that is appended but not yet applied.
+        let applying = self.checkpoints.applying();
         let last = {
             let mut inf = lock_mutex(&self.inflight);
             let (mut lsn, last) = j.append(&records, clock::now())?;
@@ -257,6 +273,8 @@ impl WriteSession {
                 self.state.set(b, make(i, b, g).1);
             }
         }
+        drop(applying);
+        self.checkpoint_if_due(last);
         if self.strict {
             j.sync_to(last)?;
         }
@@ -353,6 +371,9 @@ impl WriteSession {
     /// become unknown until their next write); the ticket then counts as completed for flushes.
     pub fn complete(&self, t: &Ticket, ok: bool) -> Result<()> {
         let j = self.journal();
+        // A failure record changes the table: held as a recorder holds it (before `inflight`,
+        // in the same order).
+        let applying = (!ok).then(|| self.checkpoints.applying());
         let mut inf = lock_mutex(&self.inflight);
         let mut result = Ok(());
         if !ok {
@@ -383,6 +404,8 @@ impl WriteSession {
         }
         inf.incomplete.remove(&t.first);
         inf.completed.push((t.first, t.last));
+        drop(inf);
+        drop(applying);
         result
     }
 
@@ -528,6 +551,7 @@ impl WriteSession {
             h.clean = true;
         }
         h.checkpoint_pos = j.position();
+        h.running = None;
         self.writer.checkpoint(h)
     }
 }

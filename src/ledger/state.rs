@@ -16,12 +16,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// "LWSTATE\0".
 pub const MAGIC: [u8; 8] = *b"LWSTATE\0";
-/// State table format version.
-pub const VERSION: u32 = 1;
+/// State table format version written by this build (version 1, read too, has no boot id: see
+/// docs/FORMAT.md, "state").
+pub const VERSION: u32 = 2;
 /// Largest generation before wrapping to 1.
 pub const MAX_GENERATION: Generation = (1 << 30) - 1;
 const ENTRIES_PER_PAGE: u64 = (PAGE / 8) as u64;
-const HEADER_LEN: usize = 80;
+/// Header bytes of version 2 (boot id at 76, CRC at 92) and of version 1 (CRC at 76).
+const HEADER_LEN: usize = 96;
+const HEADER_LEN_V1: usize = 80;
+/// Flag bits of the header.
+const CLEAN: u32 = 1;
+const SESSION_OPEN: u32 = 2;
+const RUNNING: u32 = 4;
 
 /// What a block should hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +133,11 @@ pub struct StateHeader {
     /// The table is exactly the state at `checkpoint_lsn` and every page check is valid.
     /// Cleared while a writer changes entries.
     pub clean: bool,
+    /// Written by a running writer (CLEAN unset) on the host boot with this id: the table, as
+    /// that boot's page cache holds it, reflects every record up to `checkpoint_lsn`, and every
+    /// page no later record changed passes its check. `None` in a version-1 header, a clean one,
+    /// or one that promises nothing (a table being rebuilt). Not written with `clean`.
+    pub running: Option<[u8; 16]>,
 }
 
 impl StateHeader {
@@ -140,8 +152,19 @@ impl StateHeader {
         h.extend_from_slice(&self.checkpoint_pos.0.to_le_bytes());
         h.extend_from_slice(&self.checkpoint_pos.1.to_le_bytes());
         h.extend_from_slice(&self.last_session.to_le_bytes());
-        let flags = self.clean as u32 | (self.session_open as u32) << 1;
+        let mut flags = 0;
+        if self.clean {
+            flags |= CLEAN;
+        }
+        if self.session_open {
+            flags |= SESSION_OPEN;
+        }
+        let running = self.running.filter(|_| !self.clean);
+        if running.is_some() {
+            flags |= RUNNING;
+        }
         h.extend_from_slice(&flags.to_le_bytes());
+        h.extend_from_slice(&running.unwrap_or_default());
         let crc = crc32fast::hash(&h);
         h.extend_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(h.len(), HEADER_LEN);
@@ -154,16 +177,34 @@ impl StateHeader {
         if b[0..8] != MAGIC {
             return Err((0, "not a lostwrite state table (bad magic)".into()));
         }
-        if crc32fast::hash(&b[..HEADER_LEN - 4]) != u32_at(HEADER_LEN - 4) {
-            return Err((
-                HEADER_LEN as u64 - 4,
-                "state header checksum mismatch".into(),
-            ));
-        }
-        if u32_at(8) != VERSION {
-            return Err((8, format!("state table version {}", u32_at(8))));
+        let version = u32_at(8);
+        let len = match version {
+            1 => HEADER_LEN_V1,
+            VERSION => HEADER_LEN,
+            v => {
+                return Err((
+                    8,
+                    format!("state table version {v} (this build reads versions 1 and {VERSION})"),
+                ))
+            }
+        };
+        if crc32fast::hash(&b[..len - 4]) != u32_at(len - 4) {
+            return Err((len as u64 - 4, "state header checksum mismatch".into()));
         }
         let flags = u32_at(72);
+        let known = if version == 1 {
+            CLEAN | SESSION_OPEN
+        } else {
+            CLEAN | SESSION_OPEN | RUNNING
+        };
+        if flags & !known != 0 {
+            return Err((72, format!("unknown state header flags {flags:#x}")));
+        }
+        let boot: [u8; 16] = b[76..92].try_into().expect("16");
+        let running = (version != 1 && flags & RUNNING != 0).then_some(boot);
+        if version != 1 && running.is_none() && boot != [0; 16] {
+            return Err((76, "a boot id without the RUNNING flag".into()));
+        }
         Ok(StateHeader {
             block_size: u32_at(12),
             block_count: u64_at(16),
@@ -171,10 +212,28 @@ impl StateHeader {
             checkpoint_lsn: u64_at(40),
             checkpoint_pos: (u64_at(48), u64_at(56)),
             last_session: u64_at(64),
-            clean: flags & 1 != 0,
-            session_open: flags & 2 != 0,
+            clean: flags & CLEAN != 0,
+            session_open: flags & SESSION_OPEN != 0,
+            running,
         })
     }
+}
+
+/// The id of the running host boot (`/proc/sys/kernel/random/boot_id`), or `None` where the
+/// kernel does not give one. The page cache outlives a crashed process but not a host crash: a
+/// running checkpoint is only trusted under the boot that wrote it.
+pub fn boot_id() -> Option<[u8; 16]> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let hex: Vec<u8> = text.trim().bytes().filter(|&c| c != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        id[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    // All zeroes would read as "no boot id" in the header.
+    (id != [0; 16]).then_some(id)
 }
 
 /// The mapped state table.
@@ -235,9 +294,15 @@ impl StateTable {
 
     /// Reads and checks the header (and that the bytes the format leaves unused are zero).
     pub fn header(&self) -> Result<StateHeader> {
-        let h = StateHeader::decode(&self.map.header())
+        let page = self.map.header();
+        let h = StateHeader::decode(&page)
             .map_err(|(off, why)| Error::damaged(self.path(), off, why))?;
-        if let Some(off) = self.map.stray_byte(HEADER_LEN) {
+        let used = if page[8] == 1 {
+            HEADER_LEN_V1
+        } else {
+            HEADER_LEN
+        };
+        if let Some(off) = self.map.stray_byte(used) {
             return Err(Error::damaged(
                 self.path(),
                 off,
@@ -345,6 +410,41 @@ impl StateTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn header(running: Option<[u8; 16]>) -> StateHeader {
+        StateHeader {
+            block_size: 4096,
+            block_count: 77,
+            ledger_id: [9; 16],
+            checkpoint_lsn: 1234,
+            checkpoint_pos: (3, 4567),
+            last_session: 5,
+            session_open: true,
+            clean: running.is_none(),
+            running,
+        }
+    }
+
+    #[test]
+    fn header_round_trip_and_version_1() {
+        for h in [header(None), header(Some([0xab; 16]))] {
+            let mut page = h.encode();
+            page.resize(PAGE, 0);
+            assert_eq!(StateHeader::decode(&page), Ok(h));
+            let mut bad = page.clone();
+            bad[80] ^= 1;
+            assert!(StateHeader::decode(&bad).is_err());
+        }
+        // Version 1: the same fields up to the flags, its CRC at 76, no boot id.
+        let h = header(None);
+        let mut v1 = h.encode()[..76].to_vec();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        v1.resize(PAGE, 0);
+        assert_eq!(StateHeader::decode(&v1), Ok(h));
+        assert!(boot_id().is_some(), "this kernel gives a boot id");
+    }
 
     #[test]
     fn entry_round_trip() {

@@ -240,6 +240,11 @@ impl JournalWriter {
         lock(&self.app).first_time
     }
 
+    /// Segments started so far by this writer.
+    pub fn rolls(&self) -> u64 {
+        *lock(&self.rolls)
+    }
+
     /// Waits until a segment is started after the `seen`-th, or `timeout`; returns the count.
     pub fn wait_roll(&self, seen: u64, timeout: std::time::Duration) -> u64 {
         let g = lock(&self.rolls);
@@ -253,6 +258,13 @@ impl JournalWriter {
     /// The LSN the next record will get.
     pub fn next_lsn(&self) -> Lsn {
         lock(&self.app).next_lsn
+    }
+
+    /// The last LSN appended and where the journal ends after it: (segment, offset), read
+    /// together.
+    pub fn end(&self) -> (Lsn, (u64, u64)) {
+        let a = lock(&self.app);
+        (a.next_lsn - 1, (a.segment, a.offset))
     }
 
     /// The journal is durable through this LSN.
