@@ -17,6 +17,12 @@
 //! it again to the next server (a restart or an upgrade loses no request: docs/OPERATIONS.md).
 //! A client that has not taken its replies [`SHUTDOWN_GRACE`] after the stop began is
 //! disconnected, so no client can hold a shutdown.
+//!
+//! The exports offered can change while serving ([`Server::publish`], for a reload): a client
+//! negotiating sees the list of the moment it connected, and enters transmission only if the
+//! export it chose is still published. [`Server::drain`] ends the connections of one export
+//! that is no longer published, as a shutdown ends all of them; connections to other exports
+//! never notice.
 
 pub mod buffers;
 pub mod conn;
@@ -36,7 +42,7 @@ use listener::Listener;
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -77,10 +83,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 type Job = Box<dyn FnOnce() + Send>;
 
 struct Shared {
-    exports: Exports,
+    exports: RwLock<Exports>,
     config: Config,
     stopping: AtomicBool,
     conns: Mutex<HashMap<u64, Conn>>,
+    /// The export each connection in transmission serves (by address: no reference kept).
+    serving: Mutex<HashMap<u64, usize>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     active: AtomicUsize,
     next_id: AtomicU64,
@@ -114,10 +122,11 @@ impl Server {
             })
             .collect();
         let shared = Arc::new(Shared {
-            exports: Exports(exports),
+            exports: RwLock::new(Exports(exports)),
             config,
             stopping: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
+            serving: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -194,8 +203,65 @@ impl Server {
         for w in self.workers {
             let _ = w.join();
         }
-        shared.exports.0.clone()
+        let list = read(&shared.exports).0.clone();
+        list
     }
+
+    /// Offers `exports` from now on, in this order (the first answers to the empty name).
+    /// Connections already in transmission keep their export, published or not.
+    pub fn publish(&self, exports: Vec<Arc<Export>>) {
+        *self
+            .shared
+            .exports
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Exports(exports);
+    }
+
+    /// Ends every connection to `export`, which must no longer be published: each stops
+    /// reading, the requests it has read are answered (and its writes flushed, as at any
+    /// disconnect), and it closes. A client that has not taken its replies [`SHUTDOWN_GRACE`]
+    /// later is cut off. Returns how many connections it ended; connections to other exports
+    /// are not touched.
+    pub fn drain(&self, export: &Arc<Export>) -> usize {
+        let key = Arc::as_ptr(export) as usize;
+        let ids: Vec<u64> = lock(&self.shared.serving)
+            .iter()
+            .filter(|(_, &e)| e == key)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &ids {
+            if let Some(c) = lock(&self.shared.conns).get(id) {
+                c.shutdown(Shutdown::Read);
+            }
+        }
+        let gone = |ids: &[u64]| {
+            let serving = lock(&self.shared.serving);
+            ids.iter().all(|id| !serving.contains_key(id))
+        };
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        let mut cut = false;
+        while !gone(&ids) {
+            if !cut && std::time::Instant::now() >= deadline {
+                for id in &ids {
+                    if let Some(c) = lock(&self.shared.conns).get(id) {
+                        tracing::warn!(
+                            "connection {id}: its client has not taken its replies {} s into the drain of export {:?}; disconnecting it",
+                            SHUTDOWN_GRACE.as_secs(),
+                            export.name()
+                        );
+                        c.shutdown(Shutdown::Both);
+                    }
+                }
+                cut = true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ids.len()
+    }
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -239,6 +305,7 @@ fn accept_loop(l: &Listener, shared: &Arc<Shared>) {
                         "connection {id}: a bug ended this connection (panic); the service goes on"
                     );
                 }
+                lock(&sh.serving).remove(&id);
                 lock(&sh.conns).remove(&id);
                 sh.active.fetch_sub(1, Ordering::SeqCst);
             });
@@ -266,6 +333,8 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
     }
     let _ = s.set_read_timeout(Some(shared.config.handshake_timeout));
     let stopping = || shared.stopping.load(Ordering::SeqCst);
+    // The exports of this moment: a reload while this client negotiates is checked below.
+    let exports = Exports(read(&shared.exports).0.clone());
     let no_zeroes = match handshake::greet(&mut s) {
         Ok(Greeting::Options { no_zeroes }) => no_zeroes,
         Ok(Greeting::Closed(why)) => {
@@ -280,7 +349,7 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
         active: false,
     };
     let outcome = loop {
-        match handshake::options(&mut s, &shared.exports, no_zeroes, tls, &stopping) {
+        match handshake::options(&mut s, &exports, no_zeroes, tls, &stopping) {
             Ok(Outcome::StartTls) => {
                 let Some(config) = shared.config.tls.clone() else {
                     return tracing::error!("connection {id}: STARTTLS accepted without TLS");
@@ -311,6 +380,19 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
     match outcome {
         Ok(Outcome::StartTls) => {}
         Ok(Outcome::Transmission(export)) => {
+            drop(exports);
+            // Registered under the list's lock, so a drain either sees this connection or it
+            // sees the export gone: no connection slips into a removed export.
+            {
+                let list = read(&shared.exports);
+                if !list.0.iter().any(|e| Arc::ptr_eq(e, &export)) {
+                    return tracing::info!(
+                        "connection {id} from {peer}: export {:?} was removed by a reload while the client negotiated; closing",
+                        export.name()
+                    );
+                }
+                lock(&shared.serving).insert(id, Arc::as_ptr(&export) as usize);
+            }
             let _ = s.set_read_timeout(None);
             // A client that stops reading its replies must not hold a worker (or shutdown)
             // forever: writes wake every slice to look at the reply's deadline. (TLS cannot

@@ -23,6 +23,7 @@ mod nbd_client;
 mod operations;
 mod powercut;
 mod protocol;
+mod reload;
 mod retention;
 mod service;
 mod tls;
