@@ -108,8 +108,9 @@ fn metrics_addr(path: &Path) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "--config {}: {e}; nothing was sent to the server, which keeps serving what it served",
-            path.display()
+            "--config {}: {}\nnothing was sent to the server, which keeps serving what it served",
+            path.display(),
+            e.to_string().trim_end()
         )
     })?;
     match table.get("metrics").and_then(|m| m.as_str()) {

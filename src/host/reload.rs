@@ -118,7 +118,7 @@ impl Host {
 
     /// The reload itself: an error is a refusal (nothing changed).
     fn try_reload(&mut self, path: &Path, r: &mut Reloaded) -> std::result::Result<(), String> {
-        let new = read_config(path).map_err(|e| e.to_string())?;
+        let new = read_config(path).map_err(|e| e.to_string().trim_end().to_string())?;
         host_wide(&self.config, &new)?;
         let scrub: Vec<Option<ScrubOptions>> = new
             .export
@@ -370,7 +370,7 @@ fn host_wide(old: &ServeConfig, new: &ServeConfig) -> std::result::Result<(), St
         return Ok(());
     }
     Err(format!(
-        "{} changed: a reload changes exports only; restart serve for host-wide settings (docs/OPERATIONS.md, \"Restart and upgrade\")",
+        "{} changed: a reload changes exports only; restart serve for host-wide settings (docs/OPERATIONS.md, \"Restarting and upgrading under running VMs\")",
         keys.join(", ")
     ))
 }

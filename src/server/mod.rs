@@ -19,7 +19,7 @@
 //! disconnected, so no client can hold a shutdown.
 //!
 //! The exports offered can change while serving ([`Server::publish`], for a reload): a client
-//! negotiating sees the list of the moment it connected, and enters transmission only if the
+//! negotiating sees the list of the moment of each option, and enters transmission only if the
 //! export it chose is still published. [`Server::drain`] ends the connections of one export
 //! that is no longer published, as a shutdown ends all of them; connections to other exports
 //! never notice.
@@ -42,7 +42,7 @@ use listener::Listener;
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -83,7 +83,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 type Job = Box<dyn FnOnce() + Send>;
 
 struct Shared {
-    exports: RwLock<Exports>,
+    exports: Exports,
     config: Config,
     stopping: AtomicBool,
     conns: Mutex<HashMap<u64, Conn>>,
@@ -122,7 +122,7 @@ impl Server {
             })
             .collect();
         let shared = Arc::new(Shared {
-            exports: RwLock::new(Exports(exports)),
+            exports: Exports::new(exports),
             config,
             stopping: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
@@ -203,18 +203,13 @@ impl Server {
         for w in self.workers {
             let _ = w.join();
         }
-        let list = read(&shared.exports).0.clone();
-        list
+        shared.exports.list()
     }
 
     /// Offers `exports` from now on, in this order (the first answers to the empty name).
     /// Connections already in transmission keep their export, published or not.
     pub fn publish(&self, exports: Vec<Arc<Export>>) {
-        *self
-            .shared
-            .exports
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Exports(exports);
+        self.shared.exports.replace(exports);
     }
 
     /// Ends every connection to `export`, which must no longer be published: each stops
@@ -258,10 +253,6 @@ impl Server {
         }
         ids.len()
     }
-}
-
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|p| p.into_inner())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -333,8 +324,6 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
     }
     let _ = s.set_read_timeout(Some(shared.config.handshake_timeout));
     let stopping = || shared.stopping.load(Ordering::SeqCst);
-    // The exports of this moment: a reload while this client negotiates is checked below.
-    let exports = Exports(read(&shared.exports).0.clone());
     let no_zeroes = match handshake::greet(&mut s) {
         Ok(Greeting::Options { no_zeroes }) => no_zeroes,
         Ok(Greeting::Closed(why)) => {
@@ -349,7 +338,7 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
         active: false,
     };
     let outcome = loop {
-        match handshake::options(&mut s, &exports, no_zeroes, tls, &stopping) {
+        match handshake::options(&mut s, &shared.exports, no_zeroes, tls, &stopping) {
             Ok(Outcome::StartTls) => {
                 let Some(config) = shared.config.tls.clone() else {
                     return tracing::error!("connection {id}: STARTTLS accepted without TLS");
@@ -380,18 +369,16 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
     match outcome {
         Ok(Outcome::StartTls) => {}
         Ok(Outcome::Transmission(export)) => {
-            drop(exports);
             // Registered under the list's lock, so a drain either sees this connection or it
             // sees the export gone: no connection slips into a removed export.
-            {
-                let list = read(&shared.exports);
-                if !list.0.iter().any(|e| Arc::ptr_eq(e, &export)) {
-                    return tracing::info!(
-                        "connection {id} from {peer}: export {:?} was removed by a reload while the client negotiated; closing",
-                        export.name()
-                    );
-                }
+            let registered = shared.exports.while_offered(&export, || {
                 lock(&shared.serving).insert(id, Arc::as_ptr(&export) as usize);
+            });
+            if !registered {
+                return tracing::info!(
+                    "connection {id} from {peer}: export {:?} was removed by a reload while the client negotiated; closing",
+                    export.name()
+                );
             }
             let _ = s.set_read_timeout(None);
             // A client that stops reading its replies must not hold a worker (or shutdown)

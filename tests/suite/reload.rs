@@ -415,3 +415,38 @@ fn a_config_naming_a_device_held_elsewhere_changes_nothing() {
         verify_clean(&f.image(n));
     }
 }
+
+/// A client still negotiating (greeted, no export chosen yet) holds no export: removing one
+/// under it closes that export's session cleanly, and the client can still pick another.
+#[test]
+fn a_client_still_negotiating_does_not_keep_a_removed_export_open() {
+    use std::os::unix::net::UnixStream;
+    let f = Fixture::new(&["a", "b"]);
+    f.write(&[("a", ""), ("b", "")]);
+    let svc = f.start();
+    let mut c = UnixStream::connect(&f.sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut greeting = [0u8; 18];
+    c.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    // FIXED_NEWSTYLE | NO_ZEROES, then nothing: negotiation is open.
+    c.write_all(&3u32.to_be_bytes()).unwrap();
+    f.write(&[("a", "")]);
+    let (code, out, err) = f.reload();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("closed     b"), "{out}");
+    assert!(svc.log_text().contains("export \"b\" closed cleanly"));
+    // The negotiating client goes on: NBD_OPT_EXPORT_NAME "a" enters transmission.
+    let mut opt = Vec::new();
+    opt.extend_from_slice(&0x49484156454F5054u64.to_be_bytes());
+    opt.extend_from_slice(&1u32.to_be_bytes());
+    opt.extend_from_slice(&1u32.to_be_bytes());
+    opt.push(b'a');
+    c.write_all(&opt).unwrap();
+    let mut reply = [0u8; 10];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(u64::from_be_bytes(reply[..8].try_into().unwrap()), 8 << 20);
+    drop(c);
+    svc.stop();
+    assert!(last_session(&f.image("b")).contains("closed cleanly"));
+}
