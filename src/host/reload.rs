@@ -16,6 +16,7 @@ use super::config::{read_config, ExportSpec, ServeConfig};
 use super::{close, hosted, label, open, scrub_options, sole, Host, Hosted};
 use crate::error::Result;
 use crate::metrics::NotServed;
+use crate::server::Server;
 use crate::service::scrub::ScrubOptions;
 use crate::service::Export;
 use serde::Serialize;
@@ -211,17 +212,22 @@ impl Host {
         }
 
         // The switch: from here on nothing is refused.
-        let mut old: HashMap<String, Hosted> = std::mem::take(&mut self.exports)
+        let mut old: Vec<Option<Hosted>> = std::mem::take(&mut self.exports)
             .into_iter()
-            .map(|h| (h.spec.name.clone(), h))
+            .map(Some)
             .collect();
+        let mut take = |name: &str| {
+            old.iter_mut()
+                .find(|h| h.as_ref().is_some_and(|h| h.spec.name == name))
+                .and_then(Option::take)
+        };
         let mut next: Vec<Option<Hosted>> = Vec::new();
         let mut in_place = Vec::new();
         for ((s, p), opts) in new.export.iter().zip(&plans).zip(&scrub) {
             match p {
                 Plan::Same => {
                     r.unchanged.push(s.name.clone());
-                    next.push(old.remove(&s.name));
+                    next.push(take(&s.name));
                 }
                 Plan::Open | Plan::Beside => {
                     next.push(early.remove(&s.name).map(|e| {
@@ -240,14 +246,30 @@ impl Host {
             }
         }
         self.publish(&next, &down);
-        // Retiring: what the new configuration drops, and the old selves of changed exports.
+        // Retiring: what the new configuration drops, and the old selves of changed exports,
+        // all at once (each may wait for its clients to take their last replies).
+        let old: Vec<Hosted> = old.into_iter().flatten().collect();
+        let old_specs: HashMap<String, ExportSpec> = old
+            .iter()
+            .map(|h| (h.spec.name.clone(), h.spec.clone()))
+            .collect();
+        let server = &self.server;
+        let ended: Vec<(String, bool)> = std::thread::scope(|sc| {
+            let running: Vec<_> = old
+                .into_iter()
+                .map(|h| {
+                    let name = h.spec.name.clone();
+                    (name, sc.spawn(move || retire(server, h)))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|(name, t)| (name, t.join().unwrap_or(false)))
+                .collect()
+        });
         let mut failures = Vec::new();
-        let mut old_specs: HashMap<String, ExportSpec> = HashMap::new();
-        for (name, h) in old {
-            let gone = !new.export.iter().any(|s| s.name == name);
-            old_specs.insert(name.clone(), h.spec.clone());
-            let closed = self.retire(h);
-            if gone {
+        for (name, closed) in ended {
+            if !new.export.iter().any(|s| s.name == name) {
                 r.closed.push(name.clone());
             }
             if !closed {
@@ -316,30 +338,30 @@ impl Host {
             m.publish(list, down.to_vec());
         }
     }
+}
 
-    /// Ends one export that is no longer published: its connections drain, its helpers stop,
-    /// and its session closes. Whether it closed cleanly.
-    fn retire(&self, mut h: Hosted) -> bool {
-        let n = self.server.drain(&h.export);
-        tracing::info!(
-            "{}: removed or changed by a reload; {n} connection(s) drained",
-            label(&h.spec.name)
-        );
-        if let Some(s) = h.scrubber.take() {
-            s.stop();
-        }
-        if let Some(r) = h.retainer.take() {
-            r.stop();
-        }
-        if let Some(d) = h.detector.take() {
-            d.finish();
-        }
-        match sole(h.export) {
-            Ok(e) => close(e).is_clean(),
-            Err(e) => {
-                tracing::error!("{e}");
-                false
-            }
+/// Ends one export that is no longer published: its connections drain, its helpers stop, and
+/// its session closes. Whether it closed cleanly.
+fn retire(server: &Server, mut h: Hosted) -> bool {
+    let n = server.drain(&h.export);
+    tracing::info!(
+        "{}: removed or changed by a reload; {n} connection(s) drained",
+        label(&h.spec.name)
+    );
+    if let Some(s) = h.scrubber.take() {
+        s.stop();
+    }
+    if let Some(r) = h.retainer.take() {
+        r.stop();
+    }
+    if let Some(d) = h.detector.take() {
+        d.finish();
+    }
+    match sole(h.export) {
+        Ok(e) => close(e).is_clean(),
+        Err(e) => {
+            tracing::error!("{e}");
+            false
         }
     }
 }

@@ -450,3 +450,36 @@ fn a_client_still_negotiating_does_not_keep_a_removed_export_open() {
     svc.stop();
     assert!(last_session(&f.image("b")).contains("closed cleanly"));
 }
+
+/// A changed export that keeps its device can only reopen after its old self closed; when its
+/// new settings then fail (here a block size its ledger does not have), its old settings are
+/// reopened, it serves again, and `reload` says so with exit 2.
+#[test]
+fn a_changed_export_whose_new_settings_fail_reopens_with_its_old_ones() {
+    if !have("qemu-io") || !have("nbdinfo") {
+        return;
+    }
+    let f = Fixture::new(&["a", "c"]);
+    f.write(&[("a", ""), ("c", "")]);
+    let svc = f.start();
+    f.write(&[("a", ""), ("c", "block_size = 8192\n")]);
+    let (code, out, err) = f.reload();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("reload applied, except: export \"c\" could not reopen with its new settings")
+            && err.contains("8192")
+            && err.contains("its old settings were reopened"),
+        "{err}"
+    );
+    assert_eq!(f.listed(), ["a", "c"]);
+    write_and_read(&f.uri("c"), 0x4c);
+    let st = f.status();
+    assert_eq!(st["reloads"]["applied"], 1, "{st}");
+    assert!(st["reloads"]["last"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("old settings"));
+    svc.stop();
+    assert!(last_session(&f.image("c")).contains("closed cleanly"));
+    verify_clean(&f.image("c"));
+}
