@@ -116,7 +116,7 @@ fn metrics_addr(path: &Path) -> anyhow::Result<String> {
     match table.get("metrics").and_then(|m| m.as_str()) {
         Some(a) => Ok(a.to_string()),
         None => anyhow::bail!(
-            "--config {} names no metrics endpoint (metrics = \"HOST:PORT\"), which is where `reload` asks the server; send the server SIGHUP instead (systemctl reload lostwrite, or kill -HUP with the pid in an export's ledger directory, file lock) and read its log",
+            "--config {} names no metrics endpoint (metrics = \"HOST:PORT\"), which is where `reload` asks the server; send the server SIGHUP instead (systemctl reload lostwrite, or `kill -HUP PID` with the pid written in the file `lock` of an export's ledger directory) and read its log",
             path.display()
         ),
     }

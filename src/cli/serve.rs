@@ -216,6 +216,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
 fn reload(host: &mut Host, config: Option<&Path>) -> Reloaded {
     let Some(path) = config else {
         let r = Reloaded {
+            config: "the command line".into(),
             reason: Some(
                 "serve was started without --config: there is no file to re-read; restart it to change its flags".into(),
             ),
