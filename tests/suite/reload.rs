@@ -209,7 +209,7 @@ fn a_reload_under_fio_opens_and_closes_exports_and_the_other_connection_never_no
     let held_b = Held::connect(&f.uri("b"));
     wait_for("qemu-io on b", || f.export("b")["clients"] == 1);
     let uri = f.uri("a");
-    std::thread::scope(|sc| {
+    let before = std::thread::scope(|sc| {
         let job = sc.spawn(|| {
             fio(
                 &uri,
@@ -224,7 +224,12 @@ fn a_reload_under_fio_opens_and_closes_exports_and_the_other_connection_never_no
                 ],
             )
         });
-        wait_for("fio on a", || f.export("a")["clients"] == 1);
+        // fio's nbd engine first connects only to learn the size: wait for the connection
+        // that does I/O.
+        wait_for("fio's I/O on a", || {
+            let e = f.export("a");
+            e["clients"] == 1 && e["connections"][0]["requests"].as_u64() > Some(0)
+        });
         let before = connections(&f.export("a"));
         f.write(&[("a", ""), ("c", "")]);
         let (code, out, err) = f.reload();
@@ -244,21 +249,22 @@ fn a_reload_under_fio_opens_and_closes_exports_and_the_other_connection_never_no
         write_and_read(&f.uri("c"), 0x5c);
         let terse = job.join().unwrap();
         assert!(!terse.is_empty());
-        let log = svc.log_text();
-        let applied = log.find("reload of ").expect("a reload line");
-        for id in before {
-            let closed = log
-                .find(&format!("connection {id} closed after"))
-                .unwrap_or(usize::MAX);
-            assert!(
-                closed > applied,
-                "connection {id} closed before the reload: {log}"
-            );
-        }
+        before
     });
     assert_eq!(f.export("a")["errors"], 0);
     drop(held_b);
     let log = svc.stop();
+    // The log is complete once serve has exited: fio's connection closed after the reload.
+    let applied = log.find("reload of ").expect("a reload line");
+    for id in before {
+        let closed = log
+            .find(&format!("connection {id} closed after"))
+            .unwrap_or_else(|| panic!("connection {id} never closed: {log}"));
+        assert!(
+            closed > applied,
+            "connection {id} closed before the reload: {log}"
+        );
+    }
     let b_closed = log
         .find("export \"b\" closed cleanly")
         .expect("b closed cleanly");
@@ -301,9 +307,11 @@ fn sighup_restarts_a_changed_export_alone() {
     assert_eq!(c["clients"], 0, "{c}");
     assert_eq!(c["session"].as_u64(), Some(c_session + 1), "{c}");
     write_and_read(&f.uri("c"), 0x3c);
-    let log = svc.log_text();
-    assert!(log.contains("restarted c; 1 unchanged"), "{log}");
-    assert!(!log.contains("export \"a\" closed"), "{log}");
+    // The log is written behind the service's back: wait for the line.
+    wait_for("the reload's log line", || {
+        svc.log_text().contains("restarted c; 1 unchanged")
+    });
+    assert!(!svc.log_text().contains("export \"a\" closed"));
     drop((_held_a, _held_c));
     svc.stop();
     verify_clean(&f.image("a"));
@@ -348,7 +356,9 @@ fn a_config_that_does_not_parse_changes_nothing() {
         "{m}"
     );
     assert!(m.contains("lostwrite_last_reload_applied 0"), "{m}");
-    assert!(svc.log_text().contains("refused, nothing changed"));
+    wait_for("the refusal's log line", || {
+        svc.log_text().contains("refused, nothing changed")
+    });
     // Parses as TOML, but the server refuses it; it names the key.
     f.write(&[("b", "speed = 3\n")]);
     let (code, out, err) = f.reload();
@@ -435,7 +445,9 @@ fn a_client_still_negotiating_does_not_keep_a_removed_export_open() {
     let (code, out, err) = f.reload();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("closed     b"), "{out}");
-    assert!(svc.log_text().contains("export \"b\" closed cleanly"));
+    wait_for("b's closing line", || {
+        svc.log_text().contains("export \"b\" closed cleanly")
+    });
     // The negotiating client goes on: NBD_OPT_EXPORT_NAME "a" enters transmission.
     let mut opt = Vec::new();
     opt.extend_from_slice(&0x49484156454F5054u64.to_be_bytes());
