@@ -3,7 +3,10 @@
 //! time (the I/O path only bumps atomics), every series labelled by export; `GET /healthz`
 //! answers 200 while every export can record, 503 naming those that cannot; `GET /status.json`
 //! answers the same live figures as JSON ([`LiveStatus`]), which `status --config` reads, so no
-//! client has to parse the text exposition.
+//! client has to parse the text exposition; `POST /reload` asks the service to re-read its
+//! configuration and answers the outcome as JSON (200 applied, 409 refused), which `lostwrite
+//! reload` reads. The exports reported on change with a reload ([`MetricsServer::publish`]);
+//! what reloads did is kept in [`Reloads`].
 
 use crate::clock::rfc3339;
 use crate::findings::classify::Kind;
@@ -15,8 +18,9 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExportLabel {
@@ -217,10 +221,59 @@ impl Collector for Exports {
     }
 }
 
+/// The reload figures as metrics: counters by outcome, and when the last one ran and how.
+#[derive(Debug)]
+struct ReloadMetrics(ReloadStatus);
+
+impl Collector for ReloadMetrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct OutcomeLabel {
+            outcome: String,
+        }
+        let mut m = enc.encode_descriptor(
+            "reloads",
+            "Configuration reloads (SIGHUP or `lostwrite reload`), applied or refused.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in [("applied", self.0.applied), ("refused", self.0.refused)] {
+            let l = OutcomeLabel {
+                outcome: outcome.into(),
+            };
+            m.encode_family(&l)?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        if let Some(last) = &self.0.last {
+            enc.encode_descriptor(
+                "last_reload_timestamp_seconds",
+                "When the last reload ended (Unix time).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(last.unix_micros as f64 / 1e6))?;
+            enc.encode_descriptor(
+                "last_reload_applied",
+                "1 when the last reload was applied, 0 when it was refused (the log and /status.json say why).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&i64::from(last.applied))?;
+        }
+        Ok(())
+    }
+}
+
 /// The text exposition of every export's metrics.
 pub fn render(exports: &[Arc<Export>]) -> String {
+    render_with(exports, &ReloadStatus::default())
+}
+
+/// The text exposition of every export's metrics and of the reloads.
+fn render_with(exports: &[Arc<Export>], reloads: &ReloadStatus) -> String {
     let mut registry = Registry::with_prefix("lostwrite");
     registry.register_collector(Box::new(Exports(exports.to_vec())));
+    registry.register_collector(Box::new(ReloadMetrics(reloads.clone())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
@@ -238,9 +291,79 @@ pub const STATUS_PATH: &str = "/status.json";
 pub struct LiveStatus {
     /// One entry per open export, in the order of the configuration.
     pub exports: Vec<ExportStatus>,
-    /// The exports of the configuration that could not be opened at start, and why.
+    /// The exports of the configuration that could not be opened (at start or at the last
+    /// reload), and why.
     pub not_served: Vec<NotServed>,
+    /// What configuration reloads did.
+    pub reloads: ReloadStatus,
 }
+
+/// Configuration reloads since the service started, as `/status.json` gives them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReloadStatus {
+    /// Reloads applied.
+    pub applied: u64,
+    /// Reloads refused (nothing changed).
+    pub refused: u64,
+    /// The last one.
+    pub last: Option<LastReload>,
+}
+
+/// How the last reload ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LastReload {
+    /// When it ended (RFC 3339).
+    pub time: String,
+    /// The same instant, microseconds since the Unix epoch.
+    pub unix_micros: i64,
+    /// Whether it was applied.
+    pub applied: bool,
+    /// Why it was refused, or what went wrong in applying it.
+    pub reason: Option<String>,
+}
+
+/// What reloads did, kept by the host and read by the endpoint.
+#[derive(Debug, Default)]
+pub struct Reloads(Mutex<ReloadStatus>);
+
+impl Reloads {
+    /// Counts one reload that ended now.
+    pub fn record(&self, applied: bool, reason: Option<String>) {
+        let now = crate::clock::now();
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if applied {
+            s.applied += 1;
+        } else {
+            s.refused += 1;
+        }
+        s.last = Some(LastReload {
+            time: rfc3339(now),
+            unix_micros: now,
+            applied,
+            reason,
+        });
+    }
+
+    /// The figures now.
+    pub fn status(&self) -> ReloadStatus {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The route that asks for a reload (POST) and answers its outcome.
+pub const RELOAD_PATH: &str = "/reload";
+
+/// How long the reload route waits for the service's answer; a reload drains connections for
+/// at most the server's grace period per export it removes or restarts, so this is generous.
+pub const RELOAD_WAIT: Duration = Duration::from_secs(300);
+
+/// A reload's outcome as the service answers it: whether it was applied, and its JSON.
+pub type ReloadAnswer = (bool, String);
+
+/// A request for a reload: where to send the answer.
+pub type ReloadAsk = crossbeam_channel::Sender<ReloadAnswer>;
 
 /// An export of the configuration that is not served: it could not be opened at start.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -325,6 +448,7 @@ pub struct ExportStatus {
 /// The live figures of every export, and the exports that are `down`.
 pub fn live_status(exports: &[Arc<Export>], down: &[NotServed]) -> LiveStatus {
     LiveStatus {
+        reloads: ReloadStatus::default(),
         exports: exports
             .iter()
             .map(|e| ExportStatus {
@@ -411,32 +535,49 @@ impl MetricsListener {
     }
 
     /// Serves `/metrics`, `/healthz` and `/status.json` for `exports`; `down` names configured
-    /// exports that could not be opened (health and the status route report them).
+    /// exports that could not be opened (health and the status route report them). `/reload`
+    /// sends its requests to `asks`, and the figures of reloads come from `reloads`.
     pub fn start(
         self,
         exports: Vec<Arc<Export>>,
         down: Vec<NotServed>,
+        reloads: Arc<Reloads>,
+        asks: crossbeam_channel::Sender<ReloadAsk>,
     ) -> crate::Result<MetricsServer> {
         let server = Arc::new(self.server);
-        let s = server.clone();
+        let published = Arc::new(RwLock::new(Published { exports, down }));
+        let (s, p) = (server.clone(), published.clone());
         let handle = std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || serve(&s, &exports, &down))
+            .spawn(move || serve(&s, &p, &reloads, &asks))
             .map_err(|e| crate::Error::io(&self.addr, "starting the metrics thread", e))?;
         Ok(MetricsServer {
             server,
+            published,
             handle: Some(handle),
         })
     }
 }
 
+/// What the endpoint reports on; a reload replaces it.
+struct Published {
+    exports: Vec<Arc<Export>>,
+    down: Vec<NotServed>,
+}
+
 /// The HTTP endpoint, serving.
 pub struct MetricsServer {
     server: Arc<tiny_http::Server>,
+    published: Arc<RwLock<Published>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl MetricsServer {
+    /// Reports on `exports` and `down` from now on (after a reload).
+    pub fn publish(&self, exports: Vec<Arc<Export>>, down: Vec<NotServed>) {
+        *self.published.write().unwrap_or_else(|p| p.into_inner()) = Published { exports, down };
+    }
+
     /// Stops listening and lets go of the exports.
     pub fn stop(mut self) {
         self.server.unblock();
@@ -446,15 +587,43 @@ impl MetricsServer {
     }
 }
 
-fn serve(server: &tiny_http::Server, exports: &[Arc<Export>], down: &[NotServed]) {
+fn serve(
+    server: &tiny_http::Server,
+    published: &RwLock<Published>,
+    reloads: &Reloads,
+    asks: &crossbeam_channel::Sender<ReloadAsk>,
+) {
     use tiny_http::{Header, Method, Response};
     let text =
         |ct: &str| Header::from_bytes(&b"Content-Type"[..], ct.as_bytes()).expect("a valid header");
     for req in server.incoming_requests() {
         let path = req.url().split('?').next().unwrap_or("").to_string();
+        if (req.method(), path.as_str()) == (&Method::Post, RELOAD_PATH) {
+            // A reload may take a while (draining connections): scrapes go on meanwhile.
+            let asks = asks.clone();
+            let json = text("application/json");
+            let spawned = std::thread::Builder::new()
+                .name("metrics-reload".into())
+                .spawn(move || {
+                    let (code, body) = ask_reload(&asks);
+                    let _ = req.respond(
+                        Response::from_string(body + "\n")
+                            .with_status_code(code)
+                            .with_header(json),
+                    );
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start a thread for a reload request: {e}");
+            }
+            continue;
+        }
+        let p = published.read().unwrap_or_else(|p| p.into_inner());
+        let (exports, down) = (&p.exports, &p.down);
         let r = match (req.method(), path.as_str()) {
-            (Method::Get, "/metrics") => Response::from_string(render(exports))
-                .with_header(text("text/plain; version=0.0.4; charset=utf-8")),
+            (Method::Get, "/metrics") => {
+                Response::from_string(render_with(exports, &reloads.status()))
+                    .with_header(text("text/plain; version=0.0.4; charset=utf-8"))
+            }
             (Method::Get, "/healthz") => {
                 let mut bad: Vec<String> = down.iter().map(NotServed::line).collect();
                 bad.extend(health(exports));
@@ -467,17 +636,43 @@ fn serve(server: &tiny_http::Server, exports: &[Arc<Export>], down: &[NotServed]
                 }
             }
             (Method::Get, STATUS_PATH) => {
-                let body = serde_json::to_string(&live_status(exports, down))
+                let mut live = live_status(exports, down);
+                live.reloads = reloads.status();
+                let body = serde_json::to_string(&live)
                     .expect("plain numbers and strings always serialise");
                 Response::from_string(body + "\n").with_header(text("application/json"))
             }
             (Method::Get, _) => Response::from_string(format!(
-                "not found: try /metrics, /healthz or {STATUS_PATH}\n"
+                "not found: try /metrics, /healthz or {STATUS_PATH} (or POST {RELOAD_PATH})\n"
             ))
             .with_status_code(404),
-            _ => Response::from_string("only GET\n").with_status_code(405),
+            _ => Response::from_string(format!("only GET, and POST {RELOAD_PATH}\n"))
+                .with_status_code(405),
         };
+        drop(p);
         // A scraper that hung up is its own problem.
         let _ = req.respond(r);
+    }
+}
+
+/// Asks the service for a reload and waits for its outcome: the HTTP status and JSON body.
+fn ask_reload(asks: &crossbeam_channel::Sender<ReloadAsk>) -> (u16, String) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let fail = |why: String| {
+        (
+            503,
+            serde_json::json!({ "applied": false, "reason": why }).to_string(),
+        )
+    };
+    if asks.send(tx).is_err() {
+        return fail("the service is stopping; nothing was reloaded".into());
+    }
+    match rx.recv_timeout(RELOAD_WAIT) {
+        Ok((true, body)) => (200, body),
+        Ok((false, body)) => (409, body),
+        Err(_) => fail(format!(
+            "the service did not answer within {} s; its log says whether the reload ran",
+            RELOAD_WAIT.as_secs()
+        )),
     }
 }

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod history;
 pub mod init;
 pub mod ledger;
+pub mod reload;
 pub mod report;
 pub mod serve;
 pub mod status;
@@ -56,6 +57,8 @@ pub enum Command {
     Ledger(ledger::Args),
     /// Summarise a ledger: device, sessions, journal, tracked blocks.
     Status(status::Args),
+    /// Make a running `serve --config` re-read its configuration, and wait for the outcome.
+    Reload(reload::Args),
     /// Run the whole story on a scratch image: baseline, damage, verify.
     Demo(demo::Args),
 }
@@ -109,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::History(a) => history::run(a),
         Command::Ledger(a) => ledger::run(a),
         Command::Status(a) => status::run(a),
+        Command::Reload(a) => reload::run(a),
         Command::Demo(a) => demo::run(a),
     }
 }

@@ -2,18 +2,19 @@
 //! NBD server in front of one device, or of every export a TOML file lists (one process per
 //! host), recording every write in each export's ledger; with detection of stale reads, a
 //! background scrubber, an alert hook and Prometheus metrics. SIGTERM or SIGINT ends it
-//! cleanly.
+//! cleanly; SIGHUP (or `lostwrite reload`, through the metrics endpoint) re-reads the
+//! `--config` file and applies it without a restart.
 //!
 //! This file only turns the flags (or the `--config` file) into a [`ServeConfig`], starts a
-//! [`Host`] with it, and stops it at a signal: the host (src/host/) owns the server's life. What
-//! belongs to the process stays here: the signal handlers (a second signal exits at once) and
-//! systemd's notifications.
+//! [`Host`] with it, hands it reloads, and stops it at a signal: the host (src/host/) owns the
+//! server's life. What belongs to the process stays here: the signal handlers (a second signal
+//! exits at once) and systemd's notifications.
 
 use super::parse_duration;
-use lostwrite::host::{Closed, ExportSpec, Host, JournalSync, ServeConfig, Started};
+use lostwrite::host::{Closed, ExportSpec, Host, JournalSync, Reloaded, ServeConfig, Started};
 use lostwrite::nbd::proto::MAX_NAME;
 use lostwrite::service::OnMismatch;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Flags of `serve`.
@@ -159,21 +160,42 @@ impl Args {
 /// Turns the flags or the config file into a host, serves until a signal, then stops it: exit
 /// status 0 when every export closed cleanly, 1 when one did not.
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    // Reloads re-read this file wherever the working directory goes; absolute in messages.
+    let path = a
+        .config
+        .as_ref()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
     let config = match &a.config {
         Some(p) => lostwrite::host::config::read_config(p)?,
         None => a.into_config()?,
     };
     let bound = Host::bind(config)?;
-    let stop = watch_signals()?;
-    let host = match bound.start(&stop)? {
+    let (stop, hup) = watch_signals()?;
+    let mut host = match bound.start(&stop)? {
         Started::Serving(host) => host,
         Started::Interrupted(_) => return Ok(0),
     };
+    let asks = host.reload_asks().clone();
     let sig = match host.interrupted() {
         Some(s) => s,
         None => {
             sd_notify("READY=1");
-            stop.recv().unwrap_or(0)
+            loop {
+                crossbeam_channel::select! {
+                    recv(stop) -> s => break s.unwrap_or(0),
+                    recv(hup) -> _ => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        reload(&mut host, path.as_deref());
+                    }
+                    recv(asks) -> ask => {
+                        let Ok(ask) = ask else { continue };
+                        tracing::info!("reload asked for through the metrics endpoint");
+                        let r = reload(&mut host, path.as_deref());
+                        let body = serde_json::to_string(&r).unwrap_or_default();
+                        let _ = ask.send((r.applied, body));
+                    }
+                }
+            }
         }
     };
     sd_notify("STOPPING=1");
@@ -189,6 +211,26 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     })
 }
 
+/// Re-reads the `--config` file and applies it, telling systemd while it does; without one
+/// there is nothing to re-read.
+fn reload(host: &mut Host, config: Option<&Path>) -> Reloaded {
+    let Some(path) = config else {
+        let r = Reloaded {
+            config: "the command line".into(),
+            reason: Some(
+                "serve was started without --config: there is no file to re-read; restart it to change its flags".into(),
+            ),
+            ..Reloaded::default()
+        };
+        tracing::warn!("{}", r.line());
+        return r;
+    };
+    sd_notify("RELOADING=1");
+    let r = host.reload(path);
+    sd_notify("READY=1");
+    r
+}
+
 /// How long after SIGTERM anything still waits for an NBD upstream.
 const UPSTREAM_STOP_GRACE: Duration = Duration::from_secs(20);
 
@@ -196,20 +238,32 @@ const UPSTREAM_STOP_GRACE: Duration = Duration::from_secs(20);
 /// own sync time), whatever clients and upstreams do.
 const STOP_BOUND: Duration = Duration::from_secs(30);
 
-/// Starts a thread that turns SIGTERM and SIGINT into a message on the returned channel. From
-/// the first one on, nothing waits for an NBD upstream for ever (connections being made give
-/// up at once, requests after [`UPSTREAM_STOP_GRACE`]); a second one exits at once.
-fn watch_signals() -> anyhow::Result<crossbeam_channel::Receiver<i32>> {
+/// Starts a thread that turns SIGTERM and SIGINT into a message on the first returned channel,
+/// and SIGHUP into one on the second (several before a reload runs make one reload). From the
+/// first stop signal on, nothing waits for an NBD upstream for ever (connections being made
+/// give up at once, requests after [`UPSTREAM_STOP_GRACE`]); a second one exits at once.
+type Signals = (
+    crossbeam_channel::Receiver<i32>,
+    crossbeam_channel::Receiver<()>,
+);
+
+fn watch_signals() -> anyhow::Result<Signals> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])?;
     let (tx, rx) = crossbeam_channel::bounded(1);
+    let (hup_tx, hup_rx) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut seen = false;
             for s in signals.forever() {
+                if s == signal_hook::consts::SIGHUP {
+                    let _ = hup_tx.try_send(());
+                    continue;
+                }
                 if seen {
                     tracing::error!(
                         "signal {s} again: exiting without closing the session (the next start treats it as a crash)"
@@ -223,7 +277,7 @@ fn watch_signals() -> anyhow::Result<crossbeam_channel::Receiver<i32>> {
                 let _ = tx.send(s);
             }
         })?;
-    Ok(rx)
+    Ok((rx, hup_rx))
 }
 
 /// Tells systemd (Type=notify) how the service stands; nothing without $NOTIFY_SOCKET.

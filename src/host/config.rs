@@ -28,7 +28,7 @@ pub enum JournalSync {
 
 /// The `--config` file: the listener and host-wide settings, then one `[[export]]` table each.
 /// The command line's flags make one of these too, with a single export.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// Unix socket to listen on.
@@ -66,7 +66,7 @@ pub struct ServeConfig {
 }
 
 /// One export of a config file (or of the command line).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
     /// Name clients ask for (required, and not empty, in a config file; on the command line

@@ -17,22 +17,26 @@
 //! none to install.
 //!
 //! The exports are a collection the host owns (each with the helpers that run for it), not a
-//! fixed wiring, so that adding or removing one on a running host is a matter of
-//! that collection; the server's and the metrics endpoint's export lists are still fixed when
-//! they start.
+//! fixed wiring: [`Host::reload`] opens, closes and restarts exports of a running host, and
+//! publishes the new list to the server and the metrics endpoint. A reload is asked for
+//! through [`Host::reload_asks`] (the metrics endpoint's `POST /reload`) or by the CLI's
+//! SIGHUP; the host itself never reads a signal.
 //!
 //! The files: `mod.rs` (starting and stopping), [`config`] (what to serve, and its text forms),
-//! `open.rs` (opening one export), [`closed`] (what a stop reports).
+//! `open.rs` (opening one export), [`reload`] (a new configuration on a running host),
+//! [`closed`] (what a stop reports).
 
 pub mod closed;
 pub mod config;
 mod open;
+pub mod reload;
 
 pub use closed::{Closed, Outcome, Summary};
 pub use config::{ExportSpec, JournalSync, ServeConfig};
+pub use reload::Reloaded;
 
 use crate::error::{Error, Result};
-use crate::metrics::{MetricsListener, MetricsServer, NotServed};
+use crate::metrics::{MetricsListener, MetricsServer, NotServed, ReloadAsk, Reloads};
 use crate::server::listener::Listener;
 use crate::server::{Config, Server};
 use crate::service::alert::Alerter;
@@ -43,7 +47,7 @@ use crate::service::Export;
 use config::show_duration;
 use crossbeam_channel::Receiver;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A host whose configuration is checked and whose listeners (and metrics endpoint) are bound;
 /// no ledger is open yet.
@@ -57,6 +61,8 @@ pub struct Bound {
 }
 
 /// How a start ended.
+// Made once per process and unpacked at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Started {
     /// Serving (perhaps only some of the exports: see [`ServeConfig::serve_what_opens`]).
     Serving(Host),
@@ -69,13 +75,20 @@ pub enum Started {
 pub struct Host {
     server: Server,
     exports: Vec<Hosted>,
+    /// Exports of the configuration that are not served, and why.
+    down: Vec<NotServed>,
+    /// The configuration served now (the last one applied).
+    config: ServeConfig,
     alerter: Option<Alerter>,
     metrics: Option<MetricsServer>,
+    reloads: Arc<Reloads>,
+    asks: Receiver<ReloadAsk>,
     interrupted: Option<i32>,
 }
 
-/// One export as its host serves it: the export and the helpers that run for it.
+/// One export as its host serves it: its settings, the export and the helpers that run for it.
 struct Hosted {
+    spec: ExportSpec,
     export: Arc<Export>,
     detector: Option<Detector>,
     scrubber: Option<Scrubber>,
@@ -94,24 +107,11 @@ impl Host {
             (None, None) => None,
             _ => return Err(Error::Usage("TLS needs both tls_cert and tls_key".into())),
         };
-        let mut scrub = Vec::new();
-        for spec in &config.export {
-            scrub.push(match spec.scrub_rate {
-                Some(r) if !(r >= 1.0 / 1024.0 && r.is_finite()) => {
-                    return Err(Error::Usage(format!(
-                        "scrub rate {r} MiB/s for {}: give at least 1/1024 MiB/s",
-                        spec.device
-                    )))
-                }
-                Some(r) => Some(ScrubOptions {
-                    rate: (r * (1u64 << 20) as f64) as u64,
-                    interval: spec
-                        .scrub_interval
-                        .unwrap_or(Duration::from_secs(24 * 3600)),
-                }),
-                None => None,
-            });
-        }
+        let scrub = config
+            .export
+            .iter()
+            .map(scrub_options)
+            .collect::<Result<Vec<_>>>()?;
         let alert_interval = config
             .on_finding_interval
             .unwrap_or(Duration::from_secs(60));
@@ -168,6 +168,12 @@ impl Host {
         self.exports.iter().map(|h| &h.export)
     }
 
+    /// Reload requests from the metrics endpoint's `POST /reload`: each is answered (by
+    /// whoever calls [`Host::reload`]) on the channel it carries.
+    pub fn reload_asks(&self) -> &Receiver<ReloadAsk> {
+        &self.asks
+    }
+
     /// Stops serving and closes every export, in this order: the server (requests already
     /// read are answered), the scrubbers, the retainers, the metrics endpoint, online
     /// detection (findings still queued are classified), the alert hook (its last run made),
@@ -179,7 +185,7 @@ impl Host {
             mut exports,
             alerter,
             metrics,
-            interrupted: _,
+            ..
         } = self;
         drop(server.shutdown());
         for s in exports.iter_mut().filter_map(|h| h.scrubber.take()) {
@@ -199,9 +205,7 @@ impl Host {
         }
         let mut closed = Vec::new();
         for h in exports {
-            let e = Arc::try_unwrap(h.export)
-                .map_err(|_| Error::Usage("export still in use at shutdown".into()))?;
-            closed.push(close(e));
+            closed.push(close(sole(h.export)?));
         }
         Ok(closed)
     }
@@ -240,7 +244,7 @@ impl Bound {
                     tracing::warn!("export {:?} ({}) not opened: {e}", spec.name, spec.device);
                     break;
                 }
-                Ok(e) => opened.push((Arc::new(e), scrub_opts, spec.retention())),
+                Ok(e) => opened.push((spec.clone(), Arc::new(e), scrub_opts)),
                 // With many disks, one that cannot be opened must not keep the others offline.
                 Err(e) if config.serve_what_opens => {
                     let why = NotServed {
@@ -271,60 +275,17 @@ impl Bound {
             .on_finding
             .as_ref()
             .map(|cmd| Alerter::start(cmd.clone(), alert_interval));
-        let mut exports: Vec<Hosted> = opened
-            .iter()
-            .map(|(e, _, _)| Hosted {
-                export: e.clone(),
-                detector: e
-                    .ledger()
-                    .is_some()
-                    .then(|| Detector::start(e, alerter.as_ref().map(|a| a.sink()))),
-                scrubber: None,
-                retainer: None,
-            })
+        let exports: Vec<Hosted> = opened
+            .into_iter()
+            .map(|(spec, e, opts)| hosted(spec, e, opts, alerter.as_ref()))
             .collect();
-        for (h, (e, opts, _)) in exports.iter_mut().zip(&opened) {
-            if let Some(o) = opts {
-                match Scrubber::start(e, *o) {
-                    Ok(s) => h.scrubber = Some(s),
-                    Err(err) => tracing::error!("{}: NOT scrubbed: {err}", label(e.name())),
-                }
-                tracing::info!(
-                    "{}: scrubbing at {:.1} MiB/s, a pass every {}",
-                    label(e.name()),
-                    o.rate as f64 / (1u64 << 20) as f64,
-                    show_duration(o.interval)
-                );
-            }
-        }
-        for (h, (e, _, keep)) in exports.iter_mut().zip(&opened) {
-            if keep.is_none() || e.ledger().is_none() {
-                continue;
-            }
-            match Retainer::start(e, *keep) {
-                Ok(r) => {
-                    tracing::info!(
-                        "{}: retaining {}{}{} of journal history",
-                        label(e.name()),
-                        keep.age.map(show_duration).unwrap_or_default(),
-                        if keep.age.is_some() && keep.bytes.is_some() {
-                            " and at most "
-                        } else {
-                            ""
-                        },
-                        keep.bytes.map(|b| format!("{b} bytes")).unwrap_or_default()
-                    );
-                    h.retainer = Some(r);
-                }
-                Err(err) => tracing::error!("{}: NO retention: {err}", label(e.name())),
-            }
-        }
-        drop(opened);
         let served: Vec<Arc<Export>> = exports.iter().map(|h| h.export.clone()).collect();
+        let reloads = Arc::new(Reloads::default());
+        let (ask, asks) = crossbeam_channel::unbounded();
         let metrics = match metrics {
             Some(m) => {
                 tracing::info!("metrics on http://{}/metrics", m.addr());
-                Some(m.start(served.clone(), down)?)
+                Some(m.start(served.clone(), down.clone(), reloads.clone(), ask)?)
             }
             None => None,
         };
@@ -366,10 +327,111 @@ impl Bound {
         Ok(Started::Serving(Host {
             server,
             exports,
+            down,
+            config,
             alerter,
             metrics,
+            reloads,
+            asks,
             interrupted: early,
         }))
+    }
+}
+
+/// A spec's scrub rate and interval, checked.
+fn scrub_options(spec: &ExportSpec) -> Result<Option<ScrubOptions>> {
+    Ok(match spec.scrub_rate {
+        Some(r) if !(r >= 1.0 / 1024.0 && r.is_finite()) => {
+            return Err(Error::Usage(format!(
+                "scrub rate {r} MiB/s for {}: give at least 1/1024 MiB/s",
+                spec.device
+            )))
+        }
+        Some(r) => Some(ScrubOptions {
+            rate: (r * (1u64 << 20) as f64) as u64,
+            interval: spec
+                .scrub_interval
+                .unwrap_or(Duration::from_secs(24 * 3600)),
+        }),
+        None => None,
+    })
+}
+
+/// Starts what runs beside one open export: online detection, its scrubber and its retention.
+fn hosted(
+    spec: ExportSpec,
+    e: Arc<Export>,
+    scrub: Option<ScrubOptions>,
+    alerter: Option<&Alerter>,
+) -> Hosted {
+    let mut h = Hosted {
+        detector: e
+            .ledger()
+            .is_some()
+            .then(|| Detector::start(&e, alerter.map(|a| a.sink()))),
+        scrubber: None,
+        retainer: None,
+        export: e.clone(),
+        spec,
+    };
+    if let Some(o) = scrub {
+        match Scrubber::start(&e, o) {
+            Ok(s) => h.scrubber = Some(s),
+            Err(err) => tracing::error!("{}: NOT scrubbed: {err}", label(e.name())),
+        }
+        tracing::info!(
+            "{}: scrubbing at {:.1} MiB/s, a pass every {}",
+            label(e.name()),
+            o.rate as f64 / (1u64 << 20) as f64,
+            show_duration(o.interval)
+        );
+    }
+    let keep = h.spec.retention();
+    if keep.is_none() || e.ledger().is_none() {
+        return h;
+    }
+    match Retainer::start(&e, keep) {
+        Ok(r) => {
+            tracing::info!(
+                "{}: retaining {}{}{} of journal history",
+                label(e.name()),
+                keep.age.map(show_duration).unwrap_or_default(),
+                if keep.age.is_some() && keep.bytes.is_some() {
+                    " and at most "
+                } else {
+                    ""
+                },
+                keep.bytes.map(|b| format!("{b} bytes")).unwrap_or_default()
+            );
+            h.retainer = Some(r);
+        }
+        Err(err) => tracing::error!("{}: NO retention: {err}", label(e.name())),
+    }
+    h
+}
+
+/// How long an export that has left the server may still be referenced by a worker finishing
+/// its last reply.
+const LAST_REPLY: Duration = Duration::from_secs(5);
+
+/// The export itself, once nothing else holds it: the server, the metrics endpoint and the
+/// helpers must have let it go (a worker may still be dropping its last job).
+fn sole(mut e: Arc<Export>) -> Result<Export> {
+    let until = Instant::now() + LAST_REPLY;
+    loop {
+        match Arc::try_unwrap(e) {
+            Ok(e) => return Ok(e),
+            Err(back) if Instant::now() < until => {
+                e = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(back) => {
+                return Err(Error::Usage(format!(
+                "{} is still in use after its connections ended (a bug); its session is left open",
+                label(back.name())
+            )))
+            }
+        }
     }
 }
 

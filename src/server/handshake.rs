@@ -5,7 +5,7 @@
 use crate::nbd::proto::{self, client_flags, handshake_flags, opt, rep, tflags, MAX_NAME};
 use crate::service::Export;
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Largest option payload accepted; larger ones end the connection (a string is at most 4096
 /// bytes, so no valid option comes close).
@@ -13,16 +13,55 @@ pub const MAX_OPTION: u32 = 64 << 10;
 /// Largest request payload served (the protocol's 32 MiB default).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
 
-/// The exports a server offers; the first one also answers to the empty (default) name.
-pub struct Exports(pub Vec<Arc<Export>>);
+/// The exports a server offers; the first one also answers to the empty (default) name. A
+/// reload replaces the list ([`Exports::replace`]); negotiation holds no export but the one a
+/// client chose, so an export the list drops is let go of by every connection not using it.
+#[derive(Default)]
+pub struct Exports(RwLock<Vec<Arc<Export>>>);
 
 impl Exports {
+    /// Offers `list`.
+    pub fn new(list: Vec<Arc<Export>>) -> Exports {
+        Exports(RwLock::new(list))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Export>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The export a client names.
     pub fn find(&self, name: &str) -> Option<Arc<Export>> {
+        let list = self.read();
         if name.is_empty() {
-            return self.0.first().cloned();
+            return list.first().cloned();
         }
-        self.0.iter().find(|e| e.name() == name).cloned()
+        list.iter().find(|e| e.name() == name).cloned()
+    }
+
+    /// The names offered, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.read().iter().map(|e| e.name().to_string()).collect()
+    }
+
+    /// Every export offered now.
+    pub fn list(&self) -> Vec<Arc<Export>> {
+        self.read().clone()
+    }
+
+    /// Offers `list` from now on.
+    pub fn replace(&self, list: Vec<Arc<Export>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = list;
+    }
+
+    /// Runs `f` if `e` is still offered, with the list held so that it cannot change meanwhile;
+    /// whether it ran.
+    pub fn while_offered(&self, e: &Arc<Export>, f: impl FnOnce()) -> bool {
+        let list = self.read();
+        let offered = list.iter().any(|x| Arc::ptr_eq(x, e));
+        if offered {
+            f();
+        }
+        offered
     }
 }
 
@@ -222,8 +261,8 @@ pub fn options<S: Read + Write>(
                     proto::write_option_reply(s, option, rep::ERR_INVALID, b"")?;
                     continue;
                 }
-                for e in &exports.0 {
-                    let name = e.name().as_bytes();
+                for name in exports.names() {
+                    let name = name.as_bytes();
                     let mut b = Vec::with_capacity(4 + name.len());
                     b.extend_from_slice(&(name.len() as u32).to_be_bytes());
                     b.extend_from_slice(name);

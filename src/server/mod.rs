@@ -17,6 +17,12 @@
 //! it again to the next server (a restart or an upgrade loses no request: docs/OPERATIONS.md).
 //! A client that has not taken its replies [`SHUTDOWN_GRACE`] after the stop began is
 //! disconnected, so no client can hold a shutdown.
+//!
+//! The exports offered can change while serving ([`Server::publish`], for a reload): a client
+//! negotiating sees the list of the moment of each option, and enters transmission only if the
+//! export it chose is still published. [`Server::drain`] ends the connections of one export
+//! that is no longer published, as a shutdown ends all of them; connections to other exports
+//! never notice.
 
 pub mod buffers;
 pub mod conn;
@@ -81,6 +87,8 @@ struct Shared {
     config: Config,
     stopping: AtomicBool,
     conns: Mutex<HashMap<u64, Conn>>,
+    /// The export each connection in transmission serves (by address: no reference kept).
+    serving: Mutex<HashMap<u64, usize>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     active: AtomicUsize,
     next_id: AtomicU64,
@@ -114,10 +122,11 @@ impl Server {
             })
             .collect();
         let shared = Arc::new(Shared {
-            exports: Exports(exports),
+            exports: Exports::new(exports),
             config,
             stopping: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
+            serving: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -194,7 +203,55 @@ impl Server {
         for w in self.workers {
             let _ = w.join();
         }
-        shared.exports.0.clone()
+        shared.exports.list()
+    }
+
+    /// Offers `exports` from now on, in this order (the first answers to the empty name).
+    /// Connections already in transmission keep their export, published or not.
+    pub fn publish(&self, exports: Vec<Arc<Export>>) {
+        self.shared.exports.replace(exports);
+    }
+
+    /// Ends every connection to `export`, which must no longer be published: each stops
+    /// reading, the requests it has read are answered (and its writes flushed, as at any
+    /// disconnect), and it closes. A client that has not taken its replies [`SHUTDOWN_GRACE`]
+    /// later is cut off. Returns how many connections it ended; connections to other exports
+    /// are not touched.
+    pub fn drain(&self, export: &Arc<Export>) -> usize {
+        let key = Arc::as_ptr(export) as usize;
+        let ids: Vec<u64> = lock(&self.shared.serving)
+            .iter()
+            .filter(|(_, &e)| e == key)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &ids {
+            if let Some(c) = lock(&self.shared.conns).get(id) {
+                c.shutdown(Shutdown::Read);
+            }
+        }
+        let gone = |ids: &[u64]| {
+            let serving = lock(&self.shared.serving);
+            ids.iter().all(|id| !serving.contains_key(id))
+        };
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        let mut cut = false;
+        while !gone(&ids) {
+            if !cut && std::time::Instant::now() >= deadline {
+                for id in &ids {
+                    if let Some(c) = lock(&self.shared.conns).get(id) {
+                        tracing::warn!(
+                            "connection {id}: its client has not taken its replies {} s into the drain of export {:?}; disconnecting it",
+                            SHUTDOWN_GRACE.as_secs(),
+                            export.name()
+                        );
+                        c.shutdown(Shutdown::Both);
+                    }
+                }
+                cut = true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ids.len()
     }
 }
 
@@ -239,6 +296,7 @@ fn accept_loop(l: &Listener, shared: &Arc<Shared>) {
                         "connection {id}: a bug ended this connection (panic); the service goes on"
                     );
                 }
+                lock(&sh.serving).remove(&id);
                 lock(&sh.conns).remove(&id);
                 sh.active.fetch_sub(1, Ordering::SeqCst);
             });
@@ -311,6 +369,17 @@ fn connection(mut s: Conn, id: u64, shared: &Arc<Shared>) {
     match outcome {
         Ok(Outcome::StartTls) => {}
         Ok(Outcome::Transmission(export)) => {
+            // Registered under the list's lock, so a drain either sees this connection or it
+            // sees the export gone: no connection slips into a removed export.
+            let registered = shared.exports.while_offered(&export, || {
+                lock(&shared.serving).insert(id, Arc::as_ptr(&export) as usize);
+            });
+            if !registered {
+                return tracing::info!(
+                    "connection {id} from {peer}: export {:?} was removed by a reload while the client negotiated; closing",
+                    export.name()
+                );
+            }
             let _ = s.set_read_timeout(None);
             // A client that stops reading its replies must not hold a worker (or shutdown)
             // forever: writes wake every slice to look at the reply's deadline. (TLS cannot

@@ -25,6 +25,7 @@ mod nbd_client;
 mod operations;
 mod powercut;
 mod protocol;
+mod reload;
 mod reopen;
 mod retention;
 mod service;
