@@ -435,7 +435,11 @@ fn write_disk(o: &mut String, d: &FleetDisk, rows: usize) {
     if let Some(regions) = &r.packages {
         writeln!(o, "       packages to reinstall:").ok();
         if regions.is_empty() {
-            writeln!(o, "         none: no damaged file in a filesystem lostwrite reads").ok();
+            writeln!(
+                o,
+                "         none: no damaged file in a filesystem lostwrite reads"
+            )
+            .ok();
         }
         let mut lines = String::new();
         for region in regions {

@@ -491,7 +491,23 @@ fn report_names_xfs_files_inside_an_export() {
         let f = std::fs::OpenOptions::new().write(true).open(&fs).unwrap();
         f.write_all_at(&Rng(9).block(4096), target * 4096).unwrap();
     }
-    let v = report_json(Path::new(&uri), &["--ledger", ledger]);
+    // The views are made under this test's own TMPDIR, so a view another test has mounted at
+    // the same moment cannot be mistaken for one this report left behind.
+    let views = d.join("views");
+    std::fs::create_dir(&views).unwrap();
+    let o = bin()
+        .env("TMPDIR", &views)
+        .args(["report", "--files", "--json", "--ledger", ledger])
+        .arg(&uri)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         owners(&v)[&target],
         [(
@@ -502,5 +518,11 @@ fn report_names_xfs_files_inside_an_export() {
         "{v}"
     );
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert!(!mounts.contains("lostwrite-view"), "{mounts}");
+    let views = views.to_str().unwrap();
+    assert!(!mounts.contains(views), "{mounts}");
+    assert_eq!(
+        std::fs::read_dir(views).unwrap().count(),
+        0,
+        "the report left a view directory behind"
+    );
 }
