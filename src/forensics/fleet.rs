@@ -432,14 +432,14 @@ fn write_disk(o: &mut String, d: &FleetDisk, rows: usize) {
         writeln!(o, "       note: {n}").ok();
     }
     // With --packages each disk says what to reinstall on it: the packages belong to the disk.
-    if let Some(regions) = &r.packages {
+    if let Some(regions) = r
+        .packages
+        .as_ref()
+        .filter(|_| d.status != DiskStatus::Clean)
+    {
         writeln!(o, "       packages to reinstall:").ok();
         if regions.is_empty() {
-            writeln!(
-                o,
-                "         none: no damaged file in a filesystem lostwrite reads"
-            )
-            .ok();
+            writeln!(o, "         none: {}", r.why_no_packages()).ok();
         }
         let mut lines = String::new();
         for region in regions {

@@ -193,13 +193,23 @@ impl ForensicReport {
     }
 
     /// The packages to reinstall, per filesystem (with `--packages`).
+    /// Why `--packages` found nothing to list: damaged files with no package database beside
+    /// them (the notes say where it was looked for) are not "no damaged file".
+    pub(super) fn why_no_packages(&self) -> &'static str {
+        if self.affected.iter().any(|a| a.owner == "file") {
+            "no package database lists the damaged files (the notes say why)"
+        } else {
+            "no damaged file in a filesystem lostwrite reads"
+        }
+    }
+
     fn write_packages(&self, o: &mut String) {
         let Some(regions) = &self.packages else {
             return;
         };
         writeln!(o, "\npackages to reinstall:").ok();
         if regions.is_empty() {
-            writeln!(o, "  none: no damaged file in a filesystem lostwrite reads").ok();
+            writeln!(o, "  none: {}", self.why_no_packages()).ok();
         }
         for r in regions {
             r.write_human(o);
