@@ -9,7 +9,7 @@
 //! may be a tmpfs (where `--cache none` is refused, as one test checks).
 
 use crate::helpers::*;
-use crate::service::{fio, have, run, wait_timeout, Service};
+use crate::service::{can_mount, fio, have, run, wait_timeout, Service};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -99,16 +99,37 @@ fn serve_and_compare(cache: &str, size: u64) -> u64 {
         0,
         "a new sparse image has nothing cached"
     );
-    let svc = Service::start(&image, &["--cache", cache]);
+    let socket = dir.path().join("disk.sock");
+    let model = write_and_compare(&image, &socket, &["--cache", cache], size, true);
+    let pages = cached_pages(&image);
+    verify_clean(&image);
+    assert_eq!(std::fs::read(&image).unwrap(), model, "the image on disk");
+    pages
+}
+
+/// Serves `device` on `socket` with `args`, applies [`ops`] (without discards unless
+/// `discards`: a block device may ignore one) with qemu-io, compares the whole export with the
+/// model (qemu-img compare) and stops the service; returns the model.
+fn write_and_compare(
+    device: &Path,
+    socket: &Path,
+    args: &[&str],
+    size: u64,
+    discards: bool,
+) -> Vec<u8> {
+    let svc = Service::start_on(device, socket, args);
     let mut model = vec![0u8; size as usize];
     let mut qio = Command::new("qemu-io");
     qio.args(["-f", "raw", "-d", "unmap"]);
     for op in ops(size) {
+        if matches!(op, Op::Discard(..)) && !discards {
+            continue;
+        }
         qio.arg("-c").arg(op.command());
         op.apply(&mut model);
     }
     run(qio.arg(svc.uri()));
-    let reference = dir.path().join("reference.img");
+    let reference = socket.with_extension("reference");
     std::fs::write(&reference, &model).unwrap();
     run(Command::new("qemu-img")
         .args(["compare", "-f", "raw", "-F", "raw"])
@@ -116,10 +137,7 @@ fn serve_and_compare(cache: &str, size: u64) -> u64 {
         .arg(&reference));
     let log = svc.stop();
     assert!(!log.contains("ERROR"), "{log}");
-    let pages = cached_pages(&image);
-    verify_clean(&image);
-    assert_eq!(std::fs::read(&image).unwrap(), model, "the image on disk");
-    pages
+    model
 }
 
 #[test]
@@ -141,6 +159,48 @@ fn cache_none_writes_every_size_and_offset_byte_exact_past_the_page_cache() {
     // A size that is not a multiple of the direct-I/O alignment: its last part is written
     // through the page cache (a direct write there would grow the file); still byte exact.
     serve_and_compare("none", (8 << 20) + 1536);
+}
+
+/// A loop device, detached when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn cache_none_serves_a_block_device_byte_exact() {
+    if !can_mount() || !have("losetup") || !have("qemu-io") || !have("qemu-img") {
+        return;
+    }
+    let dir = scratch_dir();
+    let size = 8 << 20;
+    let backing = sparse_image(dir.path(), "backing.img", size);
+    let dev = Loop(
+        run(Command::new("losetup").args(["-f", "--show"]).arg(&backing))
+            .trim()
+            .to_string(),
+    );
+    let ledger = dir.path().join("loop.ledger");
+    let socket = dir.path().join("loop.sock");
+    let args = ["--cache", "none", "--ledger", ledger.to_str().unwrap()];
+    let model = write_and_compare(Path::new(&dev.0), &socket, &args, size, false);
+    let o = bin()
+        .arg("verify")
+        .arg(&dev.0)
+        .arg("--ledger")
+        .arg(&ledger)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    drop(dev);
+    assert_eq!(
+        std::fs::read(&backing).unwrap(),
+        model,
+        "the loop device's file"
+    );
 }
 
 #[test]
