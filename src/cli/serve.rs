@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long)]
     device_moved: bool,
     /// Worker threads executing requests [default: 4 per core, at least 8; at least 32 in
-    /// front of an NBD upstream].
+    /// front of an NBD upstream or with --cache none].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Require TLS (NBD STARTTLS, TLS 1.3) with this certificate chain (PEM); nothing, not even
