@@ -4,6 +4,7 @@
 # then `verify` (must exit 0: no failing finding) and `ledger check` (must be clean).
 #
 #   tools/crash-loop.sh [CYCLES=20] [WORKDIR=/var/tmp/lostwrite-crash]
+#   SERVE_ARGS="--cache none" tools/crash-loop.sh    # more flags for every `serve`
 #
 # Needs fio and a release build. Prints each cycle and the final verdict; exits non-zero if
 # verify or ledger check fails.
@@ -19,7 +20,8 @@ head -c $((256 << 20)) /dev/urandom > disk.img
 "$bin" init --baseline disk.img >/dev/null
 uri="nbd+unix:///?socket=$work/disk.img.sock"
 start() {
-  "$bin" serve disk.img 2>>serve.log & svc=$!
+  # shellcheck disable=SC2086
+  "$bin" serve disk.img ${SERVE_ARGS:-} 2>>serve.log & svc=$!
   for _ in $(seq 200); do [ -S disk.img.sock ] && return; sleep 0.05; done
   echo "serve did not start" >&2; exit 2
 }

@@ -11,6 +11,7 @@
 //! exits at once) and systemd's notifications.
 
 use super::parse_duration;
+use lostwrite::device::CacheMode;
 use lostwrite::host::{Closed, ExportSpec, Host, JournalSync, Reloaded, ServeConfig, Started};
 use lostwrite::nbd::proto::MAX_NAME;
 use lostwrite::service::OnMismatch;
@@ -31,7 +32,7 @@ pub struct Args {
     /// else is set there too.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "device", "ledger", "socket", "listen", "export", "read_only", "on_mismatch",
-        "journal_sync", "block_size", "device_moved", "threads", "tls_cert", "metrics",
+        "journal_sync", "cache", "block_size", "device_moved", "threads", "tls_cert", "metrics",
         "scrub_rate", "scrub_interval", "on_finding", "on_finding_interval", "no_record",
         "retain", "retain_bytes",
     ])]
@@ -56,6 +57,10 @@ pub struct Args {
     /// When journal records are made durable.
     #[arg(long, value_enum, default_value_t = JournalSync::Flush)]
     journal_sync: JournalSync,
+    /// How the device uses the host's page cache (qemu's names): writeback, or none for
+    /// O_DIRECT (a file or block device; refused, naming why, where direct I/O is impossible).
+    #[arg(long, value_enum, default_value_t = CacheMode::Writeback)]
+    cache: CacheMode,
     /// Block size of a ledger created by this command [default: 4096]; an existing ledger keeps
     /// its own, and a different value here is refused.
     #[arg(long, value_name = "BYTES")]
@@ -64,7 +69,7 @@ pub struct Args {
     #[arg(long)]
     device_moved: bool,
     /// Worker threads executing requests [default: 4 per core, at least 8; at least 32 in
-    /// front of an NBD upstream].
+    /// front of an NBD upstream or with --cache none].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Require TLS (NBD STARTTLS, TLS 1.3) with this certificate chain (PEM); nothing, not even
@@ -145,6 +150,7 @@ impl Args {
                 read_only: self.read_only,
                 on_mismatch: self.on_mismatch,
                 journal_sync: self.journal_sync,
+                cache: self.cache,
                 block_size: self.block_size,
                 device_moved: self.device_moved,
                 scrub_rate: self.scrub_rate,

@@ -1,8 +1,9 @@
 //! A regular file or a block device, read and written with positioned I/O on one shared file
 //! descriptor (one page cache, so a flush on any connection covers writes from all of them).
 
+use super::direct::{read_direct, DirectIo};
 use super::{
-    AlignedBuf, BlockDevice, Claim, DeviceIdentity, DeviceKind, MediaRead, ReadMode, TrimOutcome,
+    BlockDevice, CacheMode, Claim, DeviceIdentity, DeviceKind, MediaRead, ReadMode, TrimOutcome,
     DIRECT_ALIGN,
 };
 use crate::error::{Error, IoContext, Result};
@@ -31,6 +32,9 @@ pub struct FileDevice {
     undropped: AtomicU64,
     /// Whether a drop could not be checked (the file refuses RWF_NOWAIT reads).
     unchecked: AtomicBool,
+    /// Under `--cache none`: the data goes through these O_DIRECT descriptors, never the page
+    /// cache (`file` stays for what direct I/O does not do: fallocate, fdatasync, the claim).
+    direct: Option<DirectIo>,
 }
 
 /// Why direct I/O cannot read this file's media although opening it with O_DIRECT may
@@ -64,8 +68,15 @@ enum Media {
 }
 
 impl FileDevice {
-    /// Opens `path` for reading, and for writing when `writable`.
+    /// Opens `path` for reading, and for writing when `writable`, through the page cache.
     pub fn open(path: &Path, writable: bool) -> Result<FileDevice> {
+        Self::open_with(path, writable, CacheMode::Writeback)
+    }
+
+    /// Opens `path` with the given use of the host's page cache. [`CacheMode::None`] where
+    /// O_DIRECT cannot reach the media (tmpfs, a filesystem that refuses it) is an error
+    /// naming the file and why: serving it through the cache would be a silent fallback.
+    pub fn open_with(path: &Path, writable: bool, cache: CacheMode) -> Result<FileDevice> {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
@@ -123,7 +134,7 @@ impl FileDevice {
             ino: if is_block { 0 } else { meta.ino() },
             rdev: if is_block { meta.rdev() } else { 0 },
         };
-        Ok(FileDevice {
+        let mut dev = FileDevice {
             name: path.display().to_string(),
             path: path.to_path_buf(),
             file,
@@ -135,7 +146,46 @@ impl FileDevice {
             claim: std::sync::OnceLock::new(),
             undropped: AtomicU64::new(0),
             unchecked: AtomicBool::new(false),
-        })
+            direct: None,
+        };
+        if cache == CacheMode::None {
+            let d = DirectIo::open(path, writable, size, dev.direct_refusal()).map_err(|why| {
+                Error::Usage(format!(
+                    "{}: --cache none needs direct I/O (O_DIRECT) to the media, and here {why}; serve it with --cache writeback, or keep the image on a filesystem or block device that does direct I/O",
+                    path.display()
+                ))
+            })?;
+            dev.direct = Some(d);
+        }
+        Ok(dev)
+    }
+
+    /// The cache mode it was opened with.
+    pub fn cache(&self) -> CacheMode {
+        match self.direct {
+            Some(_) => CacheMode::None,
+            None => CacheMode::Writeback,
+        }
+    }
+
+    /// Why O_DIRECT would not reach the media, when that shows before trying: a file on tmpfs
+    /// (which accepts O_DIRECT on newer kernels, but has nothing below its page cache), or what
+    /// statx says ([`dio_refusal`]).
+    fn direct_refusal(&self) -> Option<String> {
+        if self.on_tmpfs() {
+            return Some("the file is on tmpfs, which keeps it only in memory: there is no media below the page cache".into());
+        }
+        dio_refusal(&self.file)
+    }
+
+    /// A regular file on tmpfs or ramfs. (A block device's node lives on devtmpfs, which says
+    /// nothing about the device.)
+    fn on_tmpfs(&self) -> bool {
+        let ramfs = nix::sys::statfs::FsType(0x8584_58f6_u32 as _);
+        !self.is_block
+            && nix::sys::statfs::fstatfs(&self.file).is_ok_and(|s| {
+                [nix::sys::statfs::TMPFS_MAGIC, ramfs].contains(&s.filesystem_type())
+            })
     }
 
     /// The identity a ledger records for this device.
@@ -155,19 +205,18 @@ impl FileDevice {
 
     fn media(&self) -> &Media {
         self.media.get_or_init(|| {
-            // tmpfs accepts O_DIRECT on newer kernels, but there is nothing below its page
-            // cache: saying "direct" there would claim a media that does not exist. (A block
-            // device's node lives on devtmpfs, which says nothing about the device.)
-            let ramfs = nix::sys::statfs::FsType(0x8584_58f6_u32 as _);
-            if let (false, Ok(t)) = (
-                self.is_block,
-                nix::sys::statfs::fstatfs(&self.file).map(|s| s.filesystem_type()),
-            ) {
-                if t == nix::sys::statfs::TMPFS_MAGIC || t == ramfs {
-                    return Media::Cache(
-                        "the file is on tmpfs, which keeps it only in memory: the page cache is all there is to read".into(),
-                    );
+            if let Some(d) = &self.direct {
+                match d.reader() {
+                    Ok(f) => return Media::Direct(f),
+                    Err(e) => tracing::warn!("{}: a second direct descriptor: {e}", self.name),
                 }
+            }
+            // tmpfs accepts O_DIRECT on newer kernels, but there is nothing below its page
+            // cache: saying "direct" there would claim a media that does not exist.
+            if self.on_tmpfs() {
+                return Media::Cache(
+                    "the file is on tmpfs, which keeps it only in memory: the page cache is all there is to read".into(),
+                );
             }
             let refused = match dio_refusal(&self.file) {
                 Some(why) => why,
@@ -210,36 +259,79 @@ impl FileDevice {
         })
     }
 
-    /// Reads with O_DIRECT; an unaligned buffer, offset or length goes through an aligned
-    /// bounce buffer. A short read is the end of the device.
-    fn read_direct(&self, direct: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let a = DIRECT_ALIGN as u64;
-        let aligned = buf.as_ptr().align_offset(DIRECT_ALIGN) == 0
-            && offset % a == 0
-            && buf.len() % DIRECT_ALIGN == 0;
-        if aligned {
-            let got = read_full(direct, buf, offset)?;
-            if got < buf.len() {
-                return Err(short(offset, buf.len()));
-            }
-            return Ok(());
-        }
-        let start = offset / a * a;
-        let end = (offset + buf.len() as u64).div_ceil(a) * a;
-        let mut bounce = AlignedBuf::new((end - start) as usize);
-        let bounce = bounce.as_mut_slice();
-        let got = read_full(direct, bounce, start)?;
-        let from = (offset - start) as usize;
-        if got < from + buf.len() {
-            return Err(short(offset, buf.len()));
-        }
-        buf.copy_from_slice(&bounce[from..from + buf.len()]);
-        Ok(())
-    }
-
     /// The path it was opened by.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// WRITE_ZEROES through the page cache (fallocate, or writing zeroes).
+    fn write_zeroes_cached(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fast_only: bool,
+    ) -> io::Result<()> {
+        let (off, l) = (offset as i64, len as i64);
+        match fallocate(&self.file, FallocateFlags::FALLOC_FL_ZERO_RANGE, off, l) {
+            Ok(()) => return Ok(()),
+            Err(e) if !unsupported(e) => return Err(errno_to_io(e)),
+            Err(_) => {}
+        }
+        if may_trim {
+            let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            match fallocate(&self.file, punch, off, l) {
+                Ok(()) => return Ok(()),
+                Err(e) if !unsupported(e) => return Err(errno_to_io(e)),
+                Err(_) => {}
+            }
+        }
+        if fast_only {
+            return Err(io::Error::from_raw_os_error(nix::libc::ENOTSUP));
+        }
+        self.write_zeroes_by_writing(offset, len)
+    }
+
+    /// TRIM by punching a hole.
+    fn trim_cached(&self, offset: u64, len: u64) -> io::Result<TrimOutcome> {
+        // On a file a hole reads back as zeroes; on a block device the kernel accepts a punch
+        // only where it can promise zeroes (a discard that zeroes), and refuses otherwise.
+        let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(&self.file, punch, offset as i64, len as i64) {
+            Ok(()) => Ok(TrimOutcome::Zeroed),
+            Err(e) if unsupported(e) => Ok(TrimOutcome::Ignored),
+            Err(e) => Err(errno_to_io(e)),
+        }
+    }
+
+    /// Under `--cache none`, zeroing or trimming a range: `whole` (fallocate) does the pages it
+    /// covers whole, first (so that FAST_ZERO's refusal changes nothing), holding them against
+    /// direct writes; the parts of pages at either end are written as zeroes directly. A
+    /// filesystem zeroes a partial page through the page cache, which would fill it again.
+    fn by_pages(
+        &self,
+        offset: u64,
+        len: u64,
+        mut whole: impl FnMut(u64, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let d = self.direct.as_ref().expect("by_pages under --cache none");
+        let a = DIRECT_ALIGN as u64;
+        let end = offset + len;
+        let (lo, hi) = (offset.div_ceil(a) * a, end / a * a);
+        if lo >= hi {
+            return self.write_zeroes_by_writing(offset, len);
+        }
+        {
+            let _g = d.hold(lo, hi - lo);
+            whole(lo, hi - lo)?;
+        }
+        if offset < lo {
+            self.write_zeroes_by_writing(offset, lo - offset)?;
+        }
+        if hi < end {
+            self.write_zeroes_by_writing(hi, end - hi)?;
+        }
+        Ok(())
     }
 
     fn write_zeroes_by_writing(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -247,32 +339,11 @@ impl FileDevice {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], offset + done)?;
+            self.write_at(&zeros[..n], offset + done, false)?;
             done += n as u64;
         }
         Ok(())
     }
-}
-
-/// Reads until `buf` is full or the file ends; the bytes read.
-fn read_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
-fn short(offset: u64, len: usize) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        format!("direct read of {len} bytes at offset {offset}: the device ends first"),
-    )
 }
 
 fn errno_to_io(e: nix::errno::Errno) -> io::Error {
@@ -295,13 +366,21 @@ impl BlockDevice for FileDevice {
         self.size
     }
 
+    fn quick_writes(&self) -> bool {
+        // A direct write waits for the media: run it where many can be in flight at once.
+        self.direct.is_none()
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        match &self.direct {
+            Some(d) => d.read(buf, offset),
+            None => self.file.read_exact_at(buf, offset),
+        }
     }
 
     fn read_media(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         match self.media() {
-            Media::Direct(f) => self.read_direct(f, buf, offset),
+            Media::Direct(f) => read_direct(f, buf, offset),
             Media::Drop(_) => {
                 let a = DIRECT_ALIGN as u64;
                 let start = offset / a * a;
@@ -367,6 +446,10 @@ impl BlockDevice for FileDevice {
     }
 
     fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        if self.direct.is_some() {
+            // Nothing is cached: every read waits for the media.
+            return Ok(false);
+        }
         let flags = rustix::io::ReadWriteFlags::NOWAIT;
         let mut slices = [io::IoSliceMut::new(buf)];
         match rustix::io::preadv2(&self.file, &mut slices, offset, flags) {
@@ -381,6 +464,9 @@ impl BlockDevice for FileDevice {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        if let Some(d) = &self.direct {
+            return d.write(buf, offset, fua, &self.file, self.dsync.as_ref());
+        }
         match (&self.dsync, fua) {
             (Some(d), true) => d.write_all_at(buf, offset),
             _ => self.file.write_all_at(buf, offset),
@@ -398,24 +484,12 @@ impl BlockDevice for FileDevice {
         may_trim: bool,
         fast_only: bool,
     ) -> io::Result<()> {
-        let (off, l) = (offset as i64, len as i64);
-        match fallocate(&self.file, FallocateFlags::FALLOC_FL_ZERO_RANGE, off, l) {
-            Ok(()) => return Ok(()),
-            Err(e) if !unsupported(e) => return Err(errno_to_io(e)),
-            Err(_) => {}
+        if self.direct.is_some() {
+            return self.by_pages(offset, len, |o, l| {
+                self.write_zeroes_cached(o, l, may_trim, fast_only)
+            });
         }
-        if may_trim {
-            let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-            match fallocate(&self.file, punch, off, l) {
-                Ok(()) => return Ok(()),
-                Err(e) if !unsupported(e) => return Err(errno_to_io(e)),
-                Err(_) => {}
-            }
-        }
-        if fast_only {
-            return Err(io::Error::from_raw_os_error(nix::libc::ENOTSUP));
-        }
-        self.write_zeroes_by_writing(offset, len)
+        self.write_zeroes_cached(offset, len, may_trim, fast_only)
     }
 
     fn trim_zeroes(&self) -> bool {
@@ -425,17 +499,22 @@ impl BlockDevice for FileDevice {
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<TrimOutcome> {
-        // On a file a hole reads back as zeroes; on a block device the kernel accepts a punch
-        // only where it can promise zeroes (a discard that zeroes), and refuses otherwise.
-        let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        match fallocate(&self.file, punch, offset as i64, len as i64) {
-            Ok(()) => Ok(TrimOutcome::Zeroed),
-            Err(e) if unsupported(e) => Ok(TrimOutcome::Ignored),
-            Err(e) => Err(errno_to_io(e)),
+        if self.direct.is_some() {
+            let mut outcome = TrimOutcome::Ignored;
+            self.by_pages(offset, len, |o, l| {
+                outcome = self.trim_cached(o, l)?;
+                Ok(())
+            })?;
+            return Ok(outcome);
         }
+        self.trim_cached(offset, len)
     }
 
     fn will_need(&self, offset: u64, len: u64) {
+        if self.direct.is_some() {
+            // Reading ahead into the page cache is what `--cache none` is for avoiding.
+            return;
+        }
         let _ = nix::fcntl::posix_fadvise(
             &self.file,
             offset as i64,

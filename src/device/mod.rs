@@ -4,6 +4,7 @@
 //! ([`NbdDevice`]); [`open`] picks by what the command line names.
 
 mod claim;
+mod direct;
 mod file;
 mod nbd;
 
@@ -24,6 +25,29 @@ pub enum TrimOutcome {
     Discarded,
     /// The device ignored the trim (allowed: trims are advisory); contents are unchanged.
     Ignored,
+}
+
+/// How a served device uses the host's page cache (`serve --cache`, with qemu's names for the
+/// same choice). docs/OPERATIONS.md ("Cache modes") says which to use when.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Through the page cache: a write returns once it is there, and FLUSH writes it back.
+    #[default]
+    Writeback,
+    /// O_DIRECT: data moves between the device and aligned buffers, never cached by the host
+    /// (a guest caches for itself). FLUSH still syncs the device.
+    None,
+}
+
+impl CacheMode {
+    /// The name used on the command line and in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheMode::Writeback => "writeback",
+            CacheMode::None => "none",
+        }
+    }
 }
 
 /// How a device was read by a scan (`verify`, the baseline of `init`, the "holds now" of
@@ -422,7 +446,19 @@ impl BlockDevice for CachedReads<'_> {
 /// `nbd+unix:///EXPORT?socket=PATH`) or a path. A file or block device opened `writable` is
 /// claimed ([`Device::claim`]): one owner writes a device.
 pub fn open(spec: &str, writable: bool) -> crate::Result<Device> {
+    open_with(spec, writable, CacheMode::Writeback)
+}
+
+/// Like [`open`], with the given use of the host's page cache ([`FileDevice::open_with`]).
+/// [`CacheMode::None`] applies to a file or block device: an NBD upstream's cache belongs to
+/// its server.
+pub fn open_with(spec: &str, writable: bool, cache: CacheMode) -> crate::Result<Device> {
     if crate::nbd::uri::is_uri(spec) {
+        if cache == CacheMode::None {
+            return Err(crate::Error::Usage(format!(
+                "{spec}: --cache none applies to a file or block device; an NBD upstream's cache belongs to its server (use --cache writeback, or set the cache on the upstream)"
+            )));
+        }
         let uri = crate::nbd::uri::NbdUri::parse(spec).map_err(crate::Error::Usage)?;
         return Ok(Device::Nbd(NbdDevice::open(
             &uri,
@@ -430,7 +466,7 @@ pub fn open(spec: &str, writable: bool) -> crate::Result<Device> {
             DEFAULT_CONNECTIONS,
         )?));
     }
-    let dev = Device::File(FileDevice::open(Path::new(spec), writable)?);
+    let dev = Device::File(FileDevice::open_with(Path::new(spec), writable, cache)?);
     if writable {
         dev.claim()?;
     }

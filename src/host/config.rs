@@ -4,6 +4,7 @@
 //! with the command line: durations ([`parse_duration`], [`show_duration`]), byte counts
 //! ([`parse_size`]) and where a device's ledger lives ([`resolve_ledger`]).
 
+use crate::device::CacheMode;
 use crate::error::{Error, Result};
 use crate::ledger::compact::Retention;
 use crate::ledger::default_dir;
@@ -86,6 +87,9 @@ pub struct ExportSpec {
     /// "flush" or "strict".
     #[serde(default)]
     pub journal_sync: JournalSync,
+    /// "writeback" (through the host's page cache) or "none" (O_DIRECT).
+    #[serde(default)]
+    pub cache: CacheMode,
     /// Block size of a ledger made now.
     pub block_size: Option<u64>,
     /// Accept a device whose identity differs from the ledger's.

@@ -316,7 +316,8 @@ impl Bound {
         }
         let mut server_config = Config::default();
         if served.iter().any(|e| !e.quick_writes()) {
-            // Workers mostly wait for the upstream's replies: enough of them to keep a deep queue.
+            // Workers mostly wait for an upstream's replies or the media (--cache none): enough
+            // of them to keep a deep queue.
             server_config.workers = server_config.workers.max(32);
         }
         if let Some(t) = config.threads {

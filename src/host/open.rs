@@ -14,8 +14,14 @@ use crate::service::{Export, ExportOptions};
 /// Opens one export's device and ledger and begins its session.
 pub(super) fn open_export(spec: &ExportSpec) -> Result<Export> {
     let bs = validate_block_size(spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE as u64))?;
-    let dev =
-        crate::device::open(&spec.device, !spec.read_only).map_err(|e| read_only_hint(spec, e))?;
+    let dev = crate::device::open_with(&spec.device, !spec.read_only, spec.cache)
+        .map_err(|e| read_only_hint(spec, e))?;
+    if spec.cache == crate::device::CacheMode::None {
+        tracing::info!(
+            "{}: --cache none: read and written with O_DIRECT, past the host's page cache",
+            spec.device
+        );
+    }
     // Read-only, it still judges every read against its ledger: a writer beside it would make
     // every block it writes look stale. A shared claim keeps writers out, not other readers.
     if spec.read_only && !spec.no_record {

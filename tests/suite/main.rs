@@ -2,6 +2,7 @@
 //! API; CLI tests run the built `lostwrite` binary the way an operator would; interop tests
 //! drive `lostwrite serve` with real NBD clients and a real filesystem.
 
+mod cache_none;
 mod classify;
 mod cli;
 mod crash;
