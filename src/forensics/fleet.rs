@@ -287,18 +287,11 @@ impl FleetReport {
                     .ok();
                 }
                 writeln!(o, "  anything written between these times on any of these disks is at risk; nothing written after {} was lost", rfc3339(w.end)).ok();
-                let peak = self
-                    .histogram
-                    .iter()
-                    .map(|b| b.lost_writes)
-                    .max()
-                    .unwrap_or(0)
-                    .max(1);
-                writeln!(o, "\nlost durable writes over time, all disks:").ok();
-                for b in &self.histogram {
-                    let bar = "#".repeat((b.lost_writes * 40).div_ceil(peak));
-                    writeln!(o, "  {}  {:<40} {}", rfc3339(b.start), bar, b.lost_writes).ok();
-                }
+                super::render::write_histogram(
+                    &mut o,
+                    &self.histogram,
+                    "lost durable writes over time, all disks:",
+                );
             }
             None => {
                 writeln!(o, "\nno durable write was lost on any disk").ok();

@@ -2,6 +2,7 @@
 //! the incident window with its histogram (or that nothing durable was lost), the affected files
 //! and structures, the packages to reinstall, the notes, and where the timeline picture went.
 
+use super::window::Bin;
 use super::ForensicReport;
 use crate::clock::rfc3339;
 use std::fmt::Write as _;
@@ -83,18 +84,7 @@ impl ForensicReport {
                     .ok();
                 }
                 writeln!(o, "  anything written between these times is at risk; nothing written after {} was lost", rfc3339(w.end)).ok();
-                let peak = self
-                    .histogram
-                    .iter()
-                    .map(|b| b.lost_writes)
-                    .max()
-                    .unwrap_or(0)
-                    .max(1);
-                writeln!(o, "\nlost durable writes over time:").ok();
-                for b in &self.histogram {
-                    let bar = "#".repeat((b.lost_writes * 40).div_ceil(peak));
-                    writeln!(o, "  {}  {:<40} {}", rfc3339(b.start), bar, b.lost_writes).ok();
-                }
+                write_histogram(o, &self.histogram, "lost durable writes over time:");
             }
             None => {
                 writeln!(
@@ -214,5 +204,20 @@ impl ForensicReport {
         for r in regions {
             r.write_human(o);
         }
+    }
+}
+
+/// The histogram of lost durable writes as bars of `#`, the tallest 40 wide.
+pub(super) fn write_histogram(o: &mut String, histogram: &[Bin], title: &str) {
+    let peak = histogram
+        .iter()
+        .map(|b| b.lost_writes)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    writeln!(o, "\n{title}").ok();
+    for b in histogram {
+        let bar = "#".repeat((b.lost_writes * 40).div_ceil(peak));
+        writeln!(o, "  {}  {:<40} {}", rfc3339(b.start), bar, b.lost_writes).ok();
     }
 }
