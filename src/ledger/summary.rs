@@ -392,7 +392,8 @@ pub enum Seen<'a> {
 
 /// Reads the journal like [`reader::scan`], but a sealed segment whose summary matches it and
 /// for which `wants` says no is not read: its marks (with LSN >= `decode_from`) are handed over
-/// instead of its records, and its length and CRC-32 come from the summary.
+/// instead of its records, and its length and CRC-32 come from the summary. Every other segment
+/// is read by [`reader::scan`], one at a time, which also reports gaps and damage.
 pub fn scan(
     journal_dir: &Path,
     ledger_id: &[u8; 16],
@@ -402,127 +403,81 @@ pub fn scan(
     wants: &dyn Fn(&Summary) -> bool,
     visit: &mut dyn FnMut(Seen<'_>) -> Result<()>,
 ) -> Result<JournalEnd> {
-    let numbers: Vec<u64> = reader::list_segments(journal_dir)?
-        .into_iter()
-        .filter(|&n| n >= start.segment)
-        .collect();
+    let numbers = reader::list_segments(journal_dir)?;
     let mut at = start;
     let mut segments: Vec<SegmentInfo> = Vec::new();
     let mut last_time = 0;
-    let mut i = 0;
-    // Consecutive numbers only: a gap is left to the full reader to report.
-    while i < numbers.len() && numbers[i] == at.segment {
-        let skip = (i + 1 < numbers.len())
+    loop {
+        // The last segment (being written) is never skipped.
+        let sealed = numbers.binary_search(&at.segment).is_ok()
+            && numbers.last().is_some_and(|&l| l > at.segment);
+        let skip = sealed
             .then(|| matching(journal_dir, ledger_id, at.segment, at.lsn, at.prev))
             .flatten()
             .filter(|s| !wants(s));
-        let Some(s) = skip else { break };
-        for m in &s.marks {
-            match m {
-                Mark::Record(lsn, time, r) if *lsn >= decode_from => visit(Seen::Record(Entry {
-                    lsn: *lsn,
-                    time: *time,
-                    record: r,
-                }))?,
-                Mark::Touch(lsn, time) if *lsn >= decode_from => visit(Seen::Touch(*lsn, *time))?,
-                _ => {}
+        if let Some(s) = skip {
+            for m in &s.marks {
+                match m {
+                    Mark::Record(lsn, time, r) if *lsn >= decode_from => {
+                        visit(Seen::Record(Entry {
+                            lsn: *lsn,
+                            time: *time,
+                            record: r,
+                        }))?
+                    }
+                    Mark::Touch(lsn, time) if *lsn >= decode_from => {
+                        visit(Seen::Touch(*lsn, *time))?
+                    }
+                    _ => {}
+                }
+            }
+            segments.push(SegmentInfo {
+                number: s.number,
+                path: segment::path(journal_dir, s.number),
+                first_lsn: s.first_lsn,
+                valid_len: s.len,
+                file_len: s.len,
+                content_crc: s.content_crc,
+                last_time: s.last_time,
+            });
+            if s.last_time != 0 {
+                last_time = s.last_time;
+            }
+            at = Start {
+                segment: s.number + 1,
+                lsn: s.next_lsn,
+                prev: (s.content_crc, s.len),
+            };
+            continue;
+        }
+        let one = reader::scan(
+            journal_dir,
+            ledger_id,
+            at,
+            at.segment,
+            decode_from,
+            protected,
+            &mut |e| visit(Seen::Record(e)),
+        )?;
+        if one.last_time != 0 {
+            last_time = one.last_time;
+        }
+        let next = one.segments.last().map(|l| Start {
+            segment: l.number + 1,
+            lsn: one.next_lsn,
+            prev: (l.content_crc, l.valid_len),
+        });
+        segments.extend(one.segments);
+        match next {
+            Some(n) if sealed && one.torn.is_none() => at = n,
+            _ => {
+                return Ok(JournalEnd {
+                    segments,
+                    next_lsn: one.next_lsn,
+                    last_time,
+                    torn: one.torn,
+                })
             }
         }
-        segments.push(SegmentInfo {
-            number: s.number,
-            path: segment::path(journal_dir, s.number),
-            first_lsn: s.first_lsn,
-            valid_len: s.len,
-            file_len: s.len,
-            content_crc: s.content_crc,
-            last_time: s.last_time,
-        });
-        if s.last_time != 0 {
-            last_time = s.last_time;
-        }
-        at = Start {
-            segment: s.number + 1,
-            lsn: s.next_lsn,
-            prev: (s.content_crc, s.len),
-        };
-        i += 1;
     }
-    if i == numbers.len() && i > 0 {
-        // Unreachable in practice (the last segment is never skipped); keep the end consistent.
-        return Ok(JournalEnd {
-            segments,
-            next_lsn: at.lsn,
-            last_time,
-            torn: None,
-        });
-    }
-    // From here on, one segment at a time: read in full, or skipped by its summary.
-    let first_full = at;
-    let mut rest = read_from(
-        journal_dir,
-        ledger_id,
-        first_full,
-        decode_from,
-        protected,
-        wants,
-        visit,
-    )?;
-    segments.append(&mut rest.segments);
-    if rest.last_time == 0 {
-        rest.last_time = last_time;
-    }
-    rest.segments = segments;
-    Ok(rest)
-}
-
-/// Reads segments from `at` to the end: each in full unless a matching summary lets it be
-/// skipped (then on with [`scan`]).
-fn read_from(
-    journal_dir: &Path,
-    ledger_id: &[u8; 16],
-    at: Start,
-    decode_from: Lsn,
-    protected: (u64, u64),
-    wants: &dyn Fn(&Summary) -> bool,
-    visit: &mut dyn FnMut(Seen<'_>) -> Result<()>,
-) -> Result<JournalEnd> {
-    let one = reader::scan(
-        journal_dir,
-        ledger_id,
-        at,
-        at.segment,
-        decode_from,
-        protected,
-        &mut |e| visit(Seen::Record(e)),
-    )?;
-    let Some(last) = one.segments.last().cloned() else {
-        return Ok(one);
-    };
-    let more = reader::list_segments(journal_dir)?
-        .iter()
-        .any(|&n| n > last.number);
-    if one.torn.is_some() || !more {
-        return Ok(one);
-    }
-    let next = Start {
-        segment: last.number + 1,
-        lsn: one.next_lsn,
-        prev: (last.content_crc, last.valid_len),
-    };
-    let mut rest = scan(
-        journal_dir,
-        ledger_id,
-        next,
-        decode_from,
-        protected,
-        wants,
-        visit,
-    )?;
-    let mut segments = one.segments;
-    segments.append(&mut rest.segments);
-    rest.segments = segments;
-    if rest.last_time == 0 {
-        rest.last_time = one.last_time;
-    }
-    Ok(rest)
 }
