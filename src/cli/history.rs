@@ -48,6 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let dev = lostwrite::device::open(&a.target.device, false).ok();
     let mut opts = OpenOptions::new(Access::Live);
     opts.device_moved = a.device_moved;
+    opts.skim = true;
     let ledger = Ledger::open(&dir, dev.as_ref().map(|d| (d.identity(), d.size())), opts)?;
     let geo = ledger.geometry();
     for &b in &a.blocks {

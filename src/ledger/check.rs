@@ -178,6 +178,7 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
         jdir: &jdir,
         ledger_id: &meta.ledger_id,
         start: journal_start(fold.as_ref()),
+        skim: false,
     };
     if let Err(e) = replay.seed(fold.as_ref()) {
         rep.add(e);

@@ -12,6 +12,7 @@ use super::reader::{self, SegmentInfo};
 use super::record::{Lsn, Record};
 use super::replay::journal_start;
 use super::session::{merge_ranges, LedgerWriter};
+use super::summary;
 use super::{lock_mutex, segment, writer, JOURNAL_DIR, META_FILE};
 use crate::clock::Micros;
 use crate::error::{Error, IoContext, Result};
@@ -337,6 +338,9 @@ impl LedgerWriter {
         *lock_mutex(&self.fold) = Some(installed);
         for n in start.segment..=upto {
             let p = segment::path(&jdir, n);
+            // The summary first: a crash in between leaves a segment without one (read in
+            // full), never a summary without its segment.
+            summary::remove(&jdir, n)?;
             std::fs::remove_file(&p).ctx(&p, "removing a compacted journal segment")?;
         }
         writer::sync_dir(&jdir)?;

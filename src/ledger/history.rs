@@ -7,6 +7,7 @@ use super::fold::{Fold, FoldChange};
 use super::reader::JournalEnd;
 use super::record::{Generation, Lsn, Record};
 pub use super::sessions::{SessionEnd, SessionInfo, Sessions};
+use super::summary::{Seen, Summary};
 use super::Ledger;
 use crate::clock::Micros;
 use crate::error::Result;
@@ -273,14 +274,19 @@ impl Gather {
 /// events of `blocks`, and the latest writers of each checksum in `crcs` (baseline included).
 pub fn collect(ledger: &Ledger, blocks: &HashSet<u64>, crcs: &HashSet<u32>) -> Result<History> {
     let gather = RefCell::new(Gather::default());
-    let end = ledger.scan_history(
+    // Checksums are not in the summaries: asked about, every segment is read.
+    let wants = |s: &Summary| !crcs.is_empty() || blocks.iter().any(|&b| s.may_hold(b));
+    let end = ledger.scan_history_skimming(
         &mut |f| match f {
             Some(f) => gather.borrow_mut().fold(ledger, f, blocks, crcs),
             None => Ok(()),
         },
-        1,
-        &mut |e| {
-            gather.borrow_mut().record(ledger, &e, blocks, crcs);
+        &wants,
+        &mut |seen| {
+            match seen {
+                Seen::Record(e) => gather.borrow_mut().record(ledger, &e, blocks, crcs),
+                Seen::Touch(lsn, time) => gather.borrow_mut().sessions.touch(lsn, time),
+            }
             Ok(())
         },
     )?;

@@ -56,6 +56,7 @@ pub mod segment;
 mod session;
 mod sessions;
 pub mod state;
+pub mod summary;
 pub mod writer;
 
 use crate::block::Geometry;
@@ -117,6 +118,9 @@ pub struct OpenOptions {
     /// clean end, which no lostwrite process wrote, are moved aside to a file beside their
     /// segment instead of refusing the ledger.
     pub repair: bool,
+    /// A reader that asks about a few blocks (`history`): sealed journal segments whose
+    /// summaries match them are not read in full (summary.rs).
+    pub skim: bool,
 }
 
 impl OpenOptions {
@@ -128,6 +132,7 @@ impl OpenOptions {
             segment_bytes: segment::DEFAULT_SEGMENT_BYTES,
             fold_pass_bytes: compact::MAX_PASS_BYTES,
             repair: false,
+            skim: false,
         }
     }
 }
@@ -169,6 +174,8 @@ pub struct Ledger {
     own_session: Option<u64>,
     /// Through which LSN this process's writer has synced the journal (`None` for a reader).
     synced: Option<Arc<AtomicU64>>,
+    /// Opened with [`OpenOptions::skim`].
+    skim: bool,
     _lock: Option<lock::LedgerLock>,
 }
 
@@ -311,6 +318,33 @@ impl Ledger {
             u64::MAX,
             from,
             self.header().checkpoint_pos,
+            visit,
+        )
+    }
+
+    /// Like [`Ledger::scan_history`] from LSN 1, but sealed segments whose summaries match them
+    /// and for which `wants` says no are not read: their non-change records and the last change
+    /// record before each come from the summary. Without [`OpenOptions::skim`], or on a live
+    /// view, every segment is read.
+    pub fn scan_history_skimming(
+        &self,
+        folded: &mut dyn FnMut(Option<&Fold>) -> Result<()>,
+        wants: &dyn Fn(&summary::Summary) -> bool,
+        visit: &mut dyn FnMut(summary::Seen<'_>) -> Result<()>,
+    ) -> Result<JournalEnd> {
+        if !self.skim || self.is_live_view() {
+            return self.scan_history(folded, 1, &mut |e| visit(summary::Seen::Record(e)));
+        }
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let fold = lock_mutex(&self.fold).clone();
+        folded(fold.as_ref())?;
+        summary::scan(
+            &self.dir.join(JOURNAL_DIR),
+            &self.meta.ledger_id,
+            replay::journal_start(fold.as_ref()),
+            1,
+            self.header().checkpoint_pos,
+            wants,
             visit,
         )
     }

@@ -15,6 +15,7 @@ use super::replay::{journal_start, scan_live, Replay};
 use super::session::LedgerWriter;
 use super::sessions::Sessions;
 use super::state::{StateHeader, StateTable};
+use super::summary;
 use super::writer::{self, JournalWriter};
 use super::{
     files, lock, segment, Access, Ledger, OpenOptions, Recovery, BASELINE_FILE, JOURNAL_DIR,
@@ -69,6 +70,11 @@ impl LedgerWriter {
             cut_torn_tail(&jdir, &t)?;
         }
         let journal = resume_journal(&jdir, &ledger.meta, &end, opts.segment_bytes)?;
+        // Summaries are derived: stale ones go, missing or unmatched ones are written again.
+        if let Some(first) = end.segments.first() {
+            summary::tidy(&jdir, first.number)?;
+        }
+        journal.summarise(summary::missing(&jdir, &ledger.meta.ledger_id, &end));
         let mut h = ledger.header();
         h.checkpoint_pos = journal.position();
         ledger.checkpoint(h)?;
@@ -125,6 +131,7 @@ fn recover(
             jdir: &jdir,
             ledger_id: &meta.ledger_id,
             start: journal_start(fold.as_ref()),
+            skim: opts.skim && !writable,
         };
         let state_path = dir.join(STATE_FILE);
         let (e, s) = replay_journal(
@@ -177,6 +184,7 @@ fn recover(
         gate: RwLock::new(()),
         own_session: None,
         synced: None,
+        skim: opts.skim && !writable,
         _lock: lock,
     };
     Ok(Recovered { ledger, end })
@@ -560,6 +568,7 @@ fn tidy_after_compaction(dir: &Path, fold: Option<&Fold>) -> Result<()> {
                 p.display()
             );
             std::fs::remove_file(&p).ctx(&p, "removing a compacted segment")?;
+            summary::remove(&jdir, n)?;
             removed = true;
         }
     }

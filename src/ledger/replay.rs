@@ -10,6 +10,7 @@ use super::reader::{self, JournalEnd, Start};
 use super::record::{Lsn, Record};
 use super::sessions::Sessions;
 use super::state::{BlockState, StateTable};
+use super::summary;
 use super::JOURNAL_DIR;
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -117,6 +118,8 @@ pub(super) struct Replay<'a> {
     pub ledger_id: &'a [u8; 16],
     /// Where the retained journal starts.
     pub start: Start,
+    /// Skip sealed segments wholly before the first record applied when their summaries match.
+    pub skim: bool,
 }
 
 impl Replay<'_> {
@@ -159,26 +162,43 @@ impl Replay<'_> {
         sessions: &mut Sessions,
     ) -> Result<(JournalEnd, u64)> {
         let mut n = 0u64;
-        let end = reader::scan(
-            self.jdir,
-            self.ledger_id,
-            self.start,
-            u64::MAX,
-            from,
-            protected,
-            &mut |e| {
-                n += 1;
-                sessions.see_bounds(e.lsn, e.time, e.record);
-                apply(
-                    self.state,
-                    self.baseline,
-                    self.zero_crc,
-                    e.lsn,
-                    e.record,
-                    self.jdir,
-                )
-            },
-        )?;
+        let mut each = |e: reader::Entry<'_>| {
+            n += 1;
+            sessions.see_bounds(e.lsn, e.time, e.record);
+            apply(
+                self.state,
+                self.baseline,
+                self.zero_crc,
+                e.lsn,
+                e.record,
+                self.jdir,
+            )
+        };
+        let end = if self.skim {
+            // Only segments wholly before `from` are skipped, so no mark is ever handed over.
+            summary::scan(
+                self.jdir,
+                self.ledger_id,
+                self.start,
+                from,
+                protected,
+                &|s| s.next_lsn > from,
+                &mut |seen| match seen {
+                    summary::Seen::Record(e) => each(e),
+                    summary::Seen::Touch(..) => Ok(()),
+                },
+            )?
+        } else {
+            reader::scan(
+                self.jdir,
+                self.ledger_id,
+                self.start,
+                u64::MAX,
+                from,
+                protected,
+                &mut each,
+            )?
+        };
         Ok((end, n))
     }
 }

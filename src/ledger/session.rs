@@ -130,6 +130,7 @@ impl LedgerWriter {
             jdir: &jdir,
             ledger_id: &self.meta.ledger_id,
             start: journal_start(fold.as_ref()),
+            skim: false,
         };
         let mut sessions = all.seed(fold.as_ref())?;
         let (end, _) = all.run(all.start.lsn, (0, 0), &mut sessions)?;

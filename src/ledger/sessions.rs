@@ -210,6 +210,15 @@ impl Sessions {
         }
     }
 
+    /// A change record at `lsn` seen only as the current session's latest record (a skipped
+    /// segment's summary gives no more of it).
+    pub fn touch(&mut self, lsn: Lsn, time: Micros) {
+        if let Some(s) = self.map.get_mut(&self.current) {
+            s.last_lsn = lsn;
+            s.last_time = time;
+        }
+    }
+
     /// True while the current session has no close record.
     pub fn open(&self) -> bool {
         self.current != 0

@@ -12,6 +12,7 @@ use super::frame;
 use super::reader::JOURNAL_VERSION;
 use super::record::{Lsn, Record};
 use super::segment::{self, SegmentHeader};
+use super::summary;
 use crate::clock::Micros;
 use crate::error::{Error, IoContext, Result};
 use std::fs::{File, OpenOptions};
@@ -64,6 +65,8 @@ pub struct JournalWriter {
     /// Segments started so far, for whoever waits to compact sealed ones.
     rolls: Mutex<u64>,
     rolled: Condvar,
+    /// Threads writing summaries of sealed segments (joined when the writer goes).
+    summarisers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,6 +155,7 @@ impl JournalWriter {
             cv: Condvar::new(),
             rolls: Mutex::new(0),
             rolled: Condvar::new(),
+            summarisers: Mutex::new(Vec::new()),
         })
     }
 
@@ -218,9 +222,34 @@ impl JournalWriter {
         a.offset = segment::HEADER_LEN as u64;
         a.hasher = hasher;
         a.first_time = None;
+        self.summarise(vec![a.segment - 1]);
         *lock(&self.rolls) += 1;
         self.rolled.notify_all();
         Ok(())
+    }
+
+    /// Writes the summaries of sealed segments `numbers` in the background (derived data: a
+    /// failure only means a later reader reads those segments in full).
+    pub fn summarise(&self, numbers: Vec<u64>) {
+        if numbers.is_empty() {
+            return;
+        }
+        let (dir, id) = (self.dir.clone(), self.ledger_id);
+        let mut threads = lock(&self.summarisers);
+        threads.retain(|t| !t.is_finished());
+        let t = std::thread::Builder::new()
+            .name("lw-summary".into())
+            .spawn(move || {
+                for n in numbers {
+                    if let Err(e) = summary::build(&dir, &id, n) {
+                        tracing::debug!("no summary of journal segment {n}: {e}");
+                    }
+                }
+            });
+        match t {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::debug!("no thread to summarise journal segments: {e}"),
+        }
     }
 
     /// Seals the current segment (synced) and starts the next, so retention can fold it.
@@ -345,6 +374,14 @@ impl JournalWriter {
                 detail: f.clone(),
             }),
             None => Ok(()),
+        }
+    }
+}
+
+impl Drop for JournalWriter {
+    fn drop(&mut self) {
+        for t in lock(&self.summarisers).drain(..) {
+            let _ = t.join();
         }
     }
 }

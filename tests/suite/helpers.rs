@@ -189,6 +189,7 @@ pub fn last_segment(ledger: &Path) -> PathBuf {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(ledger.join("journal"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
         .collect();
     segs.sort();
     segs.pop().unwrap()

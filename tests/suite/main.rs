@@ -17,6 +17,7 @@ mod forensics_lvm;
 mod forensics_packages;
 mod forensics_xfs;
 mod helpers;
+mod history_index;
 mod host;
 mod hostile;
 mod interop;

@@ -370,6 +370,7 @@ fn segmented(s: &Scratch) -> Vec<std::path::PathBuf> {
     let mut segs: Vec<_> = std::fs::read_dir(s.ledger.join("journal"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
         .collect();
     segs.sort();
     assert!(segs.len() >= 4, "{segs:?}");
