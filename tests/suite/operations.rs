@@ -14,13 +14,23 @@ const BS: u64 = 4096;
 
 /// `GET path` from the metrics endpoint of a service (found in its log); (status, body).
 fn http_get(svc: &Service, path: &str) -> (u32, String) {
-    let log = svc.log_text();
-    let addr = log
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"))
-        .to_string();
+    // The log line naming the address may come after the socket is ready: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let addr = loop {
+        let log = svc.log_text();
+        if let Some(a) = log
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|r| r.split_once('/'))
+        {
+            break a.0.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics address in the log: {log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut out = String::new();
