@@ -605,7 +605,7 @@ fn assert_big_file_blocks(v: &Value, region: &str, expect: &[(u64, u64)]) {
 /// another `lvcreate` makes): reverted blocks of a file in both segments are named as that file.
 #[test]
 fn report_maps_a_linear_lv_whose_segments_lie_apart() {
-    if !tools() {
+    if !tools() || !can_mount() || !have("nbdfuse") {
         return;
     }
     let s = Scratch::new(64 * MIB);
@@ -649,7 +649,7 @@ fn report_maps_a_linear_lv_whose_segments_lie_apart() {
 /// in both stripes are named as that file, at their byte offsets in it.
 #[test]
 fn report_maps_a_striped_lv_to_files() {
-    if !tools() || !have("sfdisk") {
+    if !tools() || !can_mount() || !have("sfdisk") || !have("nbdfuse") {
         return;
     }
     let s = Scratch::new(64 * MIB);
