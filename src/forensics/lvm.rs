@@ -5,7 +5,9 @@
 //! extents to logical volumes. Linear and striped segments are mapped; any other segment type
 //! (mirror, raid, thin, cache, snapshot...) is named with its type and not mapped. A logical
 //! volume laid out contiguously on this PV becomes a region in which the filesystem is read as in
-//! a partition; every other piece is named by LV and LV offset.
+//! a partition; one whose every extent is on this PV but apart (segments apart, striped) is read
+//! through its layout ([`lvview`](super::lvview)); every other piece is named by LV and LV
+//! offset.
 
 use super::partition::Region;
 use crate::device::BlockDevice;
@@ -72,6 +74,10 @@ pub struct Pv {
     /// Logical volumes laid out contiguously and linearly on this PV: name, first byte from the
     /// PV's start, length.
     pub contiguous: Vec<(String, u64, u64)>,
+    /// Logical volumes whose every extent is on this PV, in linear or striped segments (the
+    /// contiguous ones too): name and length in bytes. Their bytes can be assembled from the
+    /// pieces.
+    pub whole: Vec<(String, u64)>,
     /// Metadata areas (offset from the PV's start, length).
     pub metadata: Vec<(u64, u64)>,
 }
@@ -451,6 +457,7 @@ impl Vg {
                         ("striped", Some(Value::List(s))) => s,
                         _ => {
                             e.apart = true;
+                            e.elsewhere = true;
                             // Another type: its areas on this PV, where it names them, are
                             // pieces that are not mapped.
                             for (pvn, pe) in areas(seg) {
@@ -484,6 +491,7 @@ impl Vg {
                         };
                         if pvn != me {
                             e.apart = true;
+                            e.elsewhere = true;
                             continue;
                         }
                         let map = if n == 1 {
@@ -510,7 +518,11 @@ impl Vg {
         }
         pieces.sort_by_key(|p| p.pe);
         let mut contiguous = Vec::new();
+        let mut whole = Vec::new();
         for (lv, l) in lvs {
+            if !l.elsewhere && l.extents > 0 {
+                whole.push((lv.clone(), l.extents.saturating_mul(extent_size)));
+            }
             let (total, mut lin, other) = (l.extents, l.linear, l.apart);
             lin.sort_unstable();
             let joined = lin.windows(2).all(|w| {
@@ -533,6 +545,7 @@ impl Vg {
             pv_count: pvs.len(),
             pieces,
             contiguous,
+            whole,
             metadata,
         })
     }
@@ -547,6 +560,8 @@ struct Layout {
     linear: Vec<(u64, u64, u64)>,
     /// A segment is striped, of another type, or on another PV.
     apart: bool,
+    /// A segment is of another type, or on another PV.
+    elsewhere: bool,
 }
 
 /// The (PV name, extent) pairs a segment of another type names ("stripes", "mirrors", ...).
@@ -596,6 +611,10 @@ version = 1
         assert_eq!(pv.seqno, 7);
         let mib = 1 << 20;
         assert_eq!(pv.contiguous, vec![("root".into(), mib, 12 * mib)]);
+        assert_eq!(
+            pv.whole,
+            vec![("data".into(), 16 * mib), ("root".into(), 12 * mib)]
+        );
         let (p, o) = pv.lv_offset(mib + 4 * mib + 5).unwrap();
         assert_eq!((p.lv.as_str(), o), ("root", Some(4 * mib + 5)));
         // Extent 8 is stripe 1: its first 64 KiB chunk is the LV's second chunk.
@@ -618,6 +637,10 @@ mirror { segment1 { start_extent = 0 extent_count = 1 type = "raid1" raids = ["p
         let pv = parse_vg(text).unwrap().for_pv("ab", vec![]).unwrap();
         assert_eq!(pv.pv_count, 2);
         assert!(pv.contiguous.is_empty(), "home is partly on pv1");
+        assert!(
+            pv.whole.is_empty(),
+            "home is partly on pv1, mirror is raid1"
+        );
         let mib = 1 << 20;
         let (p, o) = pv.lv_offset(mib + 4 * 4 * mib + 7).unwrap();
         assert_eq!((p.lv.as_str(), o), ("home", Some(2 * 4 * mib + 7)));

@@ -2,7 +2,8 @@
 //! the lost writes, a histogram of them, the files and directories that own the damaged blocks
 //! with the symptom their users will see, and a timeline picture ([`plot`]). The file mapping
 //! reads the partition table ([`partition`]) and the LVM2 physical volumes in it ([`lvm`]:
-//! logical volumes become regions), recognises each region's filesystem and asks
+//! logical volumes become regions; [`lvview`] serves one whose pieces lie apart as one run of
+//! bytes), recognises each region's filesystem and asks
 //! debugfs about ext2/3/4 ([`ext4`]) or xfs_db about XFS ([`xfs`]) through one seam ([`fs`]);
 //! any other filesystem is named by its magic, or as unknown, never guessed at.
 //!
@@ -19,6 +20,7 @@ pub mod ext4;
 pub mod fleet;
 pub mod fs;
 pub mod lvm;
+pub mod lvview;
 pub mod owner;
 pub mod partition;
 pub mod plot;

@@ -1,5 +1,6 @@
 //! What owns a damaged block: the partition table says which region holds it (an LVM2 physical
-//! volume's logical volumes laid out in one piece are regions of their own, [`lvm`](super::lvm);
+//! volume's logical volumes are regions of their own, [`lvm`](super::lvm): those laid out in one
+//! piece read in place, those whose pieces lie apart on it through [`lvview`](super::lvview);
 //! the rest of a PV is named by LV offset, metadata or free space here), the region's
 //! filesystem (ext2/3/4 or XFS, behind the seam in [`fs`](super::fs)) says which file,
 //! directory or structure owns each of its filesystem blocks, and [`symptom`](super::symptom) gives the
@@ -10,6 +11,7 @@
 use super::affected::suspect_free;
 use super::fs::{self, Detected, Filesystem, Owner};
 use super::lvm::{self, Map, Pv};
+use super::lvview::{Assembled, Layout};
 use super::packages::{self, RegionPackages};
 use super::partition::{self, Region, Table};
 use super::symptom::{owner_name, symptom};
@@ -22,7 +24,6 @@ use crate::findings::Finding;
 use crate::ledger::Ledger;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Range;
 
 /// What owns a damaged block, and what a user will see.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -169,6 +170,9 @@ struct Disk {
     lvm: Vec<Option<std::result::Result<Pv, String>>>,
     /// The export's file view that debugfs reads, kept mounted until the owners are known.
     _view: Option<std::result::Result<FuseView, String>>,
+    /// For each region that is a logical volume assembled from pieces apart, its layout and
+    /// what serves its bytes (dropped after the filesystems that read them).
+    assembled: Vec<Option<Assembled>>,
 }
 
 impl Disk {
@@ -181,14 +185,14 @@ impl Disk {
         block_size: u64,
         notes: &mut Vec<String>,
     ) -> Disk {
-        let lvm = expand_lvm(&mut table, dev, notes);
+        let (lvm, mut assembled) = expand_lvm(&mut table, dev, notes);
         // debugfs opens files only: an NBD export is shown to it through nbdfuse, mounted on the
         // first filesystem found and kept until the owners are known.
         let mut view = None;
         let mut infos = Vec::new();
         let mut filesystems = Vec::new();
         let mut unmapped = Vec::new();
-        for (r, pv) in table.regions.iter().zip(&lvm) {
+        for ((r, pv), a) in table.regions.iter().zip(&lvm).zip(assembled.iter_mut()) {
             if let Some(pv) = pv {
                 infos.push(RegionInfo {
                     name: r.name.clone(),
@@ -203,11 +207,17 @@ impl Disk {
                 unmapped.push(String::new());
                 continue;
             }
-            let detected = fs::detect(dev, r);
-            let mut local = || local_path(&mut view, dev, device_path);
-            let opened = detected
-                .as_ref()
-                .and_then(|kind| Filesystem::open(kind, dev, r, device_path, &mut local));
+            let (detected, opened) = match a {
+                Some(a) => a.open_fs(device_path, r, notes),
+                None => {
+                    let detected = fs::detect(dev, r);
+                    let mut local = || local_path(&mut view, dev, device_path);
+                    let opened = detected
+                        .as_ref()
+                        .and_then(|kind| Filesystem::open(kind, dev, r, device_path, &mut local));
+                    (detected, opened)
+                }
+            };
             let not_read = format!(
                 "{} does not hold an ext2/3/4 or XFS filesystem lostwrite can read: its findings are not mapped to files",
                 r.name
@@ -236,6 +246,13 @@ impl Disk {
                     not_read,
                 ),
             };
+            if a.is_some() && fs.is_none() {
+                // Its blocks go to the PV's naming, with their offsets in the LV.
+                notes.push(format!(
+                    "{}: {desc}: not mapped to files; its blocks are named by their offset in the logical volume",
+                    r.name
+                ));
+            }
             unmapped.push(why);
             infos.push(RegionInfo {
                 name: r.name.clone(),
@@ -253,6 +270,7 @@ impl Disk {
             block_size,
             lvm,
             _view: view,
+            assembled,
         }
     }
 
@@ -261,16 +279,30 @@ impl Disk {
         self.table
             .regions
             .iter()
-            .position(|r| off >= r.start && off < r.start + r.len)
+            .zip(&self.assembled)
+            .zip(&self.filesystems)
+            .position(|((r, a), fs)| match a {
+                // An LV whose filesystem is not read is named through its PV.
+                Some(a) => fs.is_some() && a.layout.to_lv(off).is_some(),
+                None => off >= r.start && off < r.start + r.len,
+            })
     }
 
     /// The blocks of region `i`'s filesystem `fs` that the ledger block at `off` covers, even in
-    /// part.
-    fn fs_blocks(&self, i: usize, off: u64, fs: &Filesystem) -> Range<u64> {
+    /// part (through the layout of an assembled logical volume, a sector at a time).
+    fn fs_blocks(&self, i: usize, off: u64, fs: &Filesystem) -> Vec<u64> {
+        if let Some(a) = &self.assembled[i] {
+            let lv: BTreeSet<u64> = (off..off + self.block_size)
+                .step_by(512)
+                .filter_map(|d| a.layout.to_lv(d))
+                .map(|o| o / fs.block_size())
+                .collect();
+            return lv.into_iter().collect();
+        }
         let r = &self.table.regions[i];
         let lo = off.max(r.start) - r.start;
         let hi = (off + self.block_size).min(r.start + r.len) - r.start;
-        lo / fs.block_size()..hi.div_ceil(fs.block_size())
+        (lo / fs.block_size()..hi.div_ceil(fs.block_size())).collect()
     }
 
     /// The owners of every filesystem block the items cover, per region: each filesystem is
@@ -315,7 +347,19 @@ impl Disk {
         };
         let region = self.table.regions[i].name.clone();
         if let Some(pv) = &self.lvm[i] {
-            return vec![in_pv(&self.table.regions[i], pv, offset, self.block_size)];
+            let mut r = in_pv(&self.table.regions[i], pv, offset, self.block_size);
+            let lv = self.table.regions.iter().zip(&self.assembled);
+            if let Some(j) = lv
+                .map(|(x, a)| a.is_some() && x.name == r.region)
+                .position(|x| x)
+            {
+                r.symptom = format!(
+                    "logical volume {}: {}; check its filesystem with its own tools (the byte ranges are offsets in the logical volume)",
+                    r.path.as_deref().unwrap_or_default(),
+                    self.infos[j].filesystem
+                );
+            }
+            return vec![r];
         }
         let Some(fs) = &self.filesystems[i] else {
             if unknown_noted.insert(i) {
@@ -380,20 +424,27 @@ fn local_path(
         .map_err(|e| e.clone())
 }
 
+/// What the PV metadata says of each region (None: not a PV), and the layout of each region
+/// that is a logical volume assembled from pieces apart.
+type Roles = (
+    Vec<Option<std::result::Result<Pv, String>>>,
+    Vec<Option<Assembled>>,
+);
+
 /// Reads every region that is an LVM2 physical volume: its logical volumes laid out in one
 /// piece on it become regions (before it, so that they are found first) in which filesystems
-/// are read as in partitions. Returns, per region of the grown table, what its PV metadata says.
-fn expand_lvm(
-    table: &mut Table,
-    dev: &dyn BlockDevice,
-    notes: &mut Vec<String>,
-) -> Vec<Option<std::result::Result<Pv, String>>> {
+/// are read as in partitions; those whose every extent is on it but apart (segments apart,
+/// striped) become regions read through their layout. Returns, per region of the grown table,
+/// what its PV metadata says and the layout of an assembled LV.
+fn expand_lvm(table: &mut Table, dev: &dyn BlockDevice, notes: &mut Vec<String>) -> Roles {
     let mut regions = Vec::new();
     let mut roles = Vec::new();
+    let mut assembled = Vec::new();
     for r in std::mem::take(&mut table.regions) {
         let Some(pv) = lvm::read_pv(dev, &r) else {
             regions.push(r);
             roles.push(None);
+            assembled.push(None);
             continue;
         };
         match &pv {
@@ -415,6 +466,34 @@ fn expand_lvm(
                         len: *len,
                     });
                     roles.push(None);
+                    assembled.push(None);
+                }
+                let mut joined: Vec<&str> = Vec::new();
+                for (lv, _) in &pv.whole {
+                    if pv.contiguous.iter().any(|c| &c.0 == lv) {
+                        continue;
+                    }
+                    let name = lv_region(&pv.vg, lv, &r.name);
+                    match Layout::of(pv, lv, r.start) {
+                        Ok(l) if l.device_span().1 <= r.start.saturating_add(r.len) => {
+                            regions.push(Region {
+                                name,
+                                start: l.device_span().0,
+                                len: l.len,
+                            });
+                            roles.push(None);
+                            assembled.push(Some(Assembled::new(l)));
+                            joined.push(lv);
+                        }
+                        Ok(_) => notes.push(format!(
+                            "{}: {name} has extents beyond the physical volume's {} bytes: not mapped to files",
+                            r.name, r.len
+                        )),
+                        Err(e) => notes.push(format!(
+                            "{}: {name} cannot be assembled from its segments ({e}): not mapped to files",
+                            r.name
+                        )),
+                    }
                 }
                 if pv.pv_count > 1 {
                     notes.push(format!(
@@ -424,7 +503,10 @@ fn expand_lvm(
                 }
                 let mut unmapped: Vec<String> = Vec::new();
                 for p in &pv.pieces {
-                    if pv.contiguous.iter().any(|c| c.0 == p.lv) || unmapped.contains(&p.lv) {
+                    if pv.contiguous.iter().any(|c| c.0 == p.lv)
+                        || joined.contains(&p.lv.as_str())
+                        || unmapped.contains(&p.lv)
+                    {
                         continue;
                     }
                     unmapped.push(p.lv.clone());
@@ -443,9 +525,10 @@ fn expand_lvm(
         }
         regions.push(r);
         roles.push(Some(pv));
+        assembled.push(None);
     }
     table.regions = regions;
-    roles
+    (roles, assembled)
 }
 
 /// The region name of logical volume `lv` of `vg` on a PV in region `pv_region`.
@@ -457,10 +540,10 @@ fn lv_region(vg: &str, lv: &str, pv_region: &str) -> String {
 fn why_unmapped(map: &Map) -> String {
     match map {
         Map::Striped { stripes, .. } => format!(
-            "striped over {stripes} stripes, so its filesystem is not contiguous on the device: lostwrite does not map it to files"
+            "striped over {stripes} stripes, not all of which lostwrite can assemble from this disk (on other disks, or beyond this physical volume): lostwrite does not map its filesystem to files"
         ),
         Map::Other(kind) => format!("a {kind} segment: lostwrite does not map this segment type"),
-        Map::Linear { .. } => "not laid out in one piece on this physical volume (its segments are apart or on other disks): lostwrite does not map its filesystem to files".into(),
+        Map::Linear { .. } => "with segments lostwrite cannot assemble from this disk (on other disks, or beyond this physical volume): lostwrite does not map its filesystem to files".into(),
     }
 }
 

@@ -14,6 +14,7 @@ mod forensics;
 mod forensics_fleet;
 mod forensics_gpt;
 mod forensics_lvm;
+mod forensics_lvm_apart;
 mod forensics_packages;
 mod forensics_xfs;
 mod helpers;
