@@ -21,6 +21,9 @@ size_mib=${SIZE_MIB:-1024}
 for t in fio python3 "$old" "$new"; do
   command -v "$t" >/dev/null || { echo "$t is missing" >&2; exit 2; }
 done
+# The binaries are run from the work directory: make relative paths absolute first.
+old=$(realpath "$(command -v "$old")")
+new=$(realpath "$(command -v "$new")")
 mkdir -p "$work"
 cd "$work"
 pids=()

@@ -39,7 +39,8 @@ pub struct Args {
     #[arg(long, value_name = "TIME")]
     until: Option<String>,
     /// Name the files, directories and filesystem structures that own the damaged blocks
-    /// (ext2/3/4, whole disk or MBR/GPT partitions; needs debugfs from e2fsprogs).
+    /// (ext2/3/4 through debugfs, XFS through xfs_db; whole disk, MBR/GPT partitions or LVM2
+    /// logical volumes).
     #[arg(long)]
     files: bool,
     /// Also name the installed packages (dpkg, rpm) owning the damaged files, as a list to

@@ -97,8 +97,29 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             }
             out!("{}", human(v));
         }
+        if let Some(r) = live.as_ref().map(|l| &l.reloads) {
+            out!("{}", reloads_line(r));
+        }
     }
     Ok(status)
+}
+
+/// What the server's reloads did, for the end of the human form ("" when there were none).
+fn reloads_line(r: &lostwrite::metrics::ReloadStatus) -> String {
+    let Some(last) = &r.last else {
+        return String::new();
+    };
+    format!(
+        "\nreloads  {} applied, {} refused; the last at {}: {}\n",
+        r.applied,
+        r.refused,
+        last.time,
+        match (last.applied, &last.reason) {
+            (true, None) => "applied".to_string(),
+            (true, Some(why)) => format!("applied, except: {why}"),
+            (false, why) => format!("refused: {}", why.as_deref().unwrap_or("no reason given")),
+        }
+    )
 }
 
 /// How long `status` waits for a running service's figures, all told; a service that does not

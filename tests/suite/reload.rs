@@ -371,6 +371,22 @@ fn a_config_that_does_not_parse_changes_nothing() {
     write_and_read(&f.uri("a"), 0x1a);
     write_and_read(&f.uri("b"), 0x1b);
     assert_eq!(f.status()["reloads"]["refused"], 2);
+    // `status --config` tells an operator the same in its human form.
+    std::fs::write(&f.cfg, &good).unwrap();
+    let o = bin()
+        .arg("status")
+        .arg("--config")
+        .arg(&f.cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("reloads  0 applied, 2 refused; the last at")
+            && text.contains("refused: ")
+            && text.contains("speed"),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     svc.stop();
     verify_clean(&f.image("a"));
     verify_clean(&f.image("b"));
