@@ -19,6 +19,7 @@ pub mod findings;
 pub mod forensics;
 pub mod host;
 pub mod ledger;
+pub mod locks;
 pub mod logsink;
 pub mod metrics;
 pub mod nbd;

@@ -4,18 +4,17 @@
 //! whether O_DIRECT really reaches the media here ([`DirectIo::open`] refuses, naming why,
 //! rather than falling back), aligned reads through a bounce buffer, and writes, where a range
 //! not aligned to [`DIRECT_ALIGN`] is read, patched and written back whole (read-modify-write)
-//! while its pages are held against every other write to them ([`PageLocks`]).
+//! while its pages are held against every other write to them ([`RangeLocks`], shared with the service's block locks).
 //!
 //! O_DIRECT does not make a write durable (the drive has a cache of its own): FLUSH still
 //! syncs the device, and FUA writes go through a descriptor opened O_DIRECT|O_DSYNC.
 
 use super::{AlignedBuf, DIRECT_ALIGN};
+use crate::locks::{RangeGuard, RangeLocks};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
 
 const A: u64 = DIRECT_ALIGN as u64;
 
@@ -29,7 +28,10 @@ pub(super) struct DirectIo {
     /// size is not a multiple) cannot be written directly without growing the file, and go
     /// through the caller's buffered descriptor.
     aligned_end: u64,
-    pages: PageLocks,
+    /// The pages with a direct write in flight: the service's block locks order writes to
+    /// one ledger block, these to one page, which a block smaller than a page shares with its
+    /// neighbours and which a read-modify-write holds from its read to its write.
+    pages: RangeLocks,
 }
 
 impl DirectIo {
@@ -70,7 +72,7 @@ impl DirectIo {
             file,
             dsync,
             aligned_end: size / A * A,
-            pages: PageLocks::default(),
+            pages: RangeLocks::default(),
         })
     }
 
@@ -81,7 +83,7 @@ impl DirectIo {
 
     /// Holds the pages under `offset..offset + len` against every other direct write, zeroing
     /// or trim of them (the caller changing them some other way, with fallocate).
-    pub(super) fn hold(&self, offset: u64, len: u64) -> PageGuard<'_> {
+    pub(super) fn hold(&self, offset: u64, len: u64) -> RangeGuard<'_> {
         self.pages
             .lock(offset / A * A..(offset + len).div_ceil(A) * A)
     }
@@ -193,43 +195,4 @@ fn short(offset: u64, len: usize) -> io::Error {
         io::ErrorKind::UnexpectedEof,
         format!("direct read of {len} bytes at offset {offset}: the device ends first"),
     )
-}
-
-/// Byte ranges of the device (whole pages) with a direct write in flight. The service's block
-/// locks order writes to one ledger block; these order writes to one page, which a ledger
-/// block smaller than a page shares with its neighbours, and which a read-modify-write must
-/// hold from its read to its write.
-#[derive(Default)]
-pub(super) struct PageLocks {
-    held: Mutex<Vec<Range<u64>>>,
-    cv: Condvar,
-}
-
-/// Releases its pages when dropped.
-pub(super) struct PageGuard<'a> {
-    locks: &'a PageLocks,
-    range: Range<u64>,
-}
-
-impl PageLocks {
-    fn lock(&self, range: Range<u64>) -> PageGuard<'_> {
-        let overlaps = |h: &Range<u64>| h.start < range.end && range.start < h.end;
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        while held.iter().any(overlaps) {
-            held = self.cv.wait(held).unwrap_or_else(|p| p.into_inner());
-        }
-        held.push(range.clone());
-        PageGuard { locks: self, range }
-    }
-}
-
-impl Drop for PageGuard<'_> {
-    fn drop(&mut self) {
-        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = held.iter().position(|h| *h == self.range) {
-            held.swap_remove(i);
-        }
-        drop(held);
-        self.locks.cv.notify_all();
-    }
 }

@@ -23,13 +23,11 @@
 //! - `write.rs`: WRITE, `write_many`, WRITE_ZEROES, TRIM, FLUSH and FUA;
 //! - `error.rs`: [`OpError`], what failed (the server chooses the NBD value it answers);
 //! - `counters.rs`: [`Counters`], the FLUSH [`Histogram`] and the open [`Connections`];
-//! - `locks.rs`: the block range locks that order changes and reads;
 //! - beside the request path, each its own thread: [`detect`] (online classification),
 //!   [`scrub`], [`alert`] (`--on-finding`) and [`retain`].
 
 pub mod alert;
 pub mod detect;
-pub mod locks;
 pub mod retain;
 pub mod scrub;
 
@@ -47,8 +45,8 @@ use crate::device::BlockDevice;
 use crate::error::Error;
 use crate::findings::log::FindingsLog;
 use crate::ledger::WriteSession;
+use crate::locks::RangeLocks;
 use detect::Msg;
-use locks::RangeLocks;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;

@@ -172,7 +172,7 @@ fn the_layering_check_catches_an_upward_import() {
 /// `Error` and `Result` lib.rs re-exports as `crate::Error`, `crate::Result`).
 const FLOORS: &[&[&str]] = &[
     &["nbd", "error", "Error", "Result"],
-    &["block", "clock", "logsink"],
+    &["block", "clock", "logsink", "locks"],
     &["device"],
     &["scan"],
     &["ledger"],

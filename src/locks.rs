@@ -1,6 +1,8 @@
-//! Block range locks: a write holds its blocks from the moment it is recorded until its device
-//! write completes, so two writes to one block reach the device in the order their generations
-//! were given, and a read can tell whether a block had a write in flight.
+//! Range locks: ranges (of blocks, or of a device's bytes) with a change in flight. The service
+//! holds a write's blocks from the moment it is recorded until its device write completes, so
+//! two writes to one block reach the device in the order their generations were given, and a
+//! read can tell whether a block had a write in flight; direct I/O holds the pages a
+//! read-modify-write spans. Kept below both, so neither has a copy.
 
 use std::ops::Range;
 use std::sync::{Condvar, Mutex};
