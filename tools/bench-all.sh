@@ -22,7 +22,7 @@
 #                                      two of the --cache none workloads (about half an hour)
 #   NO_WRITE=1 tools/bench-all.sh      print the section instead of writing it into the doc
 #
-# Run it on an otherwise idle machine (check `uptime`): every figure is a median of alternating
+# Run it on an otherwise idle machine (check `uptime`): every figure is a median of rotating
 # rounds, and the section says when, where and with which settings it ran. Needs what the
 # scripts need: fio, nbdkit, qemu-nbd, hyperfine, python3, nbdfuse and PostgreSQL's server
 # (apt-get install nbdfuse postgresql) for the database rows, root for those and the cold scans,

@@ -55,8 +55,8 @@ OBSTACLES = {
     "may hold the block is read in full: a running summary of the open segment, or smaller "
     'segments, would remove most of it (docs/PERFORMANCE.md, "`history` through segment '
     'summaries").',
-    "floor": "see \"4 KiB random writes\" in docs/PERFORMANCE.md: the connection thread's placement "
-    "against fio's on 2 cores.",
+    "floor": "as for the 1.2× goal: where the scheduler puts the connection's thread against fio's "
+    '(docs/PERFORMANCE.md, "Where the time goes").',
     "p99": "see the writeback line above.",
     "record": "recording's cost per write is a checksum, the state-table store and its share of a "
     "journal append, all on the connection's thread.",
