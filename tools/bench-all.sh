@@ -48,7 +48,7 @@ trap 'rm -f "$out"' EXIT
 run() {
   local title=$1; shift
   echo "== $title: $*" >&2
-  printf '\n### %s\n\nCommand: `%s`\n' "$title" "${*#$top/}" >> "$out"
+  printf '\n### %s\n\nCommand: `%s%s`\n' "$title" "${ONLY:+ONLY=$ONLY }" "${*#$top/}" >> "$out"
   "$@" 2>&1 | tee -a /dev/stderr | python3 -c '
 import re, sys
 keep = re.compile(r"^(\||machine|image|hot|cold|direct |cat |verify|baseline|serve |retention|Ledger|pgbench)")
