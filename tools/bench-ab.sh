@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of two lostwrite builds serving the same workloads: `serve` of build A and of build B,
 # each on its own non-sparse copy of one baselined image, driven by fio's nbd engine in
-# alternating rounds (bench-lib.sh), which puts both copies in the same page-cache state before
+# rotating rounds (bench-lib.sh), which puts both copies in the same page-cache state before
 # every run (written back, dropped, then read once the same way): how an image entered the cache
 # moves 4 KiB write IOPS several-fold on ext4, and an A/B must measure the builds, not the cache.
 #
@@ -47,6 +47,6 @@ done
 source "$top/tools/bench-lib.sh"
 machine_line
 echo "old: $old; new: $new"
-echo "image: ${size_mib} MiB random bytes per build; fio $(fio --version); ${runtime}s per run, ${rounds} alternating rounds"
+echo "image: ${size_mib} MiB random bytes per build; fio $(fio --version); ${runtime}s per run, ${rounds} rotating rounds"
 run_rounds results.tsv old new
 python3 "$top/tools/fio-table.py" table results.tsv old "old=old build" "new=new build"

@@ -1,5 +1,5 @@
 # Shared by tools/bench-serve.sh, tools/bench-proxy.sh and tools/bench-ab.sh (sourced, not run):
-# the fio workloads, the page-cache state every image is put in, and the alternating rounds.
+# the fio workloads, the page-cache state every image is put in, and the rotating rounds.
 # Expects $work, $top, $runtime, $rounds and $size_mib to be set and every server SERVER
 # listening on $work/SERVER.sock; the image a server serves is ${images[SERVER]} when the caller
 # declares that associative array, else $work/SERVER.img when it exists.

@@ -2,7 +2,7 @@
 # The cost of putting `lostwrite serve` in front of an NBD upstream: fully preallocated qcow2
 # images, each exported by its own `qemu-nbd -t -e 8 -f qcow2`, driven by fio's nbd engine
 # straight at qemu-nbd, through `lostwrite serve nbd+unix:///?socket=...` (recording), and
-# through `serve --no-record` (the proxy alone), in alternating rounds (A B C A B C ...). Prints a markdown table of medians and ratios to fio straight at qemu-nbd.
+# through `serve --no-record` (the proxy alone), in rotating rounds (A B C, B C A, ...). Prints a markdown table of medians and ratios to fio straight at qemu-nbd.
 #
 #   tools/bench-proxy.sh [WORKDIR=/var/tmp/lostwrite-proxy]
 #   RUNTIME=8 ROUNDS=5 SIZE_MIB=1024 tools/bench-proxy.sh
@@ -45,7 +45,7 @@ ln -sf direct-up.sock direct.sock
 declare -A images=([direct]="$work/direct.qcow2" [serve]="$work/serve.qcow2" [norecord]="$work/norecord.qcow2")
 source "$top/tools/bench-lib.sh"
 machine_line
-echo "image: ${size_mib} MiB qcow2 (preallocation=full) behind qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}'); fio $(fio --version); ${runtime}s per run, ${rounds} alternating rounds"
+echo "image: ${size_mib} MiB qcow2 (preallocation=full) behind qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}'); fio $(fio --version); ${runtime}s per run, ${rounds} rotating rounds"
 run_rounds results.tsv direct serve norecord
 python3 "$top/tools/fio-table.py" table results.tsv direct "direct=fio → qemu-nbd" \
   "serve=fio → serve → qemu-nbd" "norecord=fio → serve --no-record → qemu-nbd"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What retention costs and what it bounds: WRITES random 4 KiB writes (fio, QD16, a FLUSH every
-# 256) through `lostwrite serve` on one image, in alternating rounds without retention and with
+# 256) through `lostwrite serve` on one image, in rotating rounds (each image written, then settled the same way: bench-lib.sh) without retention and with
 # `--retain-bytes RETAIN`. For each: write IOPS, the journal's peak size (sampled every 20 ms),
 # the ledger's final size, and with retention the number of folds and their median time (from
 # the service log). Prints a markdown table for docs/PERFORMANCE.md.
@@ -39,7 +39,8 @@ run() {
   for _ in $(seq 100); do [ -S disk.sock ] && break; sleep 0.1; done
   ( peak=0; while :; do b=$(dir_bytes disk.img.ledger/journal); [ "${b:-0}" -gt "$peak" ] && peak=$b && echo "$peak" > peak.tmp && mv peak.tmp peak; sleep 0.02; done ) &
   local sampler=$!
-  sync; sleep 1
+  # The same page-cache state for the image in every run (bench-lib.sh).
+  sync; settle_cache disk.img; sleep 1
   fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$PWD/disk.sock" --rw=randwrite --bs=4k \
     --iodepth=16 --size="${size_mib}m" --io_size=$((writes * 4))k --fsync=256 \
     --output-format=json --output=fio.json >/dev/null 2>&1
@@ -61,11 +62,13 @@ EOF
 
 source "$top/tools/bench-lib.sh"
 machine_line
-echo "image: ${size_mib} MiB; ${writes} writes of 4 KiB per run (fio randwrite QD16, --fsync=256); retention --retain-bytes ${retain}; ${rounds} alternating rounds"
+echo "image: ${size_mib} MiB; ${writes} writes of 4 KiB per run (fio randwrite QD16, --fsync=256); retention --retain-bytes ${retain}; ${rounds} rotating rounds"
 : > results.txt
-for _ in $(seq "$rounds"); do
-  run none >> results.txt
-  run retain >> results.txt
+# Orders rotate: neither mode always runs first.
+for r in $(seq "$rounds"); do
+  modes=(none retain)
+  [ $((r % 2)) = 1 ] || modes=(retain none)
+  for m in "${modes[@]}"; do run "$m" >> results.txt; done
 done
 python3 - <<'EOF'
 import statistics

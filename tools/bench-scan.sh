@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Side-by-side timing of `lostwrite verify` and `lostwrite init --baseline` (which read the media
 # with O_DIRECT) and `verify --cached` against `cat IMAGE > /dev/null` on the same image with a
-# hot page cache (hyperfine, alternating runs), then, cold (the image's pages dropped from the
-# cache before each run), the same against `cat` and an O_DIRECT read of the image.
+# hot page cache, then, cold (the image's pages dropped from the cache before each run), the same
+# against `cat` and an O_DIRECT read of the image. hyperfine times each command; the commands run
+# in rounds whose order rotates (ROUNDS hot rounds of HOT_RUNS runs each, COLD_RUNS cold rounds
+# of one run each), and the medians are over every run of every round.
 #
 #   tools/bench-scan.sh [SIZE_GIB=1] [WORKDIR=/var/tmp/lostwrite-bench]
 #   COLD=0 tools/bench-scan.sh 8     (hot only)
+#   ROUNDS=5 HOT_RUNS=2 COLD_RUNS=5 tools/bench-scan.sh 1
 #
 # Prints hyperfine's table and the ratios (lostwrite time / cat time). Needs hyperfine
 # (apt-get install hyperfine) and a release build (cargo build --release).
@@ -26,19 +29,49 @@ rm -rf "$img.ledger" "$work/tmp.ledger"
 cat "$img" > /dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "image:   $img ($size_gib GiB, random bytes, hot page cache)"
-hyperfine --warmup 2 --runs 10 --export-json "$work/scan.json" \
-  -n cat "cat $img > /dev/null" \
-  -n direct "dd if=$img of=/dev/null bs=1M iflag=direct status=none" \
-  -n verify "$bin verify $img" \
-  -n verify-cached "$bin verify --cached $img" \
-  -n baseline "rm -rf $work/tmp.ledger && $bin init --baseline --ledger $work/tmp.ledger $img" \
-  -n baseline-cached "rm -rf $work/tmp.ledger && $bin init --baseline --cached --ledger $work/tmp.ledger $img"
-python3 - "$work/scan.json" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-cat = r["cat"]["median"]
+# Hot: every command HOT_RUNS times per round, the commands in an order that rotates from round
+# to round (none always runs first or right after the same neighbour); the image stays cached.
+hot=(
+  "cat|cat $img > /dev/null"
+  "direct|dd if=$img of=/dev/null bs=1M iflag=direct status=none"
+  "verify|$bin verify $img"
+  "verify-cached|$bin verify --cached $img"
+  "baseline|rm -rf $work/tmp.ledger && $bin init --baseline --ledger $work/tmp.ledger $img"
+  "baseline-cached|rm -rf $work/tmp.ledger && $bin init --baseline --cached --ledger $work/tmp.ledger $img"
+)
+# rotated R CMD...: the hyperfine arguments for the commands NAME|COMMAND, starting at the
+# (R-1)th.
+rotated() {
+  local r=$1; shift
+  local cmds=("$@") n=$# i c
+  for i in $(seq 0 $((n - 1))); do
+    c=${cmds[$(( (r - 1 + i) % n ))]}
+    printf '%s\0%s\0%s\0' -n "${c%%|*}" "${c#*|}"
+  done
+}
+# medians JSON...: {command: median seconds} over every run of every round.
+medians='
+import json, statistics, sys
+t = {}
+for f in sys.argv[1:]:
+    for x in json.load(open(f))["results"]:
+        t.setdefault(x["command"], []).extend(x["times"])
+m = {k: statistics.median(v) for k, v in t.items()}
+'
+scan_rounds=${ROUNDS:-5}
+hot_runs=${HOT_RUNS:-2}
+rm -f "$work"/scan-hot-*.json "$work"/scan-cold-*.json
+for r in $(seq "$scan_rounds"); do
+  warm=0; [ "$r" = 1 ] && warm=2
+  rotated "$r" "${hot[@]}" | xargs -0 hyperfine --style basic --warmup "$warm" --runs "$hot_runs" \
+    --export-json "$work/scan-hot-$r.json" >&2
+done
+echo "hot: ${scan_rounds} rotating rounds of ${hot_runs} runs per command (medians)"
+python3 - "$work"/scan-hot-*.json <<PY
+$medians
+cat = m["cat"]
 for k in ("direct", "verify", "verify-cached", "baseline", "baseline-cached"):
-    print(f"{k:9s} median {r[k]['median']*1000:7.1f} ms   cat {cat*1000:7.1f} ms   ratio {r[k]['median']/cat:.2f}")
+    print(f"{k:9s} median {m[k]*1000:7.1f} ms   cat {cat*1000:7.1f} ms   ratio {m[k]/cat:.2f}")
 PY
 
 # Cold: the image's pages dropped from the page cache before every run (`dd iflag=nocache
@@ -47,17 +80,22 @@ PY
 if [ "${COLD:-1}" = 1 ]; then
   drop="dd if=$img iflag=nocache count=0 status=none"
   echo "cold: the image dropped from the page cache before each run ($drop)"
-  hyperfine --runs "${COLD_RUNS:-5}" --prepare "$drop" \
-    --export-json "$work/scan-cold.json" \
-    -n direct "dd if=$img of=/dev/null bs=1M iflag=direct status=none" \
-    -n cat "cat $img > /dev/null" \
-    -n verify "$bin verify $img" \
-    -n verify-cached "$bin verify --cached $img"
-  python3 - "$work/scan-cold.json" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-d = r["direct"]["median"]
+  cold=(
+    "direct|dd if=$img of=/dev/null bs=1M iflag=direct status=none"
+    "cat|cat $img > /dev/null"
+    "verify|$bin verify $img"
+    "verify-cached|$bin verify --cached $img"
+  )
+  cold_runs=${COLD_RUNS:-5}
+  # One run per command per round, the order rotating.
+  for r in $(seq "$cold_runs"); do
+    rotated "$r" "${cold[@]}" | xargs -0 hyperfine --style basic --runs 1 --prepare "$drop" \
+      --export-json "$work/scan-cold-$r.json" >&2
+  done
+  python3 - "$work"/scan-cold-*.json <<PY
+$medians
+d = m["direct"]
 for k in ("cat", "verify", "verify-cached"):
-    print(f"{k} cold median {r[k]['median']*1000:7.1f} ms   O_DIRECT read {d*1000:7.1f} ms   ratio {r[k]['median']/d:.2f}")
+    print(f"{k} cold median {m[k]*1000:7.1f} ms   O_DIRECT read {d*1000:7.1f} ms   ratio {m[k]/d:.2f}")
 PY
 fi

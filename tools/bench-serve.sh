@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Side-by-side NBD server benchmark: `lostwrite serve` (recording), `lostwrite serve
 # --no-record` (the cost of the ledger), `nbdkit file` and `qemu-nbd -t -e 8 -f raw`, each on its
-# own non-sparse copy of one image, driven by fio's nbd engine in alternating rounds
-# (A B C D A B C D ...). Prints a markdown table of medians and ratios to nbdkit.
+# own non-sparse copy of one image, driven by fio's nbd engine in rotating rounds
+# (A B C D, B C D A, ...). Prints a markdown table of medians and ratios to nbdkit.
 #
 #   tools/bench-serve.sh [WORKDIR=/var/tmp/lostwrite-bench]
 #   RUNTIME=8 ROUNDS=5 SIZE_MIB=1024 tools/bench-serve.sh
 #
 # Shared virtual machines are noisy (the same run can differ by 2x); the table gives medians and
-# the min–max of the alternating rounds. Put WORKDIR on tmpfs to take the disk out of it.
+# the min–max of the rotating rounds. Put WORKDIR on tmpfs to take the disk out of it.
 #
 # Needs fio, nbdkit, qemu-nbd (apt-get install fio nbdkit qemu-utils) and a release build.
 set -euo pipefail
@@ -45,7 +45,7 @@ done
 
 source "$top/tools/bench-lib.sh"
 machine_line
-echo "image: ${size_mib} MiB random bytes per server; fio $(fio --version); ${runtime}s per run, ${rounds} alternating rounds"
+echo "image: ${size_mib} MiB random bytes per server; fio $(fio --version); ${runtime}s per run, ${rounds} rotating rounds"
 run_rounds results.tsv "${servers[@]}"
 python3 "$top/tools/fio-table.py" table results.tsv nbdkit "serve=lostwrite serve" \
   "norecord=serve --no-record" "nbdkit=nbdkit file" "qemunbd=qemu-nbd -t -e 8"

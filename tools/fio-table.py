@@ -4,7 +4,7 @@
   fio-table.py row WORKLOAD SERVER FIO.json >> results.tsv
   fio-table.py table results.tsv REF SERVER=LABEL [SERVER=LABEL ...]
 
-`table` prints a markdown table of medians over the alternating rounds, the IOPS min-max,
+`table` prints a markdown table of medians over the rotating rounds, the IOPS min-max,
 each server's median IOPS as a ratio to the REF server's, and the median of the ratios taken
 round by round (each round runs every server once, minutes apart at most, so this one is the
 less sensitive to a machine whose speed drifts between rounds).
