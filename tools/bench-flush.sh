@@ -4,12 +4,13 @@
 # through `nbdkit file`, in alternating rounds; against the raw fdatasync latency of the same
 # filesystem: of the device (fio psync 4 KiB random writes to a copy of the image, fdatasync
 # every 16) and of the journal (fio psync 64-byte appends, fdatasync after each, as a journal
-# sync of one FLUSH record). A FLUSH through serve syncs both, one after the other, so its
+# sync of one FLUSH record). A FLUSH through serve syncs both (side by side, format 5), so its
 # goal is 1.2 × (device p99 + journal p99). Every image is put in the same page-cache state
 # before each run (bench-lib.sh `settle_cache`). Prints a markdown table.
 #
 #   tools/bench-flush.sh [WORKDIR=/var/tmp/lostwrite-bench]
 #   RUNTIME=8 ROUNDS=3 SIZE_MIB=1024 tools/bench-flush.sh
+#   BASE_BIN=/path/to/other/lostwrite tools/bench-flush.sh   # A/B: that build as a third server
 #
 # Needs fio, nbdkit, python3 and a release build.
 set -euo pipefail
@@ -30,7 +31,9 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 [ -f base.img ] && [ "$(stat -c %s base.img)" -eq $((size_mib << 20)) ] || head -c $((size_mib << 20)) /dev/urandom > base.img
-for s in serve nbdkit raw; do
+servers=(serve nbdkit)
+[ -z "${BASE_BIN:-}" ] || servers+=(other)
+for s in "${servers[@]}" raw; do
   rm -rf "$s.img" "$s.img.ledger" "$s.sock"
   cp --sparse=never base.img "$s.img"
 done
@@ -38,7 +41,11 @@ rm -f journal.raw
 "$bin" init --baseline serve.img >/dev/null
 "$bin" serve serve.img --socket serve.sock 2>serve.log & pids+=($!)
 nbdkit -U "$PWD/nbdkit.sock" -f file file=nbdkit.img & pids+=($!)
-for s in serve nbdkit; do
+if [ -n "${BASE_BIN:-}" ]; then
+  "$BASE_BIN" init --baseline other.img >/dev/null
+  "$BASE_BIN" serve other.img --socket other.sock 2>other.log & pids+=($!)
+fi
+for s in "${servers[@]}"; do
   for _ in $(seq 100); do [ -S "$s.sock" ] && break; sleep 0.1; done
 done
 
@@ -46,8 +53,9 @@ source "$top/tools/bench-lib.sh"
 : > results.tsv
 for r in $(seq "$rounds"); do
   # Orders rotate: neither server always runs first.
-  order=(serve nbdkit)
-  [ $((r % 2)) = 1 ] || order=(nbdkit serve)
+  order=("${servers[@]}")
+  shift_by=$(( (r - 1) % ${#order[@]} ))
+  order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
   for s in "${order[@]}"; do
     sync
     settle_cache "$s.img"
@@ -86,11 +94,12 @@ for name, path in rows:
 med = {k: (statistics.median(v[0] for v in vs), statistics.median(v[1] for v in vs),
            sum(v[2] for v in vs)) for k, vs in res.items()}
 label = {"serve": "FLUSH through lostwrite serve", "nbdkit": "FLUSH through nbdkit file",
+         "other": "FLUSH through lostwrite serve, BASE_BIN build",
          "device": "raw fdatasync, device file (psync, every 16 writes)",
          "journal": "raw fdatasync, 64-byte appends (a journal sync)"}
 print("| what | p50 µs | p99 µs | syncs measured |")
 print("| --- | --- | --- | --- |")
-for k in ("serve", "nbdkit", "device", "journal"):
+for k in ("serve", "other", "nbdkit", "device", "journal"):
     if k in med:
         p50, p99, n = med[k]
         print(f"| {label[k]} | {p50:.0f} | {p99:.0f} | {n} |")
@@ -98,4 +107,10 @@ if all(k in med for k in ("serve", "nbdkit", "device", "journal")):
     goal = 1.2 * (med["device"][1] + med["journal"][1])
     print(f"\nserve FLUSH p99 / (device p99 + journal p99): {med['serve'][1] / (med['device'][1] + med['journal'][1]):.2f} (goal ≤ 1.2, i.e. p99 ≤ {goal:.0f} µs)")
     print(f"serve FLUSH p99 / nbdkit FLUSH p99: {med['serve'][1] / med['nbdkit'][1]:.2f} (goal < 1)")
+    print(f"serve FLUSH p50 / (device p50 + journal p50): {med['serve'][0] / (med['device'][0] + med['journal'][0]):.2f}")
+if "other" in med:
+    for i, q in ((0, "p50"), (1, "p99")):
+        per = [a[i] / b[i] for a, b in zip(res["serve"], res["other"]) if b[i]]
+        print(f"serve / BASE_BIN FLUSH {q}: median {statistics.median(per):.2f} over {len(per)} rounds "
+              f"({', '.join(f'{x:.2f}' for x in per)})")
 EOF

@@ -31,7 +31,8 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// A ledger opened by its one writer, with the journal open for appending.
 pub struct LedgerWriter {
@@ -102,8 +103,15 @@ impl LedgerWriter {
         self.state.write_header(&h)?;
         *lock_mutex(&self.header) = h;
         self.ledger.own_session = Some(id);
+        let writer = Arc::new(self);
+        let confirm_timer = if strict {
+            None
+        } else {
+            Some(ConfirmTimer::start(writer.clone())?)
+        };
         Ok(WriteSession {
-            writer: self,
+            writer,
+            confirm_timer,
             id,
             strict,
             opened,
@@ -147,7 +155,11 @@ impl LedgerWriter {
 /// A service session: a writer's ledger with a session begun, the only value that can record.
 /// Shared by the service's threads (behind an `Arc`); [`WriteSession::close`] ends it.
 pub struct WriteSession {
-    writer: LedgerWriter,
+    /// Syncs the journal for flush rounds (none in a strict session, whose flushes are
+    /// serial). Declared first: its thread is joined before the writer goes.
+    confirm_timer: Option<ConfirmTimer>,
+    /// Shared with the confirmation timer's thread only.
+    writer: Arc<LedgerWriter>,
     id: u64,
     strict: bool,
     opened: clock::Micros,
@@ -180,6 +192,12 @@ impl WriteSession {
     /// When the session began (its session-open record's time).
     pub fn opened(&self) -> clock::Micros {
         self.opened
+    }
+
+    /// LSN of the last record appended: once the journal is synced through it, every claim
+    /// made so far (a flush's confirmation included) is durable.
+    pub fn last_lsn(&self) -> Lsn {
+        self.journal().next_lsn() - 1
     }
 
     /// The session's running checkpoints (checkpoint.rs).
@@ -427,9 +445,15 @@ impl WriteSession {
     }
 
     /// A FLUSH: every change completed before this call becomes durable. `device_flush` syncs
-    /// the device; then a flush record is appended and the journal synced through it. A failed
-    /// device flush poisons the session: later writes are refused, and the session will not
-    /// close cleanly (its unflushed writes stay non-durable).
+    /// the device. A failed device flush poisons the session: later writes are refused, and the
+    /// session will not close cleanly (its unflushed writes stay non-durable).
+    ///
+    /// With `--journal-sync strict` the device is synced first, then a flush record is
+    /// appended and the journal synced through it. Otherwise a flush intent is appended and the
+    /// journal is synced through it while the device syncs; once both are done a confirmation
+    /// is appended, which the next round's sync (or the confirmation timer, within
+    /// [`CONFIRM_DELAY`]) makes durable. docs/DESIGN.md, "The durability protocol", says why
+    /// no crash can turn this into a false claim.
     ///
     /// Concurrent calls share rounds (see `FlushRounds`): a call may return after another
     /// caller's `device_flush` ran, so every caller must pass a flush of the same device.
@@ -493,27 +517,61 @@ impl WriteSession {
             extra.truncate(MAX_FLUSH_RANGES);
             (covers, extra, changed)
         };
-        if let Err(e) = device_flush() {
+        let Some(timer) = &self.confirm_timer else {
+            // Strict: the flush record is appended only after the device sync, and is durable
+            // before the reply, as every record of a strict session is.
+            self.device_flush(device_flush)?;
+            return if changed {
+                let (lsn, _) = j.append(
+                    &[Record::Flush {
+                        session: self.id,
+                        covers,
+                        extra,
+                    }],
+                    clock::now(),
+                )?;
+                j.sync_to(lsn)
+            } else {
+                j.sync_all()
+            };
+        };
+        if !changed {
+            // Nothing to claim; the journal sync still carries an earlier round's confirmation.
+            timer.sync_now(j.next_lsn() - 1);
+            self.device_flush(device_flush)?;
+            return j.sync_all();
+        }
+        let (intent, _) = j.append(
+            &[Record::FlushIntent {
+                session: self.id,
+                covers,
+                extra,
+            }],
+            clock::now(),
+        )?;
+        // The timer thread syncs the journal through the intent while this thread syncs the
+        // device; `sync_to` below then finds it done, or joins that sync as a waiter.
+        timer.sync_now(intent);
+        self.device_flush(device_flush)?;
+        j.sync_to(intent)?;
+        // Only now, with the device synced, may the intent become a claim.
+        let (confirm, _) = j.append(
+            &[Record::FlushConfirm {
+                session: self.id,
+                intent,
+            }],
+            clock::now(),
+        )?;
+        timer.sync_by(confirm, Instant::now() + CONFIRM_DELAY);
+        Ok(())
+    }
+
+    /// Runs the device's sync, poisoning the session when it fails.
+    fn device_flush(&self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
+        device_flush().map_err(|e| {
             self.poison_session(format!("device flush (fdatasync) failed: {e}"));
-            return Err(Error::io(
-                &self.meta.identity.path,
-                "fdatasync of device",
-                e,
-            ));
-        }
-        if changed {
-            let (lsn, _) = j.append(
-                &[Record::Flush {
-                    session: self.id,
-                    covers,
-                    extra,
-                }],
-                clock::now(),
-            )?;
-            j.sync_to(lsn)
-        } else {
-            j.sync_all()
-        }
+            Error::io(&self.meta.identity.path, "fdatasync of device", e)
+        })
     }
 
     /// Why the session refuses writes (the device failed to make data durable), if it does.
@@ -554,6 +612,113 @@ impl WriteSession {
         h.checkpoint_pos = j.position();
         h.running = None;
         self.writer.checkpoint(h)
+    }
+}
+
+/// Longest a flush confirmation waits in the kernel for a sync of the journal that would happen
+/// anyway (the next round's, a FUA's) before the timer syncs it: the window after a FLUSH reply in
+/// which a crash of the host leaves that FLUSH's writes unflushed (docs/VERIFY.md).
+pub const CONFIRM_DELAY: Duration = Duration::from_millis(100);
+
+/// A thread that syncs the journal when asked: at once, so a flush round's journal sync runs
+/// beside its device sync, or by a deadline, so a confirmation becomes durable without a sync
+/// of its own when another one comes first.
+struct ConfirmTimer {
+    shared: Arc<TimerShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct TimerShared {
+    state: Mutex<TimerState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct TimerState {
+    /// Sync through this LSN by this instant.
+    due: Option<(Lsn, Instant)>,
+    stop: bool,
+}
+
+impl ConfirmTimer {
+    fn start(writer: Arc<LedgerWriter>) -> Result<ConfirmTimer> {
+        let shared = Arc::new(TimerShared::default());
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("lw-journal-sync".into())
+            .spawn(move || s.run(&writer))
+            .map_err(|e| {
+                Error::io(
+                    "journal sync thread",
+                    "starting the thread that confirms flushes",
+                    e,
+                )
+            })?;
+        Ok(ConfirmTimer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Syncs the journal through `lsn` as soon as the thread wakes.
+    fn sync_now(&self, lsn: Lsn) {
+        self.sync_by(lsn, Instant::now());
+    }
+
+    /// Syncs the journal through `lsn` by `when` (unless something else synced it first).
+    fn sync_by(&self, lsn: Lsn, when: Instant) {
+        let mut g = lock_mutex(&self.shared.state);
+        g.due = Some(match g.due {
+            Some((l, w)) => (l.max(lsn), w.min(when)),
+            None => (lsn, when),
+        });
+        self.shared.wake.notify_one();
+    }
+}
+
+impl TimerShared {
+    fn run(&self, writer: &LedgerWriter) {
+        let j = writer.journal();
+        let mut g = lock_mutex(&self.state);
+        loop {
+            if g.stop {
+                return;
+            }
+            let Some((lsn, when)) = g.due else {
+                g = self.wake.wait(g).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            let now = Instant::now();
+            if now < when {
+                g = self
+                    .wake
+                    .wait_timeout(g, when - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            g.due = None;
+            drop(g);
+            if j.synced() < lsn {
+                // A failure poisons the writer; the flush round waiting on this sync, or the
+                // next caller, reports it.
+                if let Err(e) = j.sync_to(lsn) {
+                    tracing::debug!("journal sync for a flush: {e}");
+                }
+            }
+            g = lock_mutex(&self.state);
+        }
+    }
+}
+
+impl Drop for ConfirmTimer {
+    fn drop(&mut self) {
+        lock_mutex(&self.shared.state).stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
