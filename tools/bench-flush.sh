@@ -8,7 +8,9 @@
 # most 1.2 × (device p50 + journal p50), what syncing both costs when they run one after the
 # other. The four measurements rotate their order from round to round, and every image is put
 # in the same page-cache state before each run (bench-lib.sh `settle_cache`). Prints a markdown
-# table of medians over the rounds, and the ratios.
+# table of medians over the rounds, and the ratios. A FLUSH through serve syncs the device and
+# the journal side by side (format 5). BASE_BIN=/path/to/lostwrite adds another build as a
+# third server in the rotation, and prints the per-round ratios against it (an A/B).
 #
 #   tools/bench-flush.sh [WORKDIR=/var/tmp/lostwrite-bench]
 #   RUNTIME=8 ROUNDS=3 SIZE_MIB=1024 tools/bench-flush.sh
@@ -32,7 +34,9 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 [ -f base.img ] && [ "$(stat -c %s base.img)" -eq $((size_mib << 20)) ] || head -c $((size_mib << 20)) /dev/urandom > base.img
-for s in serve nbdkit raw; do
+servers=(serve nbdkit)
+[ -z "${BASE_BIN:-}" ] || servers+=(other)
+for s in "${servers[@]}" raw; do
   rm -rf "$s.img" "$s.img.ledger" "$s.sock"
   cp --sparse=never base.img "$s.img"
 done
@@ -40,7 +44,11 @@ rm -f journal.raw
 "$bin" init --baseline serve.img >/dev/null
 "$bin" serve serve.img --socket serve.sock 2>serve.log & pids+=($!)
 nbdkit -U "$PWD/nbdkit.sock" -f file file=nbdkit.img & pids+=($!)
-for s in serve nbdkit; do
+if [ -n "${BASE_BIN:-}" ]; then
+  "$BASE_BIN" init --baseline other.img >/dev/null
+  "$BASE_BIN" serve other.img --socket other.sock 2>other.log & pids+=($!)
+fi
+for s in "${servers[@]}"; do
   for _ in $(seq 100); do [ -S "$s.sock" ] && break; sleep 0.1; done
 done
 
@@ -52,7 +60,7 @@ measure() {
   local s=$1 r=$2
   sync
   case $s in
-    serve|nbdkit)
+    serve|nbdkit|other)
       settle_cache "$s.img"
       sleep 1
       fio --name=f --ioengine=nbd --uri="nbd+unix:///?socket=$PWD/$s.sock" --rw=randwrite --bs=4k \
@@ -76,10 +84,11 @@ measure() {
 }
 # Orders rotate (serve nbdkit device journal, nbdkit device journal serve, ...): no measurement
 # always runs first or right after the same neighbour.
-order=(serve nbdkit device journal)
+order=("${servers[@]}" device journal)
+n=${#order[@]}
 for r in $(seq "$rounds"); do
-  for i in 0 1 2 3; do
-    measure "${order[$(( (r - 1 + i) % 4 ))]}" "$r"
+  for i in $(seq 0 $((n - 1))); do
+    measure "${order[$(( (r - 1 + i) % n ))]}" "$r"
   done
 done
 
@@ -98,12 +107,13 @@ for name, path in rows:
     res.setdefault(name, []).append(sync_lat(path))
 med = {k: (statistics.median(v[0] for v in vs), statistics.median(v[1] for v in vs),
            sum(v[2] for v in vs)) for k, vs in res.items()}
-label = {"serve": "FLUSH through lostwrite serve", "nbdkit": "FLUSH through nbdkit file",
+label = {"serve": "FLUSH through lostwrite serve", "other": "FLUSH through BASE_BIN serve",
+         "nbdkit": "FLUSH through nbdkit file",
          "device": "raw fdatasync, device file (psync, every 16 writes)",
          "journal": "raw fdatasync, 64-byte appends (a journal sync)"}
 print("| what | p50 µs | p99 µs | syncs measured |")
 print("| --- | --- | --- | --- |")
-for k in ("serve", "nbdkit", "device", "journal"):
+for k in ("serve", "other", "nbdkit", "device", "journal"):
     if k in med:
         p50, p99, n = med[k]
         print(f"| {label[k]} | {p50:.0f} | {p99:.0f} | {n} |")
@@ -113,4 +123,9 @@ if all(k in med for k in ("serve", "nbdkit", "device", "journal")):
     print(f"serve FLUSH p99 / nbdkit FLUSH p99: {med['serve'][1] / med['nbdkit'][1]:.2f} (goal ≤ 1)")
     print(f"serve FLUSH p50 / nbdkit FLUSH p50: {med['serve'][0] / med['nbdkit'][0]:.2f}")
     print(f"serve FLUSH p99 / (device p99 + journal p99): {med['serve'][1] / (med['device'][1] + med['journal'][1]):.2f}")
+if "other" in med:
+    for i, q in ((0, "p50"), (1, "p99")):
+        per = [a[i] / b[i] for a, b in zip(res["serve"], res["other"]) if b[i]]
+        print(f"serve / BASE_BIN FLUSH {q}: median {statistics.median(per):.2f} over {len(per)} rounds "
+              f"({', '.join(f'{x:.2f}' for x in per)})")
 EOF

@@ -302,5 +302,22 @@ fn describe(r: &Record) -> String {
             }
         }
         Record::Durable { first, last } => format!("fua: LSN {first}..={last} durable"),
+        Record::FlushIntent {
+            session,
+            covers,
+            extra,
+        } => {
+            if extra.is_empty() {
+                format!("flush intent (session {session}): through LSN {covers} once confirmed")
+            } else {
+                format!(
+                    "flush intent (session {session}): through LSN {covers} and {} later ranges once confirmed",
+                    extra.len()
+                )
+            }
+        }
+        Record::FlushConfirm { session, intent } => {
+            format!("flush confirmed (session {session}): intents through LSN {intent} hold")
+        }
     }
 }

@@ -105,7 +105,9 @@ impl Folder {
             Record::SessionOpen(_)
             | Record::SessionClose { .. }
             | Record::Flush { .. }
-            | Record::Durable { .. } => return,
+            | Record::Durable { .. }
+            | Record::FlushIntent { .. }
+            | Record::FlushConfirm { .. } => return,
         };
         self.entries.push(FoldEntry {
             block,

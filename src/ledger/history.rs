@@ -246,7 +246,9 @@ impl Gather {
             Record::SessionOpen(_)
             | Record::SessionClose { .. }
             | Record::Flush { .. }
-            | Record::Durable { .. } => None,
+            | Record::Durable { .. }
+            | Record::FlushIntent { .. }
+            | Record::FlushConfirm { .. } => None,
         };
         if let Some((block, generation, change)) = change {
             let ev = Event {

@@ -39,6 +39,7 @@ pub mod check;
 mod checkpoint;
 pub mod codec;
 pub mod compact;
+mod confirm;
 mod create;
 pub mod files;
 pub mod fold;

@@ -87,6 +87,25 @@ pub enum Record {
         /// Last LSN of the write's records.
         last: Lsn,
     },
+    /// A flush round began: once confirmed ([`Record::FlushConfirm`]) it says what a
+    /// [`Record::Flush`] with the same fields says. Unconfirmed it claims nothing: the journal
+    /// synced it alongside the device's sync, which may not have finished.
+    FlushIntent {
+        /// The session of the flush.
+        session: u64,
+        /// Completed-watermark: all change records up to here had completed.
+        covers: Lsn,
+        /// Inclusive LSN ranges that had completed out of order above the watermark.
+        extra: Vec<(Lsn, Lsn)>,
+    },
+    /// The device sync of a flush round succeeded after its intent was synced: every intent of
+    /// `session` at or below LSN `intent` now holds.
+    FlushConfirm {
+        /// The session of the flush.
+        session: u64,
+        /// LSN of the intent confirmed (and of any earlier unconfirmed one of the session).
+        intent: Lsn,
+    },
 }
 
 impl Record {
@@ -113,6 +132,8 @@ impl Record {
             Record::Failed { .. } => "failed",
             Record::Flush { .. } => "flush",
             Record::Durable { .. } => "durable",
+            Record::FlushIntent { .. } => "flush-intent",
+            Record::FlushConfirm { .. } => "flush-confirm",
         }
     }
 }

@@ -19,6 +19,7 @@
 //! `&Ledger` is asked for.
 
 use super::checkpoint::Checkpoints;
+use super::confirm::{ConfirmTimer, CONFIRM_DELAY};
 use super::record::{Generation, Lsn, Record, SessionOpen};
 use super::replay::{journal_start, Replay};
 use super::state::{self, BlockState};
@@ -31,7 +32,8 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 /// A ledger opened by its one writer, with the journal open for appending.
 pub struct LedgerWriter {
@@ -102,8 +104,15 @@ impl LedgerWriter {
         self.state.write_header(&h)?;
         *lock_mutex(&self.header) = h;
         self.ledger.own_session = Some(id);
+        let writer = Arc::new(self);
+        let confirm_timer = if strict {
+            None
+        } else {
+            Some(ConfirmTimer::start(writer.clone())?)
+        };
         Ok(WriteSession {
-            writer: self,
+            writer,
+            confirm_timer,
             id,
             strict,
             opened,
@@ -147,7 +156,11 @@ impl LedgerWriter {
 /// A service session: a writer's ledger with a session begun, the only value that can record.
 /// Shared by the service's threads (behind an `Arc`); [`WriteSession::close`] ends it.
 pub struct WriteSession {
-    writer: LedgerWriter,
+    /// Syncs the journal for flush rounds (none in a strict session, whose flushes are
+    /// serial). Declared first: its thread is joined before the writer goes.
+    confirm_timer: Option<ConfirmTimer>,
+    /// Shared with the confirmation timer's thread only.
+    writer: Arc<LedgerWriter>,
     id: u64,
     strict: bool,
     opened: clock::Micros,
@@ -180,6 +193,12 @@ impl WriteSession {
     /// When the session began (its session-open record's time).
     pub fn opened(&self) -> clock::Micros {
         self.opened
+    }
+
+    /// LSN of the last record appended: once the journal is synced through it, every claim
+    /// made so far (a flush's confirmation included) is durable.
+    pub fn last_lsn(&self) -> Lsn {
+        self.journal().next_lsn() - 1
     }
 
     /// The session's running checkpoints (checkpoint.rs).
@@ -427,9 +446,15 @@ impl WriteSession {
     }
 
     /// A FLUSH: every change completed before this call becomes durable. `device_flush` syncs
-    /// the device; then a flush record is appended and the journal synced through it. A failed
-    /// device flush poisons the session: later writes are refused, and the session will not
-    /// close cleanly (its unflushed writes stay non-durable).
+    /// the device. A failed device flush poisons the session: later writes are refused, and the
+    /// session will not close cleanly (its unflushed writes stay non-durable).
+    ///
+    /// With `--journal-sync strict` the device is synced first, then a flush record is
+    /// appended and the journal synced through it. Otherwise a flush intent is appended and the
+    /// journal is synced through it while the device syncs; once both are done a confirmation
+    /// is appended, which the next round's sync (or the confirmation timer, within
+    /// [`CONFIRM_DELAY`]) makes durable. docs/DESIGN.md, "The durability protocol", says why
+    /// no crash can turn this into a false claim.
     ///
     /// Concurrent calls share rounds (see `FlushRounds`): a call may return after another
     /// caller's `device_flush` ran, so every caller must pass a flush of the same device.
@@ -493,27 +518,61 @@ impl WriteSession {
             extra.truncate(MAX_FLUSH_RANGES);
             (covers, extra, changed)
         };
-        if let Err(e) = device_flush() {
+        let Some(timer) = &self.confirm_timer else {
+            // Strict: the flush record is appended only after the device sync, and is durable
+            // before the reply, as every record of a strict session is.
+            self.device_flush(device_flush)?;
+            return if changed {
+                let (lsn, _) = j.append(
+                    &[Record::Flush {
+                        session: self.id,
+                        covers,
+                        extra,
+                    }],
+                    clock::now(),
+                )?;
+                j.sync_to(lsn)
+            } else {
+                j.sync_all()
+            };
+        };
+        if !changed {
+            // Nothing to claim; the journal sync still carries an earlier round's confirmation.
+            timer.sync_now(j.next_lsn() - 1);
+            self.device_flush(device_flush)?;
+            return j.sync_all();
+        }
+        let (intent, _) = j.append(
+            &[Record::FlushIntent {
+                session: self.id,
+                covers,
+                extra,
+            }],
+            clock::now(),
+        )?;
+        // The timer thread syncs the journal through the intent while this thread syncs the
+        // device; `sync_to` below then finds it done, or joins that sync as a waiter.
+        timer.sync_now(intent);
+        self.device_flush(device_flush)?;
+        j.sync_to(intent)?;
+        // Only now, with the device synced, may the intent become a claim.
+        let (confirm, _) = j.append(
+            &[Record::FlushConfirm {
+                session: self.id,
+                intent,
+            }],
+            clock::now(),
+        )?;
+        timer.sync_by(confirm, Instant::now() + CONFIRM_DELAY);
+        Ok(())
+    }
+
+    /// Runs the device's sync, poisoning the session when it fails.
+    fn device_flush(&self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
+        device_flush().map_err(|e| {
             self.poison_session(format!("device flush (fdatasync) failed: {e}"));
-            return Err(Error::io(
-                &self.meta.identity.path,
-                "fdatasync of device",
-                e,
-            ));
-        }
-        if changed {
-            let (lsn, _) = j.append(
-                &[Record::Flush {
-                    session: self.id,
-                    covers,
-                    extra,
-                }],
-                clock::now(),
-            )?;
-            j.sync_to(lsn)
-        } else {
-            j.sync_all()
-        }
+            Error::io(&self.meta.identity.path, "fdatasync of device", e)
+        })
     }
 
     /// Why the session refuses writes (the device failed to make data durable), if it does.

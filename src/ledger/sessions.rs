@@ -1,9 +1,9 @@
 //! Sessions as the journal tells them: which session each record belongs to, how each ended
 //! (closed cleanly, crashed, still running) and which of its writes became durable. One reading
-//! of session-open, session-close, flush and durable records, followed by replay (open.rs,
-//! replay.rs: which session is the last and whether it is open), compaction (compact.rs: what
-//! the compacted history keeps of each session) and history (history.rs: durability of every
-//! event).
+//! of session-open, session-close, flush (or flush intent and its confirmation) and durable
+//! records, followed by replay (open.rs, replay.rs: which session is the last and whether it is
+//! open), compaction (compact.rs: what the compacted history keeps of each session) and history
+//! (history.rs: durability of every event).
 
 use super::fold::{self, Fold, FoldSession};
 use super::record::{Lsn, Record};
@@ -52,7 +52,14 @@ pub struct SessionInfo {
     pub(super) covers: Lsn,
     /// Further durable LSN ranges (flushed out of order, or FUA).
     pub(super) ranges: Vec<(Lsn, Lsn)>,
+    /// Flush intents not yet confirmed: (LSN, covers, extra). They claim nothing until a
+    /// confirmation follows; the compacted history does not keep them (a later confirmed
+    /// round's watermark covers the same writes again).
+    pending: Vec<Intent>,
 }
+
+/// A flush intent awaiting its confirmation: its LSN, `covers` and `extra`.
+type Intent = (Lsn, Lsn, Vec<(Lsn, Lsn)>);
 
 impl SessionInfo {
     fn new(id: u64, open_lsn: Lsn, open_time: Micros, strict: bool) -> Self {
@@ -68,6 +75,7 @@ impl SessionInfo {
             folded_flushes: 0,
             covers: 0,
             ranges: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -200,6 +208,26 @@ impl Sessions {
             Record::Durable { first, last } => {
                 if let Some(s) = self.map.get_mut(&self.current) {
                     s.ranges.push((first, last));
+                }
+            }
+            Record::FlushIntent {
+                session,
+                covers,
+                ref extra,
+            } => {
+                if let Some(s) = self.map.get_mut(&session) {
+                    s.pending.push((lsn, covers, extra.clone()));
+                }
+            }
+            Record::FlushConfirm { session, intent } => {
+                if let Some(s) = self.map.get_mut(&session) {
+                    // Intents arrive in LSN order: the confirmed ones are a prefix.
+                    let n = s.pending.partition_point(|p| p.0 <= intent);
+                    for (_, covers, extra) in s.pending.drain(..n).collect::<Vec<_>>() {
+                        s.covers = s.covers.max(covers);
+                        s.ranges.extend_from_slice(&extra);
+                        s.flushes.push((lsn, time));
+                    }
                 }
             }
             _ => {}

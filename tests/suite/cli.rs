@@ -360,7 +360,8 @@ fn history_dump_and_status_describe_the_ledger() {
         "baseline of 256 blocks",
         "session-open 1",
         "write block 3 gen 1",
-        "flush (session 1)",
+        "flush intent (session 1)",
+        "flush confirmed (session 1)",
         "session-close 1",
     ] {
         assert!(out.contains(want), "{want}: {out}");

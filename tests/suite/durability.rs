@@ -28,7 +28,8 @@ fn a_flush_that_finds_nothing_new_waits_for_the_flush_that_records_it() {
     let flush_records = |l: &lostwrite::ledger::Ledger| {
         let mut n = 0;
         l.scan_journal(1, &mut |e| {
-            n += matches!(e.record, lostwrite::ledger::record::Record::Flush { .. }) as usize;
+            use lostwrite::ledger::record::Record;
+            n += matches!(e.record, Record::Flush { .. } | Record::FlushConfirm { .. }) as usize;
             Ok(())
         })
         .unwrap();

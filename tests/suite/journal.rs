@@ -58,6 +58,18 @@ fn record() -> impl Strategy<Value = Record> {
                 extra
             }),
         (any::<u64>(), any::<u64>()).prop_map(|(first, last)| Record::Durable { first, last }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5)
+        )
+            .prop_map(|(session, covers, extra)| Record::FlushIntent {
+                session,
+                covers,
+                extra
+            }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(session, intent)| Record::FlushConfirm { session, intent }),
     ]
 }
 
@@ -132,7 +144,7 @@ fn torn_tail_at_every_offset_of_the_last_frame_recovers_to_the_previous_frame() 
     let seg = last_segment(&s.ledger);
     let offsets = frame_offsets(&seg, &id);
     let (last, len) = (offsets[offsets.len() - 2], offsets[offsets.len() - 1]);
-    // The last frame is the flush; the one before it is the write of block 40.
+    // The last frame is the flush's confirmation; the write of block 40 comes before it.
     let full = s.open(Access::Read).unwrap();
     let lsn_end = full.header().checkpoint_lsn;
     drop(full);
@@ -175,8 +187,9 @@ fn a_torn_tail_drops_the_last_write_record() {
     let seg = last_segment(&s.ledger);
     let id = s.open(Access::Read).unwrap().meta().ledger_id;
     let offsets = frame_offsets(&seg, &id);
-    // Cut inside the frame of the last write (the one before the flush frame).
-    let cut = offsets[offsets.len() - 3] + 7;
+    // Cut inside the frame of the last write (the one before the flush's intent and
+    // confirmation frames).
+    let cut = offsets[offsets.len() - 4] + 7;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&seg)

@@ -10,6 +10,7 @@ mod detect;
 mod durability;
 mod ext4;
 mod fleet;
+mod flush_overlap;
 mod forensics;
 mod forensics_fleet;
 mod forensics_gpt;

@@ -112,7 +112,8 @@ struct Cut {
     sim: Sim,
     journal: Vec<u8>,
     synced: u64,
-    /// The device as of the last FLUSH or FUA that had returned (the ledger knows it durable).
+    /// The device as of the last FLUSH or FUA that had returned and whose claim the journal had
+    /// synced (the ledger knows it durable: a FLUSH's confirmation may still wait for a sync).
     known_durable: Vec<u8>,
 }
 
@@ -170,7 +171,9 @@ fn workload(dir: &Path, strict: bool, seed: u64, ops: usize) -> (Vec<Cut>, Vec<u
         },
     ));
     let cuts: Arc<Mutex<Vec<Cut>>> = Arc::default();
-    let known: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(base.clone()));
+    // What the ledger knows durable, and what it will once the journal is synced through an LSN.
+    type Known = (Vec<u8>, Vec<(u64, Vec<u8>)>);
+    let known: Arc<Mutex<Known>> = Arc::new(Mutex::new((base.clone(), Vec::new())));
     let seg = segment::path(&ledger_dir.join("journal"), 1);
     {
         let (export, cuts, known, seg) = (
@@ -182,11 +185,17 @@ fn workload(dir: &Path, strict: bool, seed: u64, ops: usize) -> (Vec<Cut>, Vec<u
         let hook: Hook = Box::new(move |sim: &Sim| {
             let Some(e) = export.upgrade() else { return };
             let synced = e.ledger().unwrap().journal_synced().unwrap();
+            let journal = std::fs::read(&seg).unwrap();
+            let mut k = known.lock().unwrap();
+            let (now, later) = &mut *k;
+            while later.first().is_some_and(|(lsn, _)| *lsn <= synced) {
+                *now = later.remove(0).1;
+            }
             cuts.lock().unwrap().push(Cut {
                 sim: sim.clone(),
-                journal: std::fs::read(&seg).unwrap(),
+                journal,
                 synced,
-                known_durable: known.lock().unwrap().clone(),
+                known_durable: now.clone(),
             });
         });
         assert!(dev.hook.set(hook).is_ok());
@@ -205,7 +214,9 @@ fn workload(dir: &Path, strict: bool, seed: u64, ops: usize) -> (Vec<Cut>, Vec<u
             };
             export.write(off as u64, &rng.block(len), fua).unwrap();
             if fua {
-                *known.lock().unwrap() = dev.sim.lock().unwrap().durable.clone();
+                let claim = export.ledger().unwrap().last_lsn();
+                let image = dev.sim.lock().unwrap().durable.clone();
+                known.lock().unwrap().1.push((claim, image));
             }
         } else if r < 65 {
             export
@@ -213,7 +224,9 @@ fn workload(dir: &Path, strict: bool, seed: u64, ops: usize) -> (Vec<Cut>, Vec<u
                 .unwrap();
         } else {
             export.flush().unwrap();
-            *known.lock().unwrap() = dev.sim.lock().unwrap().durable.clone();
+            let claim = export.ledger().unwrap().last_lsn();
+            let image = dev.sim.lock().unwrap().durable.clone();
+            known.lock().unwrap().1.push((claim, image));
         }
     }
     // The power goes: no session close. Keep the ledger's other files as they are.
