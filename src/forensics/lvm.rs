@@ -80,6 +80,74 @@ pub struct Pv {
     pub whole: Vec<(String, u64)>,
     /// Metadata areas (offset from the PV's start, length).
     pub metadata: Vec<(u64, u64)>,
+    /// This PV's label UUID (32 characters, no dashes).
+    pub uuid: String,
+    /// Every physical volume of the VG, as its metadata names them (this one included).
+    pub vg_pvs: Vec<VgPv>,
+    /// Every logical volume's segments, on whichever PVs they lie, in metadata order.
+    pub lvs: Vec<LvSegments>,
+}
+
+/// A physical volume of the VG as the metadata names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VgPv {
+    /// Its name in the metadata ("pv0", ...).
+    pub name: String,
+    /// Its UUID, without dashes (as its label holds it).
+    pub uuid: String,
+    /// Its UUID as LVM prints it (with dashes).
+    pub id: String,
+    /// The device it was last seen as (the metadata's hint), if written.
+    pub device: Option<String>,
+    /// Byte offset of its first physical extent.
+    pub pe_start: u64,
+}
+
+/// One segment of a logical volume, on any PV.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seg {
+    /// First LV extent.
+    pub start: u64,
+    /// Extents.
+    pub count: u64,
+    /// Its type ("striped", "raid1", "thin", ...).
+    pub kind: String,
+    /// Bytes per stripe chunk (0 when not striped over several).
+    pub chunk: u64,
+    /// For a striped segment, each stripe's PV name and first physical extent; for another
+    /// type, the areas it names as PV and extent, where it names them so.
+    pub areas: Vec<(String, u64)>,
+}
+
+/// A logical volume's segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LvSegments {
+    /// Its name.
+    pub name: String,
+    /// Its segments, by first LV extent.
+    pub segs: Vec<Seg>,
+}
+
+impl LvSegments {
+    /// The PV names its segments use.
+    pub fn pv_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .segs
+            .iter()
+            .flat_map(|s| s.areas.iter().map(|a| a.0.as_str()))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Its first segment of a type lostwrite cannot assemble, if any.
+    pub fn other_kind(&self) -> Option<&str> {
+        self.segs
+            .iter()
+            .find(|s| s.kind != "striped")
+            .map(|s| s.kind.as_str())
+    }
 }
 
 impl Pv {
@@ -442,17 +510,37 @@ impl Vg {
             .ok_or("this PV's UUID is not among the VG's physical volumes")?;
         let pe_start = pv.num("pe_start")?.saturating_mul(SECTOR);
         let pe_count = pv.num("pe_count")?;
+        let mut vg_pvs = Vec::new();
+        for (name, v) in &pvs {
+            let id = v.str("id")?.to_string();
+            vg_pvs.push(VgPv {
+                name: name.to_string(),
+                uuid: id.replace('-', ""),
+                id,
+                device: v.str("device").ok().map(str::to_string),
+                pe_start: v.num("pe_start")?.saturating_mul(SECTOR),
+            });
+        }
+        let mut all_lvs = Vec::new();
         let mut pieces = Vec::new();
         // Per LV: its total extents and its linear pieces on this PV, for contiguity.
         let mut lvs: BTreeMap<String, Layout> = BTreeMap::new();
         if let Some(l) = b.get("logical_volumes") {
             for (lv, body) in l.sections() {
                 let e = lvs.entry(lv.to_string()).or_default();
+                let mut segs = Vec::new();
                 for (_, seg) in body.sections() {
                     let start = seg.num("start_extent")?;
                     let count = seg.num("extent_count")?;
                     e.extents = e.extents.saturating_add(count);
                     let kind = seg.str("type")?;
+                    segs.push(Seg {
+                        start,
+                        count,
+                        kind: kind.to_string(),
+                        chunk: seg.num("stripe_size").unwrap_or(0).saturating_mul(SECTOR),
+                        areas: areas(seg),
+                    });
                     let stripes = match (kind, seg.get("stripes")) {
                         ("striped", Some(Value::List(s))) => s,
                         _ => {
@@ -514,6 +602,11 @@ impl Vg {
                         });
                     }
                 }
+                segs.sort_by_key(|s| s.start);
+                all_lvs.push(LvSegments {
+                    name: lv.to_string(),
+                    segs,
+                });
             }
         }
         pieces.sort_by_key(|p| p.pe);
@@ -547,6 +640,9 @@ impl Vg {
             contiguous,
             whole,
             metadata,
+            uuid: uuid.to_string(),
+            vg_pvs,
+            lvs: all_lvs,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! the lost writes, a histogram of them, the files and directories that own the damaged blocks
 //! with the symptom their users will see, and a timeline picture ([`plot`]). The file mapping
 //! reads the partition table ([`partition`]) and the LVM2 physical volumes in it ([`lvm`]:
-//! logical volumes become regions; [`lvview`] serves one whose pieces lie apart as one run of
+//! logical volumes become regions, `lvregions.rs` decides how each is read, also across PVs; [`lvview`] serves one whose pieces lie apart as one run of
 //! bytes), recognises each region's filesystem and asks
 //! debugfs about ext2/3/4 ([`ext4`]) or xfs_db about XFS ([`xfs`]) through one seam ([`fs`]);
 //! any other filesystem is named by its magic, or as unknown, never guessed at.
@@ -28,6 +28,7 @@ pub mod view;
 pub mod xfs;
 
 mod affected;
+mod lvregions;
 mod owners;
 mod packages;
 mod render;

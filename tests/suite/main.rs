@@ -15,6 +15,7 @@ mod forensics_fleet;
 mod forensics_gpt;
 mod forensics_lvm;
 mod forensics_lvm_apart;
+mod forensics_lvm_pvs;
 mod forensics_packages;
 mod forensics_xfs;
 mod helpers;
