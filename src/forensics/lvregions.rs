@@ -401,7 +401,7 @@ pub(super) fn in_pv(
                 "lvm-free",
                 None,
                 None,
-                format!("free space of volume group {}: no logical volume uses it: harmless to the logical volumes", pv.vg),
+                format!("free space of volume group {} now: no logical volume uses it by the current metadata; not proven harmless: lostwrite keeps no older metadata, so whether a logical volume used it earlier cannot be read back; the label and metadata have no finding either, so one that did was most likely removed or reduced by a write that was not lost (low risk)", pv.vg),
             ),
         },
     };
@@ -413,5 +413,6 @@ pub(super) fn in_pv(
         shared: false,
         symptom,
         maybe_data_of: Vec::new(),
+        free_proven: false,
     }
 }

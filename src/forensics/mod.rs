@@ -9,7 +9,8 @@
 //!
 //! One file per job: `report.rs` holds the report, its options and [`build`]; `window.rs` the
 //! incident window and histogram; `owners.rs` the mapping of blocks to their owners
-//! ([`map_blocks`]); `affected.rs` the per-owner sums and which free blocks are suspect;
+//! ([`map_blocks`]); `affected.rs` the per-owner sums and which free blocks are suspect; `freeproof.rs` which
+//! free blocks are proven free at every generation the ledger saw;
 //! `symptom.rs` the words for what a user sees; `packages.rs` the packages owning damaged files;
 //! `render.rs` the human form ([`ForensicReport::human`]); [`fleet`] the report over many disks;
 //! `view.rs` the nbdfuse views that let debugfs read an NBD export and xfs_db a copy-on-write
@@ -28,6 +29,7 @@ pub mod view;
 pub mod xfs;
 
 mod affected;
+mod freeproof;
 mod lvregions;
 mod owners;
 mod packages;

@@ -9,6 +9,7 @@
 //! the report's affected list by [`affected`](super::affected).
 
 use super::affected::suspect_free;
+use super::freeproof::{ext4_free_throughout, lvm_free_throughout, Watched};
 use super::fs::{self, Detected, Filesystem, Owner};
 use super::lvm::Pv;
 use super::lvregions::{expand_lvm, in_pv, Across};
@@ -24,7 +25,7 @@ use crate::findings::classify::Kind;
 use crate::findings::Finding;
 use crate::ledger::Ledger;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// What owns a damaged block, and what a user will see.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,6 +56,11 @@ pub struct FileRef {
     /// may be data the reverted metadata no longer lists. Empty: nothing suggests that.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub maybe_data_of: Vec<String>,
+    /// For a block the current metadata calls free (`free`, `lvm-free`): proven free at every
+    /// generation the ledger saw (the symptom says how), hence harmless. Absent: free now, not
+    /// proven harmless.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub free_proven: bool,
 }
 
 /// A finding with what owns its block.
@@ -115,10 +121,20 @@ fn open_and_map(
     let disk = Disk::open(table, dev, device_path, others, block_size, notes);
     let owners = disk.owners(items, notes);
     let mut unknown_noted = BTreeSet::new();
+    let findings: HashSet<u64> = items
+        .iter()
+        .filter(|i| i.1.is_some())
+        .map(|i| i.0 / block_size)
+        .collect();
+    let proof = (dev, ledger, &findings);
     let all = items
         .iter()
         .map(|(offset, kind, found)| {
-            disk.refs((*offset, *kind, *found), &owners, &mut unknown_noted, notes)
+            let mut refs = disk.refs((*offset, *kind, *found), &owners, &mut unknown_noted, notes);
+            if kind.is_some() {
+                disk.prove_free(*offset, &mut refs, &owners, proof);
+            }
+            refs
         })
         .collect();
     Ok((disk, all))
@@ -409,6 +425,7 @@ impl Disk {
                 symptom: symptom(o, kind, found),
                 shared: false,
                 maybe_data_of: Vec::new(),
+                free_proven: false,
             });
             if let (Some((a, z)), Some((ba, bz))) = (entry.bytes, bytes) {
                 entry.bytes = Some((a.min(ba), z.max(bz)));
@@ -421,6 +438,58 @@ impl Disk {
                 r
             })
             .collect()
+    }
+}
+
+/// What proves a free block free throughout: the disk, its ledger, the ledger blocks with a
+/// finding.
+type Proof<'a> = (&'a dyn BlockDevice, &'a Ledger, &'a HashSet<u64>);
+
+impl Disk {
+    /// Marks the free blocks among `refs` (the owners of the ledger block at `offset`) that were
+    /// free at every generation the ledger saw ([`freeproof`](super::freeproof)): on ext2/3/4
+    /// every free filesystem block the ledger block covers, in LVM2 free extents.
+    fn prove_free(
+        &self,
+        offset: u64,
+        refs: &mut [FileRef],
+        owners: &[HashMap<u64, Owner>],
+        (dev, ledger, findings): Proof,
+    ) {
+        let Some(i) = self.region_of(offset) else {
+            return;
+        };
+        let r = &self.table.regions[i];
+        let w = Watched {
+            dev,
+            start: r.start,
+            layout: self.assembled[i].as_ref().map(|a| &a.layout),
+            ledger,
+            findings,
+        };
+        for f in refs.iter_mut() {
+            let proof = match (f.owner, &self.filesystems[i], &self.lvm[i]) {
+                ("free", Some(fs @ Filesystem::Ext(_)), _) => {
+                    let free: Vec<u64> = self
+                        .fs_blocks(i, offset, fs)
+                        .into_iter()
+                        .filter(|b| matches!(owners[i].get(b), Some(Owner::Free)))
+                        .collect();
+                    let proofs: Vec<Option<String>> =
+                        free.iter().map(|&b| ext4_free_throughout(&w, b)).collect();
+                    match proofs.first() {
+                        Some(Some(p)) if proofs.iter().all(Option::is_some) => Some(p.clone()),
+                        _ => None,
+                    }
+                }
+                ("lvm-free", _, Some(Ok(pv))) => lvm_free_throughout(&w, &pv.vg, &pv.metadata),
+                _ => None,
+            };
+            if let Some(p) = proof {
+                f.symptom = p;
+                f.free_proven = true;
+            }
+        }
     }
 }
 
@@ -450,6 +519,7 @@ fn outside_regions(offset: u64, scheme: &str) -> FileRef {
         bytes: None,
         shared: false,
         maybe_data_of: Vec::new(),
+        free_proven: false,
         symptom: if offset < (1 << 20) && scheme != "none" {
             "the partition table area: a damaged table can hide, shrink or move partitions".into()
         } else {
@@ -468,6 +538,7 @@ fn unknown_filesystem(region: String, filesystem: &str) -> FileRef {
         bytes: None,
         shared: false,
         maybe_data_of: Vec::new(),
+                free_proven: false,
         symptom: format!(
             "{filesystem}: not an ext2/3/4 or XFS filesystem lostwrite can read: it cannot say which file owns this block"
         ),

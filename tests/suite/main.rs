@@ -12,6 +12,7 @@ mod ext4;
 mod fleet;
 mod forensics;
 mod forensics_fleet;
+mod forensics_free;
 mod forensics_gpt;
 mod forensics_lvm;
 mod forensics_lvm_apart;
