@@ -658,4 +658,50 @@ mod tests {
         let half = pv(vec![piece(6, 2, st(0))]);
         assert!(Layout::of(&half, "lv", 0).is_err());
     }
+
+    #[test]
+    fn an_lv_across_two_disks_maps_each_stripe_to_its_disk() {
+        use crate::forensics::lvm::Seg;
+        let mib = 1u64 << 20;
+        let seg = |start, count, areas: &[(&str, u64)]| Seg {
+            start,
+            count,
+            kind: "striped".into(),
+            chunk: if areas.len() > 1 { 64 << 10 } else { 0 },
+            areas: areas.iter().map(|(p, e)| (p.to_string(), *e)).collect(),
+        };
+        let lv = LvSegments {
+            name: "lv".into(),
+            segs: vec![
+                seg(0, 1, &[("pv0", 2)]),
+                seg(1, 2, &[("pv0", 5), ("pv1", 0)]),
+            ],
+        };
+        let locate = |n: &str| match n {
+            "pv0" => Some((0, mib)),
+            "pv1" => Some((1, 3 * mib)),
+            _ => None,
+        };
+        let l = Layout::across(&lv, 4 * mib, &locate, vec!["b.img".into()]).unwrap();
+        assert_eq!(l.len, 12 * mib);
+        assert_eq!(l.to_device(5), Some((0, 9 * mib + 5, 4 * mib - 5)));
+        // The striped segment's second chunk is pv1's first, on the other disk.
+        let c = 64 << 10;
+        assert_eq!(l.to_device(4 * mib + c + 1), Some((1, 3 * mib + 1, c - 1)));
+        assert_eq!(l.to_lv(21 * mib + 3), Some(4 * mib + 3));
+        assert_eq!(
+            l.to_lv(3 * mib + 1),
+            None,
+            "that byte of this disk is no LV's"
+        );
+        let nowhere = |_: &str| None;
+        assert!(Layout::across(&lv, 4 * mib, &nowhere, Vec::new())
+            .unwrap_err()
+            .contains("pv0"));
+        let huge = LvSegments {
+            name: "lv".into(),
+            segs: vec![seg(u64::MAX, u64::MAX, &[("pv0", u64::MAX)])],
+        };
+        assert!(Layout::across(&huge, 4 * mib, &locate, Vec::new()).is_err());
+    }
 }

@@ -30,6 +30,7 @@ pub mod xfs;
 
 mod affected;
 mod freeproof;
+mod lvmtext;
 mod lvregions;
 mod owners;
 mod packages;
