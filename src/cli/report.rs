@@ -101,6 +101,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         until: parse(&a.until)?,
         files: a.files || a.packages,
         packages: a.packages,
+        other_disks: Vec::new(),
     };
     match (a.devices.len(), a.findings.len()) {
         (0, 0) => anyhow::bail!("give a DEVICE, or a saved `verify --json` with --findings FILE"),
@@ -240,6 +241,13 @@ fn many_disks(a: &Args, opts: &forensics::Options) -> anyhow::Result<i32> {
             })),
         }
     }
+    // Each disk's volume groups may have physical volumes on the others.
+    let mut opts = opts.clone();
+    opts.other_disks = disks
+        .iter()
+        .filter_map(|d| Some(d.as_ref().ok()?.device.clone()))
+        .collect();
+    let opts = &opts;
     let mut failing = false;
     let mut troubles = Vec::new();
     let mut fleet_disks = Vec::new();

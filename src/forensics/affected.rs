@@ -40,6 +40,9 @@ pub struct Affected {
     /// As [`FileRef::maybe_data_of`], for free space that may be data of these.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub maybe_data_of: Vec<String>,
+    /// As [`FileRef::free_proven`]: free at every generation the ledger saw, hence harmless.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub free_proven: bool,
     /// Every damaged ledger block of this owner also held other owners' data: its own part
     /// may be intact.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -108,6 +111,8 @@ pub(super) fn suspect_free(mapped: &mut [MappedFinding]) {
     for f in mapped.iter_mut() {
         for r in &mut f.files {
             let lvm = match r.owner {
+                // Proven free throughout: no older metadata can have listed it.
+                _ if r.free_proven => continue,
                 "free" => false,
                 "lvm-free" => true,
                 _ => continue,
@@ -156,6 +161,7 @@ pub(super) fn summarize(findings: &[MappedFinding]) -> Vec<Affected> {
                         lost_between: None,
                         contents_written: None,
                         maybe_data_of: r.maybe_data_of.clone(),
+                        free_proven: r.free_proven,
                         maybe_intact: true,
                     };
                     (a, found)
@@ -201,12 +207,13 @@ pub(super) fn summarize(findings: &[MappedFinding]) -> Vec<Affected> {
         a.bytes = merged;
     }
     // Files and directories first: they are what people ask about; then free space that may
-    // be their data; harmless free space last.
+    // be their data; free space last, what is proven harmless at the very end.
     out.sort_by_key(|a| {
         (
             !matches!(a.owner, "file" | "directory" | "block-map"),
             a.maybe_data_of.is_empty(),
             a.owner == "free",
+            a.free_proven,
         )
     });
     out
@@ -237,12 +244,13 @@ mod tests {
             symptom: symptom.into(),
             shared: false,
             maybe_data_of: Vec::new(),
+            free_proven: false,
         }
     }
 
     #[test]
     fn free_blocks_beside_reverted_metadata_are_suspects_and_files_get_time_ranges() {
-        let harmless = "owned by no file now: harmless";
+        let harmless = "free now; not proven harmless";
         let mut mapped = vec![
             reverted(1, 0, 40, vec![owned("p1", "block-map", Some("/db"), "x")]),
             reverted(2, 0, 40, vec![owned("p1", "free", None, harmless)]),

@@ -9,6 +9,7 @@
 //! through its layout ([`lvview`](super::lvview)); every other piece is named by LV and LV
 //! offset.
 
+use super::lvmtext::{items, tokens, Value};
 use super::partition::Region;
 use crate::device::BlockDevice;
 use std::collections::BTreeMap;
@@ -80,6 +81,74 @@ pub struct Pv {
     pub whole: Vec<(String, u64)>,
     /// Metadata areas (offset from the PV's start, length).
     pub metadata: Vec<(u64, u64)>,
+    /// This PV's label UUID (32 characters, no dashes).
+    pub uuid: String,
+    /// Every physical volume of the VG, as its metadata names them (this one included).
+    pub vg_pvs: Vec<VgPv>,
+    /// Every logical volume's segments, on whichever PVs they lie, in metadata order.
+    pub lvs: Vec<LvSegments>,
+}
+
+/// A physical volume of the VG as the metadata names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VgPv {
+    /// Its name in the metadata ("pv0", ...).
+    pub name: String,
+    /// Its UUID, without dashes (as its label holds it).
+    pub uuid: String,
+    /// Its UUID as LVM prints it (with dashes).
+    pub id: String,
+    /// The device it was last seen as (the metadata's hint), if written.
+    pub device: Option<String>,
+    /// Byte offset of its first physical extent.
+    pub pe_start: u64,
+}
+
+/// One segment of a logical volume, on any PV.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seg {
+    /// First LV extent.
+    pub start: u64,
+    /// Extents.
+    pub count: u64,
+    /// Its type ("striped", "raid1", "thin", ...).
+    pub kind: String,
+    /// Bytes per stripe chunk (0 when not striped over several).
+    pub chunk: u64,
+    /// For a striped segment, each stripe's PV name and first physical extent; for another
+    /// type, the areas it names as PV and extent, where it names them so.
+    pub areas: Vec<(String, u64)>,
+}
+
+/// A logical volume's segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LvSegments {
+    /// Its name.
+    pub name: String,
+    /// Its segments, by first LV extent.
+    pub segs: Vec<Seg>,
+}
+
+impl LvSegments {
+    /// The PV names its segments use.
+    pub fn pv_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .segs
+            .iter()
+            .flat_map(|s| s.areas.iter().map(|a| a.0.as_str()))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Its first segment of a type lostwrite cannot assemble, if any.
+    pub fn other_kind(&self) -> Option<&str> {
+        self.segs
+            .iter()
+            .find(|s| s.kind != "striped")
+            .map(|s| s.kind.as_str())
+    }
 }
 
 impl Pv {
@@ -253,158 +322,6 @@ fn read_mda(
     String::from_utf8(text).map_err(|_| "the metadata text is not UTF-8".into())
 }
 
-/// A value of the text format.
-#[derive(Clone, Debug, PartialEq)]
-enum Value {
-    Num(i64),
-    Str(String),
-    List(Vec<Value>),
-    Section(Vec<(String, Value)>),
-}
-
-impl Value {
-    fn get(&self, key: &str) -> Option<&Value> {
-        match self {
-            Value::Section(items) => items.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-    fn num(&self, key: &str) -> Result<u64, String> {
-        match self.get(key) {
-            Some(Value::Num(n)) if *n >= 0 => Ok(*n as u64),
-            _ => Err(format!("no number `{key}`")),
-        }
-    }
-    fn str(&self, key: &str) -> Result<&str, String> {
-        match self.get(key) {
-            Some(Value::Str(s)) => Ok(s),
-            _ => Err(format!("no string `{key}`")),
-        }
-    }
-    fn sections(&self) -> Vec<(&str, &Value)> {
-        match self {
-            Value::Section(items) => items
-                .iter()
-                .filter(|(_, v)| matches!(v, Value::Section(_)))
-                .map(|(k, v)| (k.as_str(), v))
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// The tokens of the text format: names, strings, numbers and punctuation.
-#[derive(Clone, Debug, PartialEq)]
-enum Tok {
-    Name(String),
-    Str(String),
-    Num(i64),
-    Punct(char),
-}
-
-fn tokens(t: &str) -> Result<Vec<Tok>, String> {
-    let mut out = Vec::new();
-    let mut c = t.char_indices().peekable();
-    while let Some((i, ch)) = c.next() {
-        match ch {
-            '#' => while c.next_if(|&(_, x)| x != '\n').is_some() {},
-            '"' => {
-                let mut s = String::new();
-                loop {
-                    match c.next() {
-                        Some((_, '"')) => break,
-                        Some((_, '\\')) => s.extend(c.next().map(|(_, x)| x)),
-                        Some((_, x)) => s.push(x),
-                        None => return Err(format!("a string at byte {i} never ends")),
-                    }
-                }
-                out.push(Tok::Str(s));
-            }
-            '=' | '{' | '}' | '[' | ']' | ',' => out.push(Tok::Punct(ch)),
-            x if x.is_whitespace() => {}
-            x if x.is_ascii_digit() || x == '-' => {
-                let mut s = String::from(x);
-                while let Some((_, d)) = c.next_if(|&(_, d)| d.is_ascii_alphanumeric() || d == '.')
-                {
-                    s.push(d);
-                }
-                // Floats (never in a VG section we read) are kept as names.
-                out.push(s.parse().map(Tok::Num).unwrap_or(Tok::Name(s)));
-            }
-            x if x.is_ascii_alphanumeric() || "_.+".contains(x) => {
-                let mut s = String::from(x);
-                while let Some((_, d)) =
-                    c.next_if(|&(_, d)| d.is_ascii_alphanumeric() || "_.+-".contains(d))
-                {
-                    s.push(d);
-                }
-                out.push(Tok::Name(s));
-            }
-            x => return Err(format!("unexpected `{x}` at byte {i}")),
-        }
-    }
-    Ok(out)
-}
-
-/// Parses `key = value` and `name { ... }` items until `}` (or the end, at the top).
-fn items(t: &[Tok], p: &mut usize, depth: usize) -> Result<Vec<(String, Value)>, String> {
-    if depth > 16 {
-        return Err("sections nested too deep".into());
-    }
-    let mut v = Vec::new();
-    loop {
-        match t.get(*p) {
-            None if depth == 0 => return Ok(v),
-            None => return Err("a section never ends".into()),
-            Some(Tok::Punct('}')) if depth > 0 => {
-                *p += 1;
-                return Ok(v);
-            }
-            Some(Tok::Name(k)) => {
-                *p += 1;
-                match t.get(*p) {
-                    Some(Tok::Punct('=')) => {
-                        *p += 1;
-                        v.push((k.clone(), value(t, p, depth)?));
-                    }
-                    Some(Tok::Punct('{')) => {
-                        *p += 1;
-                        v.push((k.clone(), Value::Section(items(t, p, depth + 1)?)));
-                    }
-                    _ => return Err(format!("`{k}` is followed by neither `=` nor `{{`")),
-                }
-            }
-            Some(x) => return Err(format!("unexpected {x:?}")),
-        }
-    }
-}
-
-fn value(t: &[Tok], p: &mut usize, depth: usize) -> Result<Value, String> {
-    if depth > 16 {
-        return Err("lists nested too deep".into());
-    }
-    let v = match t.get(*p) {
-        Some(Tok::Num(n)) => Value::Num(*n),
-        Some(Tok::Str(s)) | Some(Tok::Name(s)) => Value::Str(s.clone()),
-        Some(Tok::Punct('[')) => {
-            *p += 1;
-            let mut l = Vec::new();
-            loop {
-                match t.get(*p) {
-                    Some(Tok::Punct(']')) => break,
-                    Some(Tok::Punct(',')) => *p += 1,
-                    Some(_) => l.push(value(t, p, depth + 1)?),
-                    None => return Err("a list never ends".into()),
-                }
-            }
-            Value::List(l)
-        }
-        x => return Err(format!("expected a value, found {x:?}")),
-    };
-    *p += 1;
-    Ok(v)
-}
-
 /// A volume group as its metadata says.
 struct Vg {
     name: String,
@@ -442,17 +359,37 @@ impl Vg {
             .ok_or("this PV's UUID is not among the VG's physical volumes")?;
         let pe_start = pv.num("pe_start")?.saturating_mul(SECTOR);
         let pe_count = pv.num("pe_count")?;
+        let mut vg_pvs = Vec::new();
+        for (name, v) in &pvs {
+            let id = v.str("id")?.to_string();
+            vg_pvs.push(VgPv {
+                name: name.to_string(),
+                uuid: id.replace('-', ""),
+                id,
+                device: v.str("device").ok().map(str::to_string),
+                pe_start: v.num("pe_start")?.saturating_mul(SECTOR),
+            });
+        }
+        let mut all_lvs = Vec::new();
         let mut pieces = Vec::new();
         // Per LV: its total extents and its linear pieces on this PV, for contiguity.
         let mut lvs: BTreeMap<String, Layout> = BTreeMap::new();
         if let Some(l) = b.get("logical_volumes") {
             for (lv, body) in l.sections() {
                 let e = lvs.entry(lv.to_string()).or_default();
+                let mut segs = Vec::new();
                 for (_, seg) in body.sections() {
                     let start = seg.num("start_extent")?;
                     let count = seg.num("extent_count")?;
                     e.extents = e.extents.saturating_add(count);
                     let kind = seg.str("type")?;
+                    segs.push(Seg {
+                        start,
+                        count,
+                        kind: kind.to_string(),
+                        chunk: seg.num("stripe_size").unwrap_or(0).saturating_mul(SECTOR),
+                        areas: areas(seg),
+                    });
                     let stripes = match (kind, seg.get("stripes")) {
                         ("striped", Some(Value::List(s))) => s,
                         _ => {
@@ -514,6 +451,11 @@ impl Vg {
                         });
                     }
                 }
+                segs.sort_by_key(|s| s.start);
+                all_lvs.push(LvSegments {
+                    name: lv.to_string(),
+                    segs,
+                });
             }
         }
         pieces.sort_by_key(|p| p.pe);
@@ -547,6 +489,9 @@ impl Vg {
             contiguous,
             whole,
             metadata,
+            uuid: uuid.to_string(),
+            vg_pvs,
+            lvs: all_lvs,
         })
     }
 }

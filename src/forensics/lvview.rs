@@ -14,7 +14,7 @@
 //! thread; the socket's directory goes with it.
 
 use super::fs::{self, Detected, Filesystem};
-use super::lvm::{Map, Pv};
+use super::lvm::{LvSegments, Map, Pv};
 use super::partition::Region;
 use super::view::FuseView;
 use crate::device::{BlockDevice, TrimOutcome};
@@ -50,8 +50,9 @@ struct Segment {
     lv_start: u64,
     len: u64,
     chunk: u64,
-    /// Device offset of each stripe's first byte.
-    stripes: Vec<u64>,
+    /// Each stripe's disk (0: the disk being reported; n: [`Layout::disks`]`[n - 1]`) and the
+    /// offset of its first byte on that disk.
+    stripes: Vec<(usize, u64)>,
 }
 
 /// Where each byte of a logical volume lies on the device.
@@ -60,6 +61,8 @@ pub struct Layout {
     /// The LV's length in bytes.
     pub len: u64,
     segs: Vec<Segment>,
+    /// The other disks holding some of its extents (paths as given), for disk numbers from 1.
+    pub disks: Vec<String>,
 }
 
 impl Layout {
@@ -85,7 +88,7 @@ impl Layout {
                         lv_start: lv_extent.checked_mul(es).ok_or("an LV extent too far")?,
                         len,
                         chunk: len,
-                        stripes: vec![dev(p.pe)?],
+                        stripes: vec![(0, dev(p.pe)?)],
                     });
                 }
                 Map::Striped {
@@ -120,7 +123,8 @@ impl Layout {
                 chunk,
                 stripes: at
                     .into_iter()
-                    .collect::<Option<Vec<u64>>>()
+                    .map(|d| d.map(|d| (0, d)))
+                    .collect::<Option<Vec<(usize, u64)>>>()
                     .ok_or_else(|| {
                         format!(
                             "a stripe of its segment at LV extent {seg_extent} is not on this PV"
@@ -128,6 +132,11 @@ impl Layout {
                     })?,
             });
         }
+        Layout::joined(segs, Vec::new())
+    }
+
+    /// Segments in LV order, checked to leave no gap.
+    fn joined(mut segs: Vec<Segment>, disks: Vec<String>) -> Result<Layout, String> {
         segs.sort_by_key(|s| s.lv_start);
         let mut len = 0u64;
         for s in &segs {
@@ -139,12 +148,64 @@ impl Layout {
         if len == 0 {
             return Err("no segment on this PV".into());
         }
-        Ok(Layout { len, segs })
+        Ok(Layout { len, segs, disks })
     }
 
-    /// The device offset of LV byte `off`, and how many bytes from there are contiguous on the
-    /// device.
-    pub fn to_device(&self, off: u64) -> Option<(u64, u64)> {
+    /// The layout of logical volume `lv` (its segments as the VG metadata gives them, extents
+    /// of `extent_size` bytes) over several physical volumes: `locate` gives, for a PV name of
+    /// the metadata, its disk (0: this one, n: `disks[n - 1]`) and the offset of its first
+    /// physical extent there. An error says why it cannot be assembled (a PV not located, a
+    /// segment type other than striped).
+    pub fn across(
+        lv: &LvSegments,
+        extent_size: u64,
+        locate: &dyn Fn(&str) -> Option<(usize, u64)>,
+        disks: Vec<String>,
+    ) -> Result<Layout, String> {
+        let es = extent_size;
+        let mut segs = Vec::new();
+        for s in &lv.segs {
+            if s.kind != "striped" {
+                return Err(format!("a {} segment", s.kind));
+            }
+            let n = s.areas.len() as u64;
+            if n == 0 || s.count % n != 0 {
+                return Err(format!(
+                    "a striped segment of {} extents over {n} stripes",
+                    s.count
+                ));
+            }
+            let per = (s.count / n).checked_mul(es).ok_or("a segment too long")?;
+            let chunk = if n == 1 { per } else { s.chunk };
+            if chunk == 0 || per % chunk != 0 {
+                return Err(format!(
+                    "its segment at LV extent {} has stripes of {per} bytes, not a multiple of its {chunk}-byte chunks",
+                    s.start
+                ));
+            }
+            let mut stripes = Vec::new();
+            for (pv, pe) in &s.areas {
+                let (disk, first) =
+                    locate(pv).ok_or_else(|| format!("physical volume {pv} is not found"))?;
+                let at = pe
+                    .checked_mul(es)
+                    .and_then(|b| b.checked_add(first))
+                    .ok_or_else(|| format!("physical extent {pe} lies beyond any device"))?;
+                stripes.push((disk, at));
+            }
+            segs.push(Segment {
+                lv_start: s.start.checked_mul(es).ok_or("an LV extent too far")?,
+                len: per.checked_mul(n).ok_or("a segment too long")?,
+                chunk,
+                stripes,
+            });
+        }
+        Layout::joined(segs, disks)
+    }
+
+    /// The disk (0: this one) and offset of LV byte `off`, and how many bytes from there are
+    /// contiguous on that disk.
+    pub fn to_device(&self, off: u64) -> Option<(usize, u64, u64)> {
         let s = self
             .segs
             .iter()
@@ -152,19 +213,20 @@ impl Layout {
         let rel = off - s.lv_start;
         let n = s.stripes.len() as u64;
         let (k, within) = (rel / s.chunk, rel % s.chunk);
-        let dev = s.stripes[(k % n) as usize]
+        let (disk, first) = s.stripes[(k % n) as usize];
+        let dev = first
             .saturating_add((k / n) * s.chunk)
             .saturating_add(within);
-        Some((dev, s.chunk - within))
+        Some((disk, dev, s.chunk - within))
     }
 
-    /// The LV byte that device byte `dev` holds, if it holds one.
+    /// The LV byte that byte `dev` of this disk holds, if it holds one.
     pub fn to_lv(&self, dev: u64) -> Option<u64> {
         for s in &self.segs {
             let n = s.stripes.len() as u64;
             let per = s.len / n;
-            for (j, &d) in s.stripes.iter().enumerate() {
-                if dev >= d && dev - d < per {
+            for (j, &(disk, d)) in s.stripes.iter().enumerate() {
+                if disk == 0 && dev >= d && dev - d < per {
                     let r = dev - d;
                     let chunks = (r / s.chunk) * n + j as u64;
                     return Some(s.lv_start + chunks * s.chunk + r % s.chunk);
@@ -174,14 +236,18 @@ impl Layout {
         None
     }
 
-    /// The device bytes the LV covers: (lowest, highest + 1).
+    /// The bytes of this disk the LV covers: (lowest, highest + 1).
     pub fn device_span(&self) -> (u64, u64) {
-        let lo = self.segs.iter().flat_map(|s| s.stripes.iter().copied());
-        let hi = self.segs.iter().flat_map(|s| {
+        let here = |s: &Segment| {
+            let per = s.len / s.stripes.len() as u64;
             s.stripes
                 .iter()
-                .map(|d| d.saturating_add(s.len / s.stripes.len() as u64))
-        });
+                .filter(|d| d.0 == 0)
+                .map(move |d| (d.1, d.1.saturating_add(per)))
+                .collect::<Vec<_>>()
+        };
+        let lo = self.segs.iter().flat_map(here).map(|d| d.0);
+        let hi = self.segs.iter().flat_map(here).map(|d| d.1);
         (lo.min().unwrap_or(0), hi.max().unwrap_or(0))
     }
 }
@@ -189,14 +255,15 @@ impl Layout {
 /// A logical volume's bytes, read through its layout from the device.
 pub struct LvBytes {
     name: String,
-    dev: Box<dyn BlockDevice>,
+    /// This disk, then [`Layout::disks`] in order.
+    devs: Vec<Box<dyn BlockDevice>>,
     layout: Layout,
 }
 
 impl LvBytes {
-    /// The LV `name` laid out as `layout` on `dev`.
-    pub fn new(name: String, dev: Box<dyn BlockDevice>, layout: Layout) -> LvBytes {
-        LvBytes { name, dev, layout }
+    /// The LV `name` laid out as `layout` on `devs` (this disk, then the layout's other disks).
+    pub fn new(name: String, devs: Vec<Box<dyn BlockDevice>>, layout: Layout) -> LvBytes {
+        LvBytes { name, devs, layout }
     }
 }
 
@@ -218,14 +285,17 @@ impl BlockDevice for LvBytes {
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset + done as u64;
-            let (dev, run) = self.layout.to_device(at).ok_or_else(|| {
+            let (disk, dev, run) = self.layout.to_device(at).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("byte {at} lies beyond logical volume {}", self.name),
                 )
             })?;
             let take = (buf.len() - done).min(usize::try_from(run).unwrap_or(usize::MAX));
-            self.dev.read_at(&mut buf[done..done + take], dev)?;
+            let d = self.devs.get(disk).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("no disk {disk}"))
+            })?;
+            d.read_at(&mut buf[done..done + take], dev)?;
             done += take;
         }
         Ok(())
@@ -274,21 +344,21 @@ impl Assembled {
         r: &Region,
         notes: &mut Vec<String>,
     ) -> (Option<Detected>, Option<Result<Filesystem, String>>) {
-        let dev = match crate::device::open(device_path, false) {
-            Ok(d) => d,
-            Err(e) => {
-                notes.push(format!(
-                    "{}: opening {device_path} again to read the logical volume through its layout: {e}; its findings are not mapped to files",
-                    r.name
-                ));
-                return (None, None);
+        let mut devs: Vec<Box<dyn BlockDevice>> = Vec::new();
+        for path in std::iter::once(device_path).chain(self.layout.disks.iter().map(|d| d.as_str()))
+        {
+            match crate::device::open(path, false) {
+                Ok(d) => devs.push(Box::new(d)),
+                Err(e) => {
+                    notes.push(format!(
+                        "{}: opening {path} to read the logical volume through its layout: {e}; its findings are not mapped to files",
+                        r.name
+                    ));
+                    return (None, None);
+                }
             }
-        };
-        let lv = Arc::new(LvBytes::new(
-            r.name.clone(),
-            Box::new(dev),
-            self.layout.clone(),
-        ));
+        }
+        let lv = Arc::new(LvBytes::new(r.name.clone(), devs, self.layout.clone()));
         let whole = Region {
             name: r.name.clone(),
             start: 0,
@@ -523,6 +593,9 @@ mod tests {
             contiguous: Vec::new(),
             whole: Vec::new(),
             metadata: Vec::new(),
+            uuid: String::new(),
+            vg_pvs: Vec::new(),
+            lvs: Vec::new(),
         }
     }
 
@@ -553,15 +626,18 @@ mod tests {
         // LV extent 1 is PE 3.
         assert_eq!(
             l.to_device(4 * mib + 5),
-            Some((base + 12 * mib + 5, 4 * mib - 5))
+            Some((0, base + 12 * mib + 5, 4 * mib - 5))
         );
         // The striped segment starts at LV byte 8 MiB: its second chunk is stripe 1's first.
         let c = 64 << 10;
         assert_eq!(
             l.to_device(8 * mib + c + 7),
-            Some((base + 40 * mib + 7, c - 7))
+            Some((0, base + 40 * mib + 7, c - 7))
         );
-        assert_eq!(l.to_device(8 * mib + 2 * c), Some((base + 24 * mib + c, c)));
+        assert_eq!(
+            l.to_device(8 * mib + 2 * c),
+            Some((0, base + 24 * mib + c, c))
+        );
         for off in [
             0,
             5,
@@ -570,7 +646,7 @@ mod tests {
             8 * mib + 3 * c + 9,
             24 * mib - 1,
         ] {
-            let (d, _) = l.to_device(off).unwrap();
+            let (_, d, _) = l.to_device(off).unwrap();
             assert_eq!(l.to_lv(d), Some(off), "LV byte {off}");
         }
         assert_eq!(l.to_device(24 * mib), None);
@@ -581,5 +657,51 @@ mod tests {
         assert!(Layout::of(&gap, "lv", 0).unwrap_err().contains("byte 0"));
         let half = pv(vec![piece(6, 2, st(0))]);
         assert!(Layout::of(&half, "lv", 0).is_err());
+    }
+
+    #[test]
+    fn an_lv_across_two_disks_maps_each_stripe_to_its_disk() {
+        use crate::forensics::lvm::Seg;
+        let mib = 1u64 << 20;
+        let seg = |start, count, areas: &[(&str, u64)]| Seg {
+            start,
+            count,
+            kind: "striped".into(),
+            chunk: if areas.len() > 1 { 64 << 10 } else { 0 },
+            areas: areas.iter().map(|(p, e)| (p.to_string(), *e)).collect(),
+        };
+        let lv = LvSegments {
+            name: "lv".into(),
+            segs: vec![
+                seg(0, 1, &[("pv0", 2)]),
+                seg(1, 2, &[("pv0", 5), ("pv1", 0)]),
+            ],
+        };
+        let locate = |n: &str| match n {
+            "pv0" => Some((0, mib)),
+            "pv1" => Some((1, 3 * mib)),
+            _ => None,
+        };
+        let l = Layout::across(&lv, 4 * mib, &locate, vec!["b.img".into()]).unwrap();
+        assert_eq!(l.len, 12 * mib);
+        assert_eq!(l.to_device(5), Some((0, 9 * mib + 5, 4 * mib - 5)));
+        // The striped segment's second chunk is pv1's first, on the other disk.
+        let c = 64 << 10;
+        assert_eq!(l.to_device(4 * mib + c + 1), Some((1, 3 * mib + 1, c - 1)));
+        assert_eq!(l.to_lv(21 * mib + 3), Some(4 * mib + 3));
+        assert_eq!(
+            l.to_lv(3 * mib + 1),
+            None,
+            "that byte of this disk is no LV's"
+        );
+        let nowhere = |_: &str| None;
+        assert!(Layout::across(&lv, 4 * mib, &nowhere, Vec::new())
+            .unwrap_err()
+            .contains("pv0"));
+        let huge = LvSegments {
+            name: "lv".into(),
+            segs: vec![seg(u64::MAX, u64::MAX, &[("pv0", u64::MAX)])],
+        };
+        assert!(Layout::across(&huge, 4 * mib, &locate, Vec::new()).is_err());
     }
 }

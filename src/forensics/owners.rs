@@ -9,11 +9,13 @@
 //! the report's affected list by [`affected`](super::affected).
 
 use super::affected::suspect_free;
+use super::freeproof::{ext4_free_throughout, lvm_free_throughout, Watched};
 use super::fs::{self, Detected, Filesystem, Owner};
-use super::lvm::{self, Map, Pv};
-use super::lvview::{Assembled, Layout};
+use super::lvm::Pv;
+use super::lvregions::{expand_lvm, in_pv, Across};
+use super::lvview::Assembled;
 use super::packages::{self, RegionPackages};
-use super::partition::{self, Region, Table};
+use super::partition::{self, Table};
 use super::symptom::{owner_name, symptom};
 use super::view::FuseView;
 use crate::clock::Micros;
@@ -23,7 +25,7 @@ use crate::findings::classify::Kind;
 use crate::findings::Finding;
 use crate::ledger::Ledger;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// What owns a damaged block, and what a user will see.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +56,11 @@ pub struct FileRef {
     /// may be data the reverted metadata no longer lists. Empty: nothing suggests that.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub maybe_data_of: Vec<String>,
+    /// For a block the current metadata calls free (`free`, `lvm-free`): proven free at every
+    /// generation the ledger saw (the symptom says how), hence harmless. Absent: free now, not
+    /// proven harmless.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub free_proven: bool,
 }
 
 /// A finding with what owns its block.
@@ -92,16 +99,18 @@ pub fn map_blocks(
     items: &[Item],
     notes: &mut Vec<String>,
 ) -> Result<(String, Vec<RegionInfo>, Vec<Vec<FileRef>>)> {
-    let (disk, all) = open_and_map(ledger, dev, device_path, items, notes)?;
+    let (disk, all) = open_and_map(ledger, dev, device_path, &[], items, notes)?;
     Ok((disk.table.scheme.to_string(), disk.infos, all))
 }
 
 /// Opens the device's regions and maps the items; the disk is returned still open, so that
-/// its filesystems can be read further.
+/// its filesystems can be read further. `others` are the other disks of the report, where
+/// physical volumes of this disk's volume groups may be.
 fn open_and_map(
     ledger: &Ledger,
     dev: &dyn BlockDevice,
     device_path: &str,
+    others: &[String],
     items: &[Item],
     notes: &mut Vec<String>,
 ) -> Result<(Disk, Vec<Vec<FileRef>>)> {
@@ -109,13 +118,23 @@ fn open_and_map(
         .map_err(|e| crate::Error::io(device_path, "reading the partition table", e))?;
     notes.extend(table.warnings.iter().cloned());
     let block_size = ledger.geometry().block_size as u64;
-    let disk = Disk::open(table, dev, device_path, block_size, notes);
+    let disk = Disk::open(table, dev, device_path, others, block_size, notes);
     let owners = disk.owners(items, notes);
     let mut unknown_noted = BTreeSet::new();
+    let findings: HashSet<u64> = items
+        .iter()
+        .filter(|i| i.1.is_some())
+        .map(|i| i.0 / block_size)
+        .collect();
+    let proof = (dev, ledger, &findings);
     let all = items
         .iter()
         .map(|(offset, kind, found)| {
-            disk.refs((*offset, *kind, *found), &owners, &mut unknown_noted, notes)
+            let mut refs = disk.refs((*offset, *kind, *found), &owners, &mut unknown_noted, notes);
+            if kind.is_some() {
+                disk.prove_free(*offset, &mut refs, &owners, proof);
+            }
+            refs
         })
         .collect();
     Ok((disk, all))
@@ -123,11 +142,13 @@ fn open_and_map(
 
 /// Maps the findings' blocks to their owners (filling in each finding's `files`) and, with
 /// `packages`, finds the packages owning the damaged files while the filesystems are open.
-/// Returns the partition scheme, the regions and the packages.
+/// Returns the partition scheme, the regions and the packages. `others` are the other disks of
+/// the report (their PVs complete this disk's volume groups).
 pub(super) fn map_findings(
     ledger: &Ledger,
     dev: &dyn BlockDevice,
     device_path: &str,
+    others: &[String],
     mapped: &mut [MappedFinding],
     packages: bool,
     notes: &mut Vec<String>,
@@ -136,7 +157,7 @@ pub(super) fn map_findings(
         .iter()
         .map(|f| (f.finding.offset, Some(f.finding.kind), f.finding.found_time))
         .collect();
-    let (disk, files) = open_and_map(ledger, dev, device_path, &items, notes)?;
+    let (disk, files) = open_and_map(ledger, dev, device_path, others, &items, notes)?;
     for (f, refs) in mapped.iter_mut().zip(files) {
         f.files = refs;
     }
@@ -173,6 +194,8 @@ struct Disk {
     /// For each region that is a logical volume assembled from pieces apart, its layout and
     /// what serves its bytes (dropped after the filesystems that read them).
     assembled: Vec<Option<Assembled>>,
+    /// Logical volumes read, or sought, across several PVs: their region and why not mapped.
+    across: Across,
 }
 
 impl Disk {
@@ -182,10 +205,12 @@ impl Disk {
         mut table: Table,
         dev: &dyn BlockDevice,
         device_path: &str,
+        others: &[String],
         block_size: u64,
         notes: &mut Vec<String>,
     ) -> Disk {
-        let (lvm, mut assembled) = expand_lvm(&mut table, dev, notes);
+        let l = expand_lvm(&mut table, dev, device_path, others, notes);
+        let (lvm, mut assembled, across) = (l.roles, l.assembled, l.across);
         // debugfs opens files only: an NBD export is shown to it through nbdfuse, mounted on the
         // first filesystem found and kept until the owners are known.
         let mut view = None;
@@ -271,6 +296,7 @@ impl Disk {
             lvm,
             _view: view,
             assembled,
+            across,
         }
     }
 
@@ -347,7 +373,13 @@ impl Disk {
         };
         let region = self.table.regions[i].name.clone();
         if let Some(pv) = &self.lvm[i] {
-            let mut r = in_pv(&self.table.regions[i], pv, offset, self.block_size);
+            let mut r = in_pv(
+                &self.table.regions[i],
+                pv,
+                offset,
+                self.block_size,
+                &self.across,
+            );
             let lv = self.table.regions.iter().zip(&self.assembled);
             if let Some(j) = lv
                 .map(|(x, a)| a.is_some() && x.name == r.region)
@@ -393,6 +425,7 @@ impl Disk {
                 symptom: symptom(o, kind, found),
                 shared: false,
                 maybe_data_of: Vec::new(),
+                free_proven: false,
             });
             if let (Some((a, z)), Some((ba, bz))) = (entry.bytes, bytes) {
                 entry.bytes = Some((a.min(ba), z.max(bz)));
@@ -405,6 +438,58 @@ impl Disk {
                 r
             })
             .collect()
+    }
+}
+
+/// What proves a free block free throughout: the disk, its ledger, the ledger blocks with a
+/// finding.
+type Proof<'a> = (&'a dyn BlockDevice, &'a Ledger, &'a HashSet<u64>);
+
+impl Disk {
+    /// Marks the free blocks among `refs` (the owners of the ledger block at `offset`) that were
+    /// free at every generation the ledger saw ([`freeproof`](super::freeproof)): on ext2/3/4
+    /// every free filesystem block the ledger block covers, in LVM2 free extents.
+    fn prove_free(
+        &self,
+        offset: u64,
+        refs: &mut [FileRef],
+        owners: &[HashMap<u64, Owner>],
+        (dev, ledger, findings): Proof,
+    ) {
+        let Some(i) = self.region_of(offset) else {
+            return;
+        };
+        let r = &self.table.regions[i];
+        let w = Watched {
+            dev,
+            start: r.start,
+            layout: self.assembled[i].as_ref().map(|a| &a.layout),
+            ledger,
+            findings,
+        };
+        for f in refs.iter_mut() {
+            let proof = match (f.owner, &self.filesystems[i], &self.lvm[i]) {
+                ("free", Some(fs @ Filesystem::Ext(_)), _) => {
+                    let free: Vec<u64> = self
+                        .fs_blocks(i, offset, fs)
+                        .into_iter()
+                        .filter(|b| matches!(owners[i].get(b), Some(Owner::Free)))
+                        .collect();
+                    let proofs: Vec<Option<String>> =
+                        free.iter().map(|&b| ext4_free_throughout(&w, b)).collect();
+                    match proofs.first() {
+                        Some(Some(p)) if proofs.iter().all(Option::is_some) => Some(p.clone()),
+                        _ => None,
+                    }
+                }
+                ("lvm-free", _, Some(Ok(pv))) => lvm_free_throughout(&w, &pv.vg, &pv.metadata),
+                _ => None,
+            };
+            if let Some(p) = proof {
+                f.symptom = p;
+                f.free_proven = true;
+            }
+        }
     }
 }
 
@@ -424,186 +509,6 @@ fn local_path(
         .map_err(|e| e.clone())
 }
 
-/// What the PV metadata says of each region (None: not a PV), and the layout of each region
-/// that is a logical volume assembled from pieces apart.
-type Roles = (
-    Vec<Option<std::result::Result<Pv, String>>>,
-    Vec<Option<Assembled>>,
-);
-
-/// Reads every region that is an LVM2 physical volume: its logical volumes laid out in one
-/// piece on it become regions (before it, so that they are found first) in which filesystems
-/// are read as in partitions; those whose every extent is on it but apart (segments apart,
-/// striped) become regions read through their layout. Returns, per region of the grown table,
-/// what its PV metadata says and the layout of an assembled LV.
-fn expand_lvm(table: &mut Table, dev: &dyn BlockDevice, notes: &mut Vec<String>) -> Roles {
-    let mut regions = Vec::new();
-    let mut roles = Vec::new();
-    let mut assembled = Vec::new();
-    for r in std::mem::take(&mut table.regions) {
-        let Some(pv) = lvm::read_pv(dev, &r) else {
-            regions.push(r);
-            roles.push(None);
-            assembled.push(None);
-            continue;
-        };
-        match &pv {
-            Ok(pv) => {
-                for (lv, start, len) in &pv.contiguous {
-                    if start.saturating_add(*len) > r.len {
-                        notes.push(format!(
-                            "{}: logical volume {}/{lv} ends at byte {} beyond the physical volume's {} bytes: not mapped",
-                            r.name,
-                            pv.vg,
-                            start.saturating_add(*len),
-                            r.len
-                        ));
-                        continue;
-                    }
-                    regions.push(Region {
-                        name: lv_region(&pv.vg, lv, &r.name),
-                        start: r.start + start,
-                        len: *len,
-                    });
-                    roles.push(None);
-                    assembled.push(None);
-                }
-                let mut joined: Vec<&str> = Vec::new();
-                for (lv, _) in &pv.whole {
-                    if pv.contiguous.iter().any(|c| &c.0 == lv) {
-                        continue;
-                    }
-                    let name = lv_region(&pv.vg, lv, &r.name);
-                    match Layout::of(pv, lv, r.start) {
-                        Ok(l) if l.device_span().1 <= r.start.saturating_add(r.len) => {
-                            regions.push(Region {
-                                name,
-                                start: l.device_span().0,
-                                len: l.len,
-                            });
-                            roles.push(None);
-                            assembled.push(Some(Assembled::new(l)));
-                            joined.push(lv);
-                        }
-                        Ok(_) => notes.push(format!(
-                            "{}: {name} has extents beyond the physical volume's {} bytes: not mapped to files",
-                            r.name, r.len
-                        )),
-                        Err(e) => notes.push(format!(
-                            "{}: {name} cannot be assembled from its segments ({e}): not mapped to files",
-                            r.name
-                        )),
-                    }
-                }
-                if pv.pv_count > 1 {
-                    notes.push(format!(
-                        "{}: volume group {} spans {} physical volumes: only the extents on this one are mapped; a logical volume with extents elsewhere is named by its offsets, not mapped to files",
-                        r.name, pv.vg, pv.pv_count
-                    ));
-                }
-                let mut unmapped: Vec<String> = Vec::new();
-                for p in &pv.pieces {
-                    if pv.contiguous.iter().any(|c| c.0 == p.lv)
-                        || joined.contains(&p.lv.as_str())
-                        || unmapped.contains(&p.lv)
-                    {
-                        continue;
-                    }
-                    unmapped.push(p.lv.clone());
-                    notes.push(format!(
-                        "{}: {}: {}; its blocks are named by their offset in the logical volume",
-                        r.name,
-                        lv_region(&pv.vg, &p.lv, &r.name),
-                        why_unmapped(&p.map)
-                    ));
-                }
-            }
-            Err(e) => notes.push(format!(
-                "{}: an LVM2 physical volume whose metadata could not be read: {e}; its findings are not mapped to logical volumes",
-                r.name
-            )),
-        }
-        regions.push(r);
-        roles.push(Some(pv));
-        assembled.push(None);
-    }
-    table.regions = regions;
-    (roles, assembled)
-}
-
-/// The region name of logical volume `lv` of `vg` on a PV in region `pv_region`.
-fn lv_region(vg: &str, lv: &str, pv_region: &str) -> String {
-    format!("{vg}/{lv} (LVM, in {pv_region})")
-}
-
-/// Why a logical volume's filesystem is not mapped to files.
-fn why_unmapped(map: &Map) -> String {
-    match map {
-        Map::Striped { stripes, .. } => format!(
-            "striped over {stripes} stripes, not all of which lostwrite can assemble from this disk (on other disks, or beyond this physical volume): lostwrite does not map its filesystem to files"
-        ),
-        Map::Other(kind) => format!("a {kind} segment: lostwrite does not map this segment type"),
-        Map::Linear { .. } => "with segments lostwrite cannot assemble from this disk (on other disks, or beyond this physical volume): lostwrite does not map its filesystem to files".into(),
-    }
-}
-
-/// The owner of a block in an LVM2 physical volume outside every logical volume mapped as a
-/// region: a piece of another LV, the label or metadata, or free space.
-fn in_pv(
-    r: &Region,
-    pv: &std::result::Result<Pv, String>,
-    offset: u64,
-    block_size: u64,
-) -> FileRef {
-    let at = offset - r.start;
-    let (region, owner, path, bytes, symptom) = match pv {
-        Err(e) => (
-            r.name.clone(),
-            "lvm-pv",
-            None,
-            None,
-            format!("an LVM2 physical volume whose metadata could not be read ({e}): the logical volume holding this block is unknown; `pvs --segments` and `lvs --segments -o+seg_pe_ranges` on a copy map the offset"),
-        ),
-        Ok(pv) => match pv.lv_offset(at) {
-            Some((p, lvo)) => (
-                lv_region(&pv.vg, &p.lv, &r.name),
-                "lvm-volume",
-                Some(format!("{}/{}", pv.vg, p.lv)),
-                lvo.map(|o| (o, o + block_size)),
-                format!(
-                    "logical volume {}/{}, {}; check its filesystem with its own tools (the byte ranges are offsets in the logical volume)",
-                    pv.vg,
-                    p.lv,
-                    why_unmapped(&p.map)
-                ),
-            ),
-            None if pv.is_metadata(at) || at < pv.pe_start => (
-                r.name.clone(),
-                "lvm-metadata",
-                None,
-                None,
-                format!("the LVM2 label or metadata of volume group {}: an old copy can make the volume group unreadable or undo changes to its logical volumes (`vgcfgrestore` from a backup in /etc/lvm repairs it)", pv.vg),
-            ),
-            None => (
-                r.name.clone(),
-                "lvm-free",
-                None,
-                None,
-                format!("free space of volume group {}: no logical volume uses it: harmless to the logical volumes", pv.vg),
-            ),
-        },
-    };
-    FileRef {
-        region,
-        owner,
-        path,
-        bytes,
-        shared: false,
-        symptom,
-        maybe_data_of: Vec::new(),
-    }
-}
-
 /// The owner of a block that lies in no region: the partition table's area at the start of a
 /// partitioned disk, or unused space.
 fn outside_regions(offset: u64, scheme: &str) -> FileRef {
@@ -614,6 +519,7 @@ fn outside_regions(offset: u64, scheme: &str) -> FileRef {
         bytes: None,
         shared: false,
         maybe_data_of: Vec::new(),
+        free_proven: false,
         symptom: if offset < (1 << 20) && scheme != "none" {
             "the partition table area: a damaged table can hide, shrink or move partitions".into()
         } else {
@@ -632,6 +538,7 @@ fn unknown_filesystem(region: String, filesystem: &str) -> FileRef {
         bytes: None,
         shared: false,
         maybe_data_of: Vec::new(),
+                free_proven: false,
         symptom: format!(
             "{filesystem}: not an ext2/3/4 or XFS filesystem lostwrite can read: it cannot say which file owns this block"
         ),

@@ -5,8 +5,11 @@
 //!
 //! Debian and Ubuntu: /var/lib/dpkg/status names the installed packages (with their version
 //! and architecture) and /var/lib/dpkg/info/PKG.list (PKG:ARCH.list for `Multi-Arch: same`)
-//! the paths each one installed. When the damaged blocks include the database itself, the list
-//! is said to be possibly old rather than trusted silently.
+//! the paths each one installed. /var/lib/dpkg/diversions moves a path one package lists to
+//! another place when any other package installs it (`dpkg-divert`): the file at the diverted
+//! place is that other package's, and the file at the path is the diverting package's (or, for
+//! a local diversion, the administrator's). When the damaged blocks include the database
+//! itself, the list is said to be possibly old rather than trusted silently.
 //!
 //! RPM (RHEL, Fedora): the database (rpmdb.sqlite, or Berkeley DB `Packages` on RHEL 7 and 8)
 //! is copied out and listed by the `rpm` tool (`--dbpath`), which reads every backend; nothing
@@ -25,6 +28,9 @@ use std::time::Duration;
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 /// Where dpkg keeps each package's list of paths.
 const DPKG_INFO: &str = "/var/lib/dpkg/info";
+/// dpkg's diversions: per diversion three lines, the path, where it is diverted to, and the
+/// package that diverted it (":" for a local diversion).
+const DPKG_DIVERSIONS: &str = "/var/lib/dpkg/diversions";
 /// RPM databases: rpmdb.sqlite (RHEL 9, Fedora 33 on; Fedora 36 on keeps it in
 /// /usr/lib/sysimage/rpm) and Berkeley DB (RHEL 7 and 8).
 const RPM_DBS: &[&str] = &[
@@ -135,6 +141,28 @@ fn aliases(listed: &str) -> impl Iterator<Item = String> + '_ {
         .find(|d| listed.starts_with(*d))
         .map(|_| format!("/usr{listed}"));
     std::iter::once(listed.to_string()).chain(twin)
+}
+
+/// The diversions of dpkg's diversions file: path to (where it goes, the diverting package).
+fn parse_diversions(text: &str) -> HashMap<String, (String, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .chunks_exact(3)
+        .map(|d| (d[0].to_string(), (d[1].to_string(), d[2].to_string())))
+        .collect()
+}
+
+/// Where the path `listed` of package `pkg` is on the filesystem: its diverted place when
+/// another package (or the administrator) diverted it, else itself.
+fn placed<'a>(
+    diversions: &'a HashMap<String, (String, String)>,
+    listed: &'a str,
+    pkg: &str,
+) -> &'a str {
+    match diversions.get(listed) {
+        Some((to, by)) if by != pkg => to,
+        _ => listed,
+    }
 }
 
 /// The directories a package database lives in.
@@ -320,10 +348,16 @@ fn dpkg(
             }
         }
     }
+    let diversions = fs
+        .read_files(&[DPKG_DIVERSIONS.to_string()], MAX_DB)?
+        .remove(DPKG_DIVERSIONS)
+        .map(|d| parse_diversions(&String::from_utf8_lossy(&d)))
+        .unwrap_or_default();
     let mut owners: Owners = HashMap::new();
     for (&i, data) in &lists {
         for line in String::from_utf8_lossy(data).lines() {
-            for path in aliases(line.trim_end()) {
+            let at = placed(&diversions, line.trim_end(), &installed[i].name);
+            for path in aliases(at) {
                 if damaged.contains(&path) {
                     owners.entry(path).or_default().push(i);
                 }
@@ -528,6 +562,22 @@ mod tests {
         );
         assert_eq!(list_paths(&p[0])[0], "/var/lib/dpkg/info/libc6:amd64.list");
         assert_eq!(list_paths(&p[1])[0], "/var/lib/dpkg/info/cfg.list");
+    }
+
+    #[test]
+    fn a_diverted_path_is_the_diverting_packages_and_its_new_place_the_others() {
+        let d = parse_diversions(
+            "/usr/bin/tool\n/usr/bin/tool.distrib\nwrapper\n/etc/x.conf\n/etc/x.conf.orig\n:\n",
+        );
+        assert_eq!(
+            placed(&d, "/usr/bin/tool", "tools"),
+            "/usr/bin/tool.distrib"
+        );
+        assert_eq!(placed(&d, "/usr/bin/tool", "wrapper"), "/usr/bin/tool");
+        assert_eq!(placed(&d, "/etc/x.conf", "x"), "/etc/x.conf.orig");
+        assert_eq!(placed(&d, "/usr/bin/ls", "coreutils"), "/usr/bin/ls");
+        // A cut file keeps the whole diversions before the cut.
+        assert_eq!(parse_diversions("/a\n/b\nq\n/c\n").len(), 1);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Options {
     pub files: bool,
     /// Also name the packages owning the damaged files (implies `files`).
     pub packages: bool,
+    /// The other disks of a report over several: where physical volumes of this disk's volume
+    /// groups may be (a disk's own path among them is left out).
+    pub other_disks: Vec<String>,
 }
 
 /// The forensic report.
@@ -128,6 +131,7 @@ pub fn build(
             ledger,
             dev,
             device_path,
+            &opts.other_disks,
             &mut mapped,
             opts.packages,
             &mut notes,

@@ -78,9 +78,13 @@ pub(super) fn symptom(o: &Owner, kind: Option<Kind>, found_time: Option<Micros>)
         Owner::Journal => "the ext4 journal: harmless after a clean unmount; if transactions were waiting to be replayed, those metadata updates are lost".into(),
         Owner::ReservedGdt | Owner::Special { .. } => "space the filesystem reserves for itself: harmless".into(),
         Owner::Structure { symptom, .. } => symptom.clone(),
-        Owner::Free => "owned by no file now: harmless, unless a file created in the window owned it and lost its entry or inode too (see the directories and inode tables listed)".into(),
+        Owner::Free => FREE_NOW.into(),
     }
 }
+
+/// The symptom of a block the current metadata calls free, when nothing proves it free at every
+/// generation the ledger saw and no metadata that could list it has a finding.
+pub(super) const FREE_NOW: &str = "free now; not proven harmless: lostwrite keeps no older metadata, so whether a file owned this block at an older generation cannot be read back; nothing that could list it (an inode table, extent tree or directory block) has a finding, so a file that owned it was most likely deleted or truncated by a write that was not lost (low risk)";
 
 /// The words for reverted contents written between the two times (one time when they are the
 /// same; none when the ledger holds no record of the contents found).

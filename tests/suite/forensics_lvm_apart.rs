@@ -43,7 +43,7 @@ fn lv_section(name: &str, segments: &[(u64, u64, &[u64])]) -> String {
 
 /// An ext4 image of 16 MiB holding /app/big.fs (9 MiB: more than half, so in both halves): the image, and the filesystem block
 /// holding each 4 KiB of the file, in file order.
-fn ext4_with_big_file(dir: &Path) -> (Vec<u8>, Vec<u64>) {
+pub(crate) fn ext4_with_big_file(dir: &Path) -> (Vec<u8>, Vec<u64>) {
     let src = dir.join("src-big");
     std::fs::create_dir_all(src.join("app")).unwrap();
     std::fs::write(src.join("app/big.fs"), Rng(5).block(9 << 20)).unwrap();
@@ -66,7 +66,7 @@ fn ext4_with_big_file(dir: &Path) -> (Vec<u8>, Vec<u64>) {
 
 /// Writes new contents to `blocks` through a ledger session, twice, then puts the first
 /// back underneath: each block then reads a write the ledger saw overwritten (reverted).
-fn revert_blocks(s: &Scratch, blocks: &[u64]) {
+pub(crate) fn revert_blocks(s: &Scratch, blocks: &[u64]) {
     let (l, dev) = s.writer(false);
     let old: Vec<Vec<u8>> = blocks.iter().map(|b| Rng(40 + b).block(4096)).collect();
     for (b, data) in blocks.iter().zip(&old) {
@@ -85,7 +85,7 @@ fn revert_blocks(s: &Scratch, blocks: &[u64]) {
 
 /// Asserts that each device block in `expect` is a reverted finding owned by /app/big.fs in
 /// `region`, at the given byte range of the file.
-fn assert_big_file_blocks(v: &Value, region: &str, expect: &[(u64, u64)]) {
+pub(crate) fn assert_big_file_blocks(v: &Value, region: &str, expect: &[(u64, u64)]) {
     let by_block = owners(v);
     assert_eq!(
         by_block.len(),

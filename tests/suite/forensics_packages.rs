@@ -2,8 +2,8 @@
 //! Multi-Arch library and a merged /usr among them) and the packages' files on a real ext4 and
 //! XFS behind the sidecar; some files rewritten in session 2 and reverted behind the ledger's
 //! back; the report must name exactly the packages owning the reverted files, with those
-//! files, count the damaged file no package owns, and say so when the dpkg status itself
-//! reverted.
+//! files, count the damaged file no package owns, follow dpkg diversions, and say so when the
+//! dpkg status itself reverted.
 
 use crate::ext4::Stack;
 use crate::forensics_xfs::{bmap, report_json, revert};
@@ -477,4 +477,65 @@ fn report_lists_the_rpm_packages_owning_reverted_files() {
     );
     assert_eq!(r["unowned"], json!(["/app/data.db"]));
     assert_eq!(r["command"], json!("dnf reinstall hello.x86_64"));
+}
+
+/// The dpkg packages plus `wrapper`, which diverts coreutils' /usr/bin/ls to
+/// /usr/bin/ls.distrib (as dpkg-divert does) and installs its own /usr/bin/ls.
+fn install_with_diversion(root: &Path) {
+    install(root);
+    let status = root.join("var/lib/dpkg/status");
+    let mut text = std::fs::read_to_string(&status).unwrap();
+    text.push_str("\nPackage: wrapper\nStatus: install ok installed\nArchitecture: all\nVersion: 1.0-1\nDescription: wraps ls\n");
+    std::fs::write(&status, text).unwrap();
+    std::fs::write(
+        root.join("var/lib/dpkg/info/wrapper.list"),
+        "/.\n/usr\n/usr/bin\n/usr/bin/ls\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("var/lib/dpkg/diversions"),
+        "/usr/bin/ls\n/usr/bin/ls.distrib\nwrapper\n",
+    )
+    .unwrap();
+    std::fs::rename(root.join("usr/bin/ls"), root.join("usr/bin/ls.distrib")).unwrap();
+    std::fs::write(root.join("usr/bin/ls"), Rng(77).block(40960)).unwrap();
+}
+
+/// A path diverted by dpkg-divert: the reverted file at the diverted place is the package's
+/// that lists the path (coreutils), the one at the path the diverting package's (wrapper).
+#[test]
+fn report_follows_dpkg_diversions_to_the_package_owning_each_file() {
+    if !tools_ok(&["mkfs.ext4", "debugfs"]) {
+        return;
+    }
+    let paths = ["/usr/bin/ls", "/usr/bin/ls.distrib"];
+    let (s, snap, _) = sessions(
+        64 << 20,
+        &["mkfs.ext4", "-q", "-F", "-b", "4096"],
+        &install_with_diversion,
+        &paths,
+        false,
+        None,
+    );
+    for p in paths {
+        let b = revert(&s.image, &snap, &["--fs-path", p]);
+        assert_eq!(b.len(), 4, "{p}: the 16 KiB rewritten: {b:?}");
+    }
+    let v = report_json(&s.image, &["--packages"]);
+    assert_eq!(damaged_files(&v), ["/usr/bin/ls", "/usr/bin/ls.distrib"]);
+    let (pkgs, unowned, command, _) = packages(&v);
+    assert_eq!(
+        pkgs,
+        vec![
+            json!({"name": "coreutils", "version": "9.1-1", "arch": "amd64",
+                   "files": ["/usr/bin/ls.distrib"]}),
+            json!({"name": "wrapper", "version": "1.0-1", "arch": "all",
+                   "files": ["/usr/bin/ls"]}),
+        ]
+    );
+    assert_eq!(unowned, json!([]));
+    assert_eq!(
+        command,
+        json!("apt-get install --reinstall coreutils wrapper")
+    );
 }
