@@ -73,6 +73,15 @@ fn journal_files(ledger: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The journal's segment files: not the summaries beside them (a writer writes one for each
+/// segment it seals, on a thread of its own, so their number lags), nor anything else.
+fn segment_files(ledger: &Path) -> Vec<PathBuf> {
+    journal_files(ledger)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect()
+}
+
 fn file_bytes(paths: &[PathBuf]) -> u64 {
     paths
         .iter()
@@ -215,7 +224,7 @@ fn main() {
     l.flush(no_device_flush).expect("flush");
     flushes += 1;
     let build = t0.elapsed();
-    let segs = journal_files(&ledger);
+    let segs = segment_files(&ledger);
     let journal_bytes = file_bytes(&segs);
     let headers = segs.len() as u64 * 64;
     let state_bytes = std::fs::metadata(ledger.join(STATE_FILE))
@@ -256,7 +265,7 @@ fn main() {
         let fold = std::fs::metadata(ledger.join("compacted"))
             .expect("stat compacted")
             .len();
-        let left = file_bytes(&journal_files(&ledger));
+        let left = file_bytes(&segment_files(&ledger));
         println!(
             "  folded segments {}..={} in {} passes, {:.1} s: compacted history {fold} bytes ({} blocks), journal left {left} bytes",
             passes[0].segments.0,

@@ -55,6 +55,57 @@ impl Frame<'_> {
         }
         Ok(out)
     }
+
+    /// Walks the records for a reader that wants only some blocks: `visit` gets each record's
+    /// index, with the record decoded when it is not a change record or its block passes
+    /// `want`, and `None` for a change record of another block, whose other fields are not
+    /// decoded (their sizes are fixed: docs/FORMAT.md, "Records"). As strict as
+    /// [`Frame::records`]: a body that does not hold exactly `count` records is an error
+    /// (`Err(Err(why))`); the visitor's own error comes back as `Err(Ok(e))`.
+    pub fn skim<E>(
+        &self,
+        want: &dyn Fn(u64) -> bool,
+        visit: &mut dyn FnMut(u32, Option<Record>) -> Result<(), E>,
+    ) -> Result<(), Result<E, String>> {
+        let mut input = self.body;
+        for i in 0..self.count {
+            let size = input
+                .get(..4)
+                .and_then(|t| change_size(u32::from_le_bytes(t.try_into().expect("4"))));
+            match size {
+                Some(n) if input.len() >= n => {
+                    let block = u64::from_le_bytes(input[4..12].try_into().expect("8"));
+                    if want(block) {
+                        let r: Record = codec::decode_next(&mut input)
+                            .map_err(|e| Err(format!("record {i}: {e}")))?;
+                        visit(i, Some(r)).map_err(Ok)?;
+                    } else {
+                        input = &input[n..];
+                        visit(i, None).map_err(Ok)?;
+                    }
+                }
+                _ => {
+                    let r: Record = codec::decode_next(&mut input)
+                        .map_err(|e| Err(format!("record {i}: {e}")))?;
+                    visit(i, Some(r)).map_err(Ok)?;
+                }
+            }
+        }
+        if !input.is_empty() {
+            return Err(Err(format!("{} bytes after the last record", input.len())));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a change record with tag `tag` (tag u32, block u64, generation u32, and a crc u32
+/// for a Write), `None` for the other kinds.
+fn change_size(tag: u32) -> Option<usize> {
+    match tag {
+        3 => Some(20),
+        4..=6 => Some(16),
+        _ => None,
+    }
 }
 
 /// Why bytes are not a frame.
@@ -92,10 +143,27 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// The frame checksum: CRC-32 of the ledger id followed by bytes 8.. of the frame, so a frame
 /// left behind by another ledger (stale blocks after a crash) never passes as one of ours.
 fn frame_crc(ledger_id: &[u8; 16], bytes: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(ledger_id);
-    h.update(bytes);
-    h.finalize()
+    Checker::new(ledger_id).crc(bytes)
+}
+
+/// The frame checksum of one ledger, its id already taken in: a reader checking a million
+/// frames makes one and clones it per frame.
+#[derive(Clone)]
+pub struct Checker(crc32fast::Hasher);
+
+impl Checker {
+    /// The checker of ledger `ledger_id`.
+    pub fn new(ledger_id: &[u8; 16]) -> Checker {
+        let mut h = crc32fast::Hasher::new();
+        h.update(ledger_id);
+        Checker(h)
+    }
+
+    fn crc(&self, bytes: &[u8]) -> u32 {
+        let mut h = self.0.clone();
+        h.update(bytes);
+        h.finalize()
+    }
 }
 
 /// Appends one frame holding `records` to `out`.
@@ -127,6 +195,11 @@ pub fn encode(
 
 /// Parses the frame at the start of `buf`.
 pub fn parse<'a>(buf: &'a [u8], ledger_id: &[u8; 16]) -> Result<Frame<'a>, FrameError> {
+    parse_with(buf, &Checker::new(ledger_id))
+}
+
+/// [`parse`] with the ledger's [`Checker`].
+pub fn parse_with<'a>(buf: &'a [u8], check: &Checker) -> Result<Frame<'a>, FrameError> {
     if buf.len() < 4 {
         return Err(FrameError::Truncated);
     }
@@ -150,7 +223,7 @@ pub fn parse<'a>(buf: &'a [u8], ledger_id: &[u8; 16]) -> Result<Frame<'a>, Frame
     if buf.len() < len {
         return Err(FrameError::Truncated);
     }
-    if frame_crc(ledger_id, &buf[8..len]) != u32_at(buf, 4) {
+    if check.crc(&buf[8..len]) != u32_at(buf, 4) {
         return Err(FrameError::BadChecksum);
     }
     let first_lsn = u64_at(buf, 16);
@@ -196,5 +269,69 @@ mod tests {
         assert_eq!(f.len, buf.len());
         assert_eq!(f.records().unwrap(), recs);
         assert_eq!(f.last_lsn(), 11);
+    }
+
+    #[test]
+    fn skim_decodes_what_is_wanted_and_is_as_strict_as_records() {
+        let recs = vec![
+            Record::Write {
+                block: 7,
+                generation: 3,
+                crc: 1,
+            },
+            Record::Zero {
+                block: 8,
+                generation: 1,
+            },
+            Record::Durable { first: 1, last: 2 },
+            Record::Trim {
+                block: 7,
+                generation: 4,
+            },
+            Record::Failed {
+                block: 9,
+                generation: 2,
+            },
+        ];
+        let mut buf = Vec::new();
+        encode(&mut buf, &[1; 16], 10, 1234, 8, &recs);
+        let f = parse(&buf, &[1; 16]).unwrap();
+        let mut seen = Vec::new();
+        f.skim::<()>(&|b| b == 7, &mut |i, r| {
+            seen.push((i, r));
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<(u32, Option<Record>)> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    i as u32,
+                    r.block().is_none_or(|b| b == 7).then(|| r.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(seen, want);
+        // A body with a byte too many, or cut inside a skipped record, fails like records().
+        for longer in [true, false] {
+            let mut bad = Vec::new();
+            encode(&mut bad, &[1; 16], 10, 1234, 8, &recs);
+            let body_len = bad.len() - HEADER_LEN;
+            let f = Frame {
+                body: if longer {
+                    bad.push(0);
+                    &bad[HEADER_LEN..]
+                } else {
+                    &bad[HEADER_LEN..HEADER_LEN + body_len - 3]
+                },
+                ..f
+            };
+            assert!(f.records().is_err());
+            assert!(matches!(
+                f.skim::<()>(&|_| false, &mut |_, _| Ok(())),
+                Err(Err(_))
+            ));
+        }
     }
 }

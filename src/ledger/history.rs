@@ -278,12 +278,17 @@ pub fn collect(ledger: &Ledger, blocks: &HashSet<u64>, crcs: &HashSet<u32>) -> R
     let gather = RefCell::new(Gather::default());
     // Checksums are not in the summaries: asked about, every segment is read.
     let wants = |s: &Summary| !crcs.is_empty() || blocks.iter().any(|&b| s.may_hold(b));
+    // Checksums asked about need every write record decoded.
+    let filter = BlockFilter::new(blocks);
+    let want_block = |b: u64| filter.contains(b);
+    let of_blocks: Option<&dyn Fn(u64) -> bool> = crcs.is_empty().then_some(&want_block);
     let end = ledger.scan_history_skimming(
         &mut |f| match f {
             Some(f) => gather.borrow_mut().fold(ledger, f, blocks, crcs),
             None => Ok(()),
         },
         &wants,
+        of_blocks,
         &mut |seen| {
             match seen {
                 Seen::Record(e) => gather.borrow_mut().record(ledger, &e, blocks, crcs),
@@ -363,5 +368,35 @@ fn baseline_hits(
         if crcs.contains(&c) {
             remember_hit(hits.entry(c).or_default(), baseline_event(at, blk, c));
         }
+    }
+}
+
+/// The asked-for blocks as the journal walk tests every change record against them: a bit per
+/// hash bucket first (one load rejects almost every other block), then the set.
+struct BlockFilter<'a> {
+    bits: Vec<u64>,
+    set: &'a HashSet<u64>,
+}
+
+impl<'a> BlockFilter<'a> {
+    /// Buckets: 2^16, about 65 per block for a thousand blocks.
+    const SHIFT: u32 = 48;
+
+    fn bucket(block: u64) -> usize {
+        (block.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> Self::SHIFT) as usize
+    }
+
+    fn new(set: &'a HashSet<u64>) -> Self {
+        let mut bits = vec![0u64; (1 << (64 - Self::SHIFT)) / 64];
+        for &b in set {
+            let i = Self::bucket(b);
+            bits[i / 64] |= 1 << (i % 64);
+        }
+        BlockFilter { bits, set }
+    }
+
+    fn contains(&self, block: u64) -> bool {
+        let i = Self::bucket(block);
+        self.bits[i / 64] & (1 << (i % 64)) != 0 && self.set.contains(&block)
     }
 }

@@ -120,7 +120,10 @@ pub struct OpenOptions {
     /// segment instead of refusing the ledger.
     pub repair: bool,
     /// A reader that asks about a few blocks (`history`): sealed journal segments whose
-    /// summaries match them are not read in full (summary.rs).
+    /// summaries match them are not read in full (summary.rs), the segment being written is
+    /// read from the state table's checkpoint on (the reader's own walk,
+    /// [`Ledger::scan_history_skimming`], reads it whole), and the state table's pages are not
+    /// checked at open: the reader checks those of its blocks with [`Ledger::page_damage`].
     pub skim: bool,
 }
 
@@ -230,6 +233,25 @@ impl Ledger {
         })
     }
 
+    /// The first of the state table pages holding `blocks` that fails its check, described;
+    /// `None` when they pass. A skimming open ([`OpenOptions::skim`]) checks no page: its
+    /// caller asks this about the blocks it reads, and opens again without skimming when one
+    /// fails (that open rebuilds the table from the journal and says why).
+    pub fn page_damage(&self, blocks: &[u64]) -> Option<String> {
+        blocks
+            .iter()
+            .filter(|&&b| b < self.state.block_count())
+            .map(|&b| StateTable::page_of(b))
+            .find(|&p| self.state.page_fails(p))
+            .map(|p| {
+                format!(
+                    "page {p} of state table {} fails its check at offset {}",
+                    self.dir.join(STATE_FILE).display(),
+                    self.state.check_offset(p)
+                )
+            })
+    }
+
     /// What block `b` should hold now.
     pub fn state(&self, block: u64) -> BlockState {
         self.state.get(block)
@@ -325,12 +347,15 @@ impl Ledger {
 
     /// Like [`Ledger::scan_history`] from LSN 1, but sealed segments whose summaries match them
     /// and for which `wants` says no are not read: their non-change records and the last change
-    /// record before each come from the summary. Without [`OpenOptions::skim`], or on a live
-    /// view, every segment is read.
+    /// record before each come from the summary. Of the segments read, only the change records
+    /// of the blocks `blocks` passes are decoded and handed over, the others as the last one
+    /// before each record handed over (`None`: every record). Without [`OpenOptions::skim`], or
+    /// on a live view, every segment is read and every record handed over.
     pub fn scan_history_skimming(
         &self,
         folded: &mut dyn FnMut(Option<&Fold>) -> Result<()>,
         wants: &dyn Fn(&summary::Summary) -> bool,
+        blocks: Option<&dyn Fn(u64) -> bool>,
         visit: &mut dyn FnMut(summary::Seen<'_>) -> Result<()>,
     ) -> Result<JournalEnd> {
         if !self.skim || self.is_live_view() {
@@ -339,15 +364,35 @@ impl Ledger {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let fold = lock_mutex(&self.fold).clone();
         folded(fold.as_ref())?;
-        summary::scan(
-            &self.dir.join(JOURNAL_DIR),
+        let jdir = self.dir.join(JOURNAL_DIR);
+        let walk = summary::Walk {
+            decode_from: 1,
+            protected: self.header().checkpoint_pos,
+            resume: None,
+            wants,
+            blocks,
+        };
+        let end = summary::scan(
+            &jdir,
             &self.meta.ledger_id,
             replay::journal_start(fold.as_ref()),
-            1,
-            self.header().checkpoint_pos,
-            wants,
+            &walk,
             visit,
-        )
+        )?;
+        // A skimming open read the last segment only from the checkpoint on: this read of the
+        // whole segment must end where that one did.
+        let opened = self.header().checkpoint_lsn;
+        if end.next_lsn - 1 != opened {
+            return Err(crate::error::Error::damaged(
+                &jdir,
+                0,
+                format!(
+                    "the journal read whole ends at LSN {}, but read from the state table's checkpoint it ended at LSN {opened}: journal records are missing or were replaced; run `lostwrite ledger check`",
+                    end.next_lsn - 1
+                ),
+            ));
+        }
+        Ok(end)
     }
 
     /// The compacted history's header and sessions, if retention folded any segments.

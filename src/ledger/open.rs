@@ -9,7 +9,7 @@ use super::baseline::Baseline;
 use super::fold::{self, Fold};
 use super::identity::Identity;
 use super::meta::Meta;
-use super::reader::{self, JournalEnd, TornTail};
+use super::reader::{self, JournalEnd, Resume, TornTail};
 use super::record::Lsn;
 use super::replay::{journal_start, scan_live, Replay};
 use super::session::LedgerWriter;
@@ -377,7 +377,10 @@ fn replay_journal(
         };
         if let Err(why) = trusted {
             recover = Some(why);
-        } else if let Some(why) = h.clean.then(|| first_bad_page(state)).flatten() {
+        } else if let Some(why) = (h.clean && !table.skim)
+            .then(|| first_bad_page(state))
+            .flatten()
+        {
             rebuild = Some(why);
         } else if fold.is_some_and(|f| h.checkpoint_lsn < f.header.through_lsn) {
             recover = Some(
@@ -386,10 +389,19 @@ fn replay_journal(
         } else {
             let mut sessions = Sessions::at_checkpoint(Some(&h));
             let from = h.checkpoint_lsn + 1;
-            let (e, n) = table.run(from, h.checkpoint_pos, &mut sessions)?;
+            let resume = Resume {
+                segment: h.checkpoint_pos.0,
+                offset: h.checkpoint_pos.1,
+                lsn: from,
+            };
+            let (e, n) = table.run(from, h.checkpoint_pos, Some(resume), &mut sessions)?;
             // A crashed writer's table is checked after the tail is in: every page the tail did
-            // not change must pass the check the running checkpoint sealed.
-            match (!h.clean).then(|| first_bad_page(state)).flatten() {
+            // not change must pass the check the running checkpoint sealed. A skimming reader
+            // checks only the pages it reads (`Ledger::page_damage`).
+            match (!h.clean && !table.skim)
+                .then(|| first_bad_page(state))
+                .flatten()
+            {
                 Some(why) => rebuild = Some(why),
                 None => {
                     recovery.replayed = n;
@@ -420,7 +432,7 @@ fn replay_journal(
     state.clear();
     let mut sessions = table.seed(fold)?;
     let protected = header.map_or((0, 0), |h| h.checkpoint_pos);
-    let (e, n) = table.run(table.start.lsn, protected, &mut sessions)?;
+    let (e, n) = table.run(table.start.lsn, protected, None, &mut sessions)?;
     recovery.replayed = n;
     recovery.replayed_from = table.start.lsn;
     tracing::info!(

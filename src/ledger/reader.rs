@@ -4,7 +4,7 @@
 //! is reported, and the writer truncates it); anywhere else it is damage, reported with file and
 //! offset.
 
-use super::frame::{self, FrameError};
+use super::frame::{self, Frame, FrameError};
 use super::record::{Lsn, Record};
 use super::segment::{self, SegmentHeader};
 use crate::clock::Micros;
@@ -31,6 +31,8 @@ pub struct SegmentInfo {
     pub content_crc: u32,
     /// Time of its last valid frame (0 if it has none).
     pub last_time: Micros,
+    /// Not read: a skimming reader took what it needed from the segment's summary (summary.rs).
+    pub from_summary: bool,
 }
 
 /// A torn tail: bytes at the end of the last segment that do not form whole, valid frames and
@@ -124,6 +126,73 @@ pub fn scan(
     protected: (u64, u64),
     visit: &mut dyn FnMut(Entry<'_>) -> Result<()>,
 ) -> Result<JournalEnd> {
+    scan_frames(
+        journal_dir,
+        ledger_id,
+        start,
+        last_segment,
+        protected,
+        None,
+        &mut |path, pos, f| decode(path, pos, f, decode_from, visit),
+    )
+}
+
+/// Decodes the records of frame `f` (at `pos` in `path`) with LSN >= `decode_from` and hands
+/// them to `visit`.
+pub fn decode(
+    path: &Path,
+    pos: u64,
+    f: &Frame<'_>,
+    decode_from: Lsn,
+    visit: &mut dyn FnMut(Entry<'_>) -> Result<()>,
+) -> Result<()> {
+    if f.last_lsn() < decode_from {
+        return Ok(());
+    }
+    let records = f
+        .records()
+        .map_err(|e| Error::damaged(path, pos, format!("undecodable frame: {e}")))?;
+    for (k, r) in records.iter().enumerate() {
+        let lsn = f.first_lsn + k as u64;
+        if lsn >= decode_from {
+            visit(Entry {
+                lsn,
+                time: f.time,
+                record: r,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a reader may begin reading the last segment past its start: the frame boundary the
+/// state table's checkpoint names (its `checkpoint_pos`) and the LSN of the frame there (one
+/// past its `checkpoint_lsn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The segment.
+    pub segment: u64,
+    /// The offset of a frame boundary in it.
+    pub offset: u64,
+    /// The LSN of the frame there.
+    pub lsn: Lsn,
+}
+
+/// [`scan`] frame by frame: `visit` gets each valid frame with its file and offset, records
+/// undecoded. With `resume`, when the last segment is the one it names and reaches its offset,
+/// that segment's frames before the offset are not read (its header is): they are neither
+/// checked nor visited, and its `content_crc` in the answer is 0. Only a reader that reads
+/// that segment whole afterwards (`history`, through [`crate::ledger::summary::scan`]) may ask
+/// for this, and never the writer, which chains the next segment to that CRC.
+pub fn scan_frames(
+    journal_dir: &Path,
+    ledger_id: &[u8; 16],
+    start: Start,
+    last_segment: u64,
+    protected: (u64, u64),
+    resume: Option<Resume>,
+    visit: &mut dyn FnMut(&Path, u64, &Frame<'_>) -> Result<()>,
+) -> Result<JournalEnd> {
     let mut numbers = list_segments(journal_dir)?;
     numbers.retain(|&n| n >= start.segment);
     if numbers.is_empty() {
@@ -133,6 +202,7 @@ pub fn scan(
             "the journal has no segments; the ledger is incomplete (restore it or create a new one with `lostwrite init`)",
         ));
     }
+    let check = frame::Checker::new(ledger_id);
     let mut segments: Vec<SegmentInfo> = Vec::with_capacity(numbers.len());
     let mut next_lsn: Lsn = start.lsn;
     let mut last_time = 0;
@@ -187,11 +257,23 @@ pub fn scan(
             .map_or(start.prev, |p| (p.content_crc, p.valid_len));
         check_header(&header, &path, ledger_id, number, next_lsn, prev)?;
         let mut pos = segment::HEADER_LEN as u64;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&win.at(0, segment::HEADER_LEN)?[..segment::HEADER_LEN]);
+        match resume {
+            Some(r)
+                if is_last
+                    && r.segment == number
+                    && (pos..=file_len).contains(&r.offset)
+                    && r.lsn >= next_lsn =>
+            {
+                pos = r.offset;
+                next_lsn = r.lsn;
+                win.skip_to(pos)?;
+            }
+            _ => win.hash_from(0),
+        }
+        let mut frames_time = None;
         while pos < file_len {
             let bytes = win.frame_at(pos)?;
-            let f = match frame::parse(bytes, ledger_id) {
+            let f = match frame::parse_with(bytes, &check) {
                 Ok(f) => f,
                 Err(e) => {
                     let offset = pos;
@@ -238,38 +320,24 @@ pub fn scan(
                     ),
                 ));
             }
-            if f.last_lsn() >= decode_from {
-                let records = f
-                    .records()
-                    .map_err(|e| Error::damaged(&path, pos, format!("undecodable frame: {e}")))?;
-                for (k, r) in records.iter().enumerate() {
-                    let lsn = f.first_lsn + k as u64;
-                    if lsn >= decode_from {
-                        visit(Entry {
-                            lsn,
-                            time: f.time,
-                            record: r,
-                        })?;
-                    }
-                }
-            }
-            hasher.update(&bytes[..f.len]);
+            visit(&path, pos, &f)?;
             next_lsn = f.last_lsn() + 1;
-            last_time = f.time;
+            frames_time = Some(f.time);
             pos += f.len as u64;
+        }
+        let valid_len = pos.min(file_len);
+        if let Some(t) = frames_time {
+            last_time = t;
         }
         segments.push(SegmentInfo {
             number,
             path,
             first_lsn: header.first_lsn,
-            valid_len: pos.min(file_len),
+            valid_len,
             file_len,
-            content_crc: hasher.finalize(),
-            last_time: if pos > segment::HEADER_LEN as u64 {
-                last_time
-            } else {
-                0
-            },
+            content_crc: win.content_crc(valid_len)?,
+            last_time: frames_time.unwrap_or(0),
+            from_summary: false,
         });
         if torn.is_some() {
             break;
@@ -281,6 +349,46 @@ pub fn scan(
         last_time,
         torn,
     })
+}
+
+/// Reads only the last segment, from `resume` on, if `resume` names the last segment: its
+/// header is taken as it stands (the segments before it are not looked at, so neither its
+/// first LSN nor its chain is checked against them) and its frames before the offset are not
+/// read. `None` when `resume` names another segment or the header cannot be read (the caller
+/// reads the journal as usual). For a reader that reads the whole journal afterwards, which
+/// checks all of that ([`Ledger::scan_history_skimming`](crate::ledger::Ledger::scan_history_skimming)).
+pub fn scan_tail(
+    journal_dir: &Path,
+    ledger_id: &[u8; 16],
+    resume: Resume,
+    protected: (u64, u64),
+    visit: &mut dyn FnMut(&Path, u64, &Frame<'_>) -> Result<()>,
+) -> Result<Option<JournalEnd>> {
+    if list_segments(journal_dir)?.last() != Some(&resume.segment) {
+        return Ok(None);
+    }
+    let path = segment::path(journal_dir, resume.segment);
+    let Ok(mut win) = Window::open(&path) else {
+        return Ok(None);
+    };
+    let Ok(h) = SegmentHeader::decode(win.at(0, segment::HEADER_LEN)?) else {
+        return Ok(None);
+    };
+    let start = Start {
+        segment: resume.segment,
+        lsn: h.first_lsn,
+        prev: (h.prev_crc, h.prev_len),
+    };
+    scan_frames(
+        journal_dir,
+        ledger_id,
+        start,
+        u64::MAX,
+        protected,
+        Some(resume),
+        visit,
+    )
+    .map(Some)
 }
 
 /// Bytes a segment is read in: opening holds this much of a segment (or one frame, when a frame
@@ -295,6 +403,10 @@ struct Window {
     len: u64,
     base: u64,
     buf: Vec<u8>,
+    /// The CRC-32 of the file's bytes before `hashed`, when the segment's content CRC is
+    /// wanted: taken a chunk at a time as the window moves on, not a frame at a time.
+    hasher: Option<crc32fast::Hasher>,
+    hashed: u64,
 }
 
 impl Window {
@@ -307,7 +419,42 @@ impl Window {
             len,
             base: 0,
             buf: Vec::with_capacity(CHUNK),
+            hasher: None,
+            hashed: 0,
         })
+    }
+
+    /// Hashes the bytes from `pos` (not yet dropped) on as the window moves past them; the
+    /// window only moves past bytes of the header and of valid frames.
+    fn hash_from(&mut self, pos: u64) {
+        debug_assert!(pos >= self.base);
+        self.hasher = Some(crc32fast::Hasher::new());
+        self.hashed = pos;
+    }
+
+    /// Moves the window to `pos` without reading the bytes before it (nothing is hashed).
+    fn skip_to(&mut self, pos: u64) -> Result<()> {
+        self.hasher = None;
+        self.buf.clear();
+        self.base = pos;
+        self.at(pos, 0).map(|_| ())
+    }
+
+    /// The CRC-32 of the bytes from where hashing began to `end` (0 when nothing was hashed).
+    fn content_crc(&mut self, end: u64) -> Result<u32> {
+        if self.hasher.is_none() {
+            return Ok(0);
+        }
+        if end > self.hashed {
+            let from = self.hashed;
+            self.at(from, (end - from) as usize)?;
+            let (a, b) = ((from - self.base) as usize, (end - self.base) as usize);
+            if let Some(h) = self.hasher.as_mut() {
+                h.update(&self.buf[a..b]);
+            }
+            self.hashed = end;
+        }
+        Ok(self.hasher.take().map_or(0, |h| h.finalize()))
     }
 
     /// The bytes from file offset `pos` (not before the window's start) to the buffer's end:
@@ -320,6 +467,13 @@ impl Window {
         if need > end || pos > end {
             // Keep only what is not consumed yet, then read a chunk (or the frame) behind it.
             let keep_from = (pos - self.base).min(self.buf.len() as u64) as usize;
+            if let Some(h) = self.hasher.as_mut() {
+                let upto = self.base + keep_from as u64;
+                if upto > self.hashed {
+                    h.update(&self.buf[(self.hashed - self.base) as usize..keep_from]);
+                    self.hashed = upto;
+                }
+            }
             self.buf.drain(..keep_from);
             self.base += keep_from as u64;
             let target = ((need - self.base) as usize).max(CHUNK);

@@ -6,7 +6,7 @@
 
 use super::baseline::Baseline;
 use super::fold::{Fold, FoldChange, FoldEntry};
-use super::reader::{self, JournalEnd, Start};
+use super::reader::{self, JournalEnd, Resume, Start};
 use super::record::{Lsn, Record};
 use super::sessions::Sessions;
 use super::state::{BlockState, StateTable};
@@ -155,10 +155,13 @@ impl Replay<'_> {
 
     /// Applies every record from LSN `from` on, following sessions; returns where the journal
     /// ends and how many records were applied.
+    /// With `resume` (a replay from the table's checkpoint, which names where LSN `from` lies)
+    /// and [`Replay::skim`], the last segment is read from there on (reader.rs, [`Resume`]).
     pub(super) fn run(
         &self,
         from: Lsn,
         protected: (u64, u64),
+        resume: Option<Resume>,
         sessions: &mut Sessions,
     ) -> Result<(JournalEnd, u64)> {
         let mut n = 0u64;
@@ -174,15 +177,32 @@ impl Replay<'_> {
                 self.jdir,
             )
         };
-        let end = if self.skim {
+        // A skimming reader's replay from a checkpoint in the last segment reads only that
+        // segment's tail: the reader's own walk reads and checks the whole journal later.
+        let tail = match resume.filter(|_| self.skim) {
+            Some(r) => {
+                reader::scan_tail(self.jdir, self.ledger_id, r, protected, &mut |p, pos, f| {
+                    reader::decode(p, pos, f, from, &mut each)
+                })?
+            }
+            None => None,
+        };
+        let end = if let Some(end) = tail {
+            end
+        } else if self.skim {
             // Only segments wholly before `from` are skipped, so no mark is ever handed over.
+            let walk = summary::Walk {
+                decode_from: from,
+                protected,
+                resume,
+                wants: &|s| s.next_lsn > from,
+                blocks: None,
+            };
             summary::scan(
                 self.jdir,
                 self.ledger_id,
                 self.start,
-                from,
-                protected,
-                &|s| s.next_lsn > from,
+                &walk,
                 &mut |seen| match seen {
                     summary::Seen::Record(e) => each(e),
                     summary::Seen::Touch(..) => Ok(()),

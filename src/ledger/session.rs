@@ -142,7 +142,7 @@ impl LedgerWriter {
             skim: false,
         };
         let mut sessions = all.seed(fold.as_ref())?;
-        let (end, _) = all.run(all.start.lsn, (0, 0), &mut sessions)?;
+        let (end, _) = all.run(all.start.lsn, (0, 0), None, &mut sessions)?;
         let mut h = self.header();
         h.checkpoint_lsn = end.next_lsn - 1;
         h.last_session = sessions.current;

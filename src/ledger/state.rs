@@ -352,8 +352,13 @@ impl StateTable {
     /// Pages whose stored check value does not match, skipping pages marked dirty.
     pub fn bad_pages(&self) -> Vec<usize> {
         (0..self.map.pages())
-            .filter(|&p| !self.is_dirty(p) && !self.map.page_ok(p))
+            .filter(|&p| self.page_fails(p))
             .collect()
+    }
+
+    /// Whether page `page` fails its check (a page changed since the last seal does not).
+    pub fn page_fails(&self, page: usize) -> bool {
+        !self.is_dirty(page) && !self.map.page_ok(page)
     }
 
     fn is_dirty(&self, page: usize) -> bool {

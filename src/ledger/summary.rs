@@ -390,19 +390,36 @@ pub enum Seen<'a> {
     Touch(Lsn, Micros),
 }
 
+/// How [`scan`] reads the journal.
+pub struct Walk<'a> {
+    /// Records with a lower LSN are not handed over (frames wholly below are not decoded).
+    pub decode_from: Lsn,
+    /// The journal position a checkpoint knows synced (as for [`reader::scan`]).
+    pub protected: (u64, u64),
+    /// Where the last segment may be read from instead of its start ([`reader::scan_frames`]).
+    pub resume: Option<reader::Resume>,
+    /// Whether a sealed segment with a matching summary must be read: when not, its marks are
+    /// handed over instead of its records.
+    pub wants: &'a dyn Fn(&Summary) -> bool,
+    /// In the segments read, the change records to hand over (by block); the others are
+    /// handed over as the last one before each record handed over ([`Seen::Touch`]). `None`:
+    /// every record.
+    pub blocks: Option<&'a dyn Fn(u64) -> bool>,
+}
+
 /// Reads the journal like [`reader::scan`], but a sealed segment whose summary matches it and
-/// for which `wants` says no is not read: its marks (with LSN >= `decode_from`) are handed over
-/// instead of its records, and its length and CRC-32 come from the summary. Every other segment
-/// is read by [`reader::scan`], one at a time, which also reports gaps and damage.
+/// for which `walk.wants` says no is not read: its marks (with LSN >= `decode_from`) are handed
+/// over instead of its records, and its length and CRC-32 come from the summary. Every other
+/// segment is read by [`reader::scan_frames`], one at a time, which also reports gaps and
+/// damage; of its change records, only those `walk.blocks` asks for are decoded.
 pub fn scan(
     journal_dir: &Path,
     ledger_id: &[u8; 16],
     start: Start,
-    decode_from: Lsn,
-    protected: (u64, u64),
-    wants: &dyn Fn(&Summary) -> bool,
+    walk: &Walk<'_>,
     visit: &mut dyn FnMut(Seen<'_>) -> Result<()>,
 ) -> Result<JournalEnd> {
+    let decode_from = walk.decode_from;
     let numbers = reader::list_segments(journal_dir)?;
     let mut at = start;
     let mut segments: Vec<SegmentInfo> = Vec::new();
@@ -414,7 +431,7 @@ pub fn scan(
         let skip = sealed
             .then(|| matching(journal_dir, ledger_id, at.segment, at.lsn, at.prev))
             .flatten()
-            .filter(|s| !wants(s));
+            .filter(|s| !(walk.wants)(s));
         if let Some(s) = skip {
             for m in &s.marks {
                 match m {
@@ -439,6 +456,7 @@ pub fn scan(
                 file_len: s.len,
                 content_crc: s.content_crc,
                 last_time: s.last_time,
+                from_summary: true,
             });
             if s.last_time != 0 {
                 last_time = s.last_time;
@@ -450,15 +468,7 @@ pub fn scan(
             };
             continue;
         }
-        let one = reader::scan(
-            journal_dir,
-            ledger_id,
-            at,
-            at.segment,
-            decode_from,
-            protected,
-            &mut |e| visit(Seen::Record(e)),
-        )?;
+        let one = read_whole(journal_dir, ledger_id, at, walk, visit)?;
         if one.last_time != 0 {
             last_time = one.last_time;
         }
@@ -480,4 +490,74 @@ pub fn scan(
             }
         }
     }
+}
+
+/// Reads segment `at.segment` in full (from `walk.resume`'s offset when it names it), handing
+/// over its records as `walk` says.
+fn read_whole(
+    journal_dir: &Path,
+    ledger_id: &[u8; 16],
+    at: Start,
+    walk: &Walk<'_>,
+    visit: &mut dyn FnMut(Seen<'_>) -> Result<()>,
+) -> Result<JournalEnd> {
+    let decode_from = walk.decode_from;
+    let Some(want) = walk.blocks else {
+        return reader::scan_frames(
+            journal_dir,
+            ledger_id,
+            at,
+            at.segment,
+            walk.protected,
+            walk.resume,
+            &mut |path, pos, f| {
+                reader::decode(path, pos, f, decode_from, &mut |e| visit(Seen::Record(e)))
+            },
+        );
+    };
+    // The last change record passed over since the last record handed over.
+    let mut passed: Option<(Lsn, Micros)> = None;
+    let end = reader::scan_frames(
+        journal_dir,
+        ledger_id,
+        at,
+        at.segment,
+        walk.protected,
+        walk.resume,
+        &mut |path, pos, f| {
+            if f.last_lsn() < decode_from {
+                return Ok(());
+            }
+            let (first, time) = (f.first_lsn, f.time);
+            f.skim(want, &mut |i, r| {
+                let lsn = first + i as u64;
+                if lsn < decode_from {
+                    return Ok(());
+                }
+                match r {
+                    None => passed = Some((lsn, time)),
+                    Some(record) => {
+                        if let Some((l, t)) = passed.take() {
+                            visit(Seen::Touch(l, t))?;
+                        }
+                        visit(Seen::Record(Entry {
+                            lsn,
+                            time,
+                            record: &record,
+                        }))?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| {
+                e.unwrap_or_else(|why| {
+                    crate::error::Error::damaged(path, pos, format!("undecodable frame: {why}"))
+                })
+            })
+        },
+    )?;
+    if let Some((l, t)) = passed {
+        visit(Seen::Touch(l, t))?;
+    }
+    Ok(end)
 }

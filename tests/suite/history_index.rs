@@ -73,8 +73,9 @@ fn history(image: &Path, ledger: &Path) -> String {
         cmd.arg(b.to_string());
     }
     let mut v: serde_json::Value = serde_json::from_str(&lw_ok(&mut cmd)).unwrap();
-    // The one field that names where the ledger was read.
+    // The fields that name where the ledger was read and how many segments were not read.
     v.as_object_mut().unwrap().remove("ledger");
+    v.as_object_mut().unwrap().remove("segments_not_read");
     serde_json::to_string_pretty(&v).unwrap()
 }
 

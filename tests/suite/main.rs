@@ -22,6 +22,7 @@ mod forensics_packages;
 mod forensics_xfs;
 mod helpers;
 mod history_index;
+mod history_skim;
 mod host;
 mod hostile;
 mod interop;
