@@ -105,7 +105,8 @@ impl Folder {
             Record::SessionOpen(_)
             | Record::SessionClose { .. }
             | Record::Flush { .. }
-            | Record::Durable { .. } => return,
+            | Record::Durable { .. }
+            | Record::Repair { .. } => return,
         };
         self.entries.push(FoldEntry {
             block,

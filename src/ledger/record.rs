@@ -87,10 +87,20 @@ pub enum Record {
         /// Last LSN of the write's records.
         last: Lsn,
     },
+    /// `lostwrite repair --apply` wrote this block's expected generation back (the device write
+    /// synced first). Not a change: the block's expected state stays what it was.
+    Repair {
+        /// Block number.
+        block: u64,
+        /// The generation written back (the block's expected one).
+        generation: Generation,
+        /// CRC-32 of the contents written, which equals that generation's.
+        crc: u32,
+    },
 }
 
 impl Record {
-    /// The block a change record is about.
+    /// The block a change record is about (a repair is not a change: see [`Record::repaired`]).
     pub fn block(&self) -> Option<u64> {
         match *self {
             Record::Write { block, .. }
@@ -113,6 +123,15 @@ impl Record {
             Record::Failed { .. } => "failed",
             Record::Flush { .. } => "flush",
             Record::Durable { .. } => "durable",
+            Record::Repair { .. } => "repair",
+        }
+    }
+
+    /// The block a repair record wrote back.
+    pub fn repaired(&self) -> Option<u64> {
+        match *self {
+            Record::Repair { block, .. } => Some(block),
+            _ => None,
         }
     }
 }
