@@ -62,48 +62,47 @@ pub fn apply(
             })
         })
         .collect();
-    // Consecutive blocks of one source, at most a batch at a time.
-    let mut i = 0;
-    while i < wants.len() {
-        let (first, src) = (wants[i].0.block, wants[i].1);
-        let mut n = 1;
-        while i + n < wants.len()
-            && (n as u64) < per_batch
-            && wants[i + n].1 == src
-            && wants[i + n].0.block == first + n as u64
-        {
-            n += 1;
-        }
-        let batch: Vec<Want> = wants[i..i + n].iter().map(|w| w.0).collect();
-        i += n;
-        let source = sources.get(src - 1).ok_or_else(|| {
-            Error::Usage(format!("the plan names source {src}, which was not given"))
-        })?;
-        let found = source.lookup(geo, &batch);
+    // A batch of blocks is written, synced once and recorded with one append.
+    for batch in wants.chunks(per_batch as usize) {
         let mut good: Vec<(Want, Vec<u8>)> = Vec::new();
-        for (w, look) in batch.iter().zip(found) {
-            let bytes = match &look {
-                Lookup::Bytes(b) => b.clone(),
-                Lookup::Missing(_) => Vec::new(),
-            };
-            match judge(geo, zero, w, look, &[]) {
-                Ok(()) => good.push((*w, bytes)),
-                Err((why, _)) => {
-                    tracing::warn!(
-                        "block {}: source {src} {why} now; not written (it did when planned)",
-                        w.block
-                    );
-                    done.skipped.push(Skipped {
-                        block: w.block,
-                        reason: format!("source {src} {why} now"),
-                    });
+        // Each source is asked for its own blocks of the batch (in block order).
+        let mut i = 0;
+        while i < batch.len() {
+            let src = batch[i].1;
+            let mut n = 1;
+            while i + n < batch.len() && batch[i + n].1 == src {
+                n += 1;
+            }
+            let asked: Vec<Want> = batch[i..i + n].iter().map(|w| w.0).collect();
+            i += n;
+            let source = sources.get(src - 1).ok_or_else(|| {
+                Error::Usage(format!("the plan names source {src}, which was not given"))
+            })?;
+            for (w, look) in asked.iter().zip(source.lookup(geo, &asked)) {
+                let bytes = match &look {
+                    Lookup::Bytes(b) => b.clone(),
+                    Lookup::Missing(_) => Vec::new(),
+                };
+                match judge(geo, zero, w, look, &[]) {
+                    Ok(()) => good.push((*w, bytes)),
+                    Err((why, _)) => {
+                        tracing::warn!(
+                            "block {}: source {src} {why} now; not written (it did when planned)",
+                            w.block
+                        );
+                        done.skipped.push(Skipped {
+                            block: w.block,
+                            reason: format!("source {src} {why} now"),
+                        });
+                    }
                 }
             }
         }
-        write_runs(dev, geo, &good)?;
         if good.is_empty() {
             continue;
         }
+        good.sort_unstable_by_key(|g| g.0.block);
+        write_runs(dev, geo, &good)?;
         dev.flush()
             .map_err(|e| Error::io(dev.name(), "fdatasync of the device after repair writes", e))?;
         let records: Vec<(u64, Generation, u32)> = good
@@ -112,7 +111,11 @@ pub fn apply(
             .collect();
         writer.record_repairs(&records)?;
         done.written += records.len() as u64;
-        tracing::debug!("repaired {} blocks from block {first}", records.len());
+        tracing::debug!(
+            "repaired {} blocks from block {}",
+            records.len(),
+            records[0].0
+        );
     }
     Ok(done)
 }
