@@ -17,9 +17,14 @@ use crate::verify::report::{read_line, Report};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Wanted blocks asked of a source at once (bounds the bytes held in memory).
-const LOOKUP_BATCH: usize = 1024;
+const LOOKUP_BATCH: usize = 256;
+
+/// Batches looked up at once: reads in flight, for a source whose scattered blocks would
+/// otherwise be read one media access at a time.
+const LOOKUP_THREADS: usize = 16;
 
 /// One source as the plan lists it.
 #[derive(Clone, Debug, Serialize)]
@@ -181,29 +186,23 @@ pub fn build(ledger: &Ledger, report: &Report, sources: &[&dyn Source]) -> Resul
         .collect();
     let mut infos = Vec::new();
     let mut notes = Vec::new();
-    let empty = Vec::new();
     for (i, src) in sources.iter().enumerate() {
         let n = i + 1;
         let pending: Vec<usize> = (0..blocks.len())
             .filter(|&k| blocks[k].source.is_none())
             .collect();
         let mut given = 0;
-        for batch in pending.chunks(LOOKUP_BATCH) {
-            let wants: Vec<Want> = batch.iter().map(|&k| want(&blocks[k])).collect();
-            let found = src.lookup(geo, &wants);
-            for (&k, look) in batch.iter().zip(found) {
-                let events = hist.events.get(&blocks[k].block).unwrap_or(&empty);
-                match judge(geo, zero, &want(&blocks[k]), look, events) {
-                    Ok(()) => {
-                        blocks[k].source = Some(n);
-                        given += 1;
-                    }
-                    Err((reason, holds_generation)) => blocks[k].refused.push(Refusal {
-                        source: n,
-                        reason,
-                        holds_generation,
-                    }),
+        for (k, verdict) in lookup_all(geo, zero, *src, &blocks, &pending, &hist.events) {
+            match verdict {
+                Ok(()) => {
+                    blocks[k].source = Some(n);
+                    given += 1;
                 }
+                Err((reason, holds_generation)) => blocks[k].refused.push(Refusal {
+                    source: n,
+                    reason,
+                    holds_generation,
+                }),
             }
         }
         // Asked after the reads: how they went.
@@ -239,6 +238,52 @@ pub fn build(ledger: &Ledger, report: &Report, sources: &[&dyn Source]) -> Resul
     })
 }
 
+/// What one source holds for each of the `pending` blocks, judged: batches of blocks are
+/// looked up by several threads at once, since scattered reads of a backup wait on the media
+/// one at a time otherwise.
+fn lookup_all(
+    geo: Geometry,
+    zero: u32,
+    src: &dyn Source,
+    blocks: &[BlockPlan],
+    pending: &[usize],
+    events: &HashMap<u64, Vec<Event>>,
+) -> Vec<(usize, Verdict)> {
+    let batches: Vec<&[usize]> = pending.chunks(LOOKUP_BATCH).collect();
+    let next = AtomicUsize::new(0);
+    let empty = Vec::new();
+    let work = || {
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(batch) = batches.get(i) else {
+                return out;
+            };
+            let wants: Vec<Want> = batch.iter().map(|&k| want(&blocks[k])).collect();
+            for ((&k, w), look) in batch.iter().zip(&wants).zip(src.lookup(geo, &wants)) {
+                let ev = events.get(&w.block).unwrap_or(&empty);
+                out.push((k, judge(geo, zero, w, look, ev)));
+            }
+        }
+    };
+    let threads = LOOKUP_THREADS.min(batches.len());
+    let mut all: Vec<(usize, Verdict)> = if threads <= 1 {
+        work()
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    };
+    all.sort_unstable_by_key(|v| v.0);
+    all
+}
+
+/// A block's verdict from one source: usable, or why not (and the generation it holds).
+type Verdict = std::result::Result<(), (String, Option<Generation>)>;
+
 fn want(b: &BlockPlan) -> Want {
     Want {
         block: b.block,
@@ -250,13 +295,7 @@ fn want(b: &BlockPlan) -> Want {
 /// Whether `look` is the wanted generation: its checksum equals the expected one (and, where
 /// zeroes are expected, it is zeroes). Otherwise the reason, and the generation of this block
 /// it holds when its checksum is one the history knows.
-pub(super) fn judge(
-    geo: Geometry,
-    zero: u32,
-    w: &Want,
-    look: Lookup,
-    events: &[Event],
-) -> std::result::Result<(), (String, Option<Generation>)> {
+pub(super) fn judge(geo: Geometry, zero: u32, w: &Want, look: Lookup, events: &[Event]) -> Verdict {
     let bytes = match look {
         Lookup::Bytes(b) => b,
         Lookup::Missing(why) => return Err((why, None)),
@@ -475,30 +514,27 @@ impl Plan {
             writeln!(out, "files:").ok();
             for f in files {
                 let name = f.path.as_deref().unwrap_or("");
-                let mut line = format!("  [{}] {} {name}", f.region, f.owner);
+                let mut parts = Vec::new();
                 if !f.back.is_empty() {
-                    write!(line, ": bytes {} come back", ranges(&f.back)).ok();
+                    parts.push(format!("bytes {} come back", ranges(&f.back)));
                 } else if f.blocks_back > 0 {
-                    write!(
-                        line,
-                        ": {} block{} come{} back",
+                    parts.push(format!(
+                        "{} block{} come{} back",
                         f.blocks_back,
                         plural(f.blocks_back),
                         if f.blocks_back == 1 { "s" } else { "" }
-                    )
-                    .ok();
+                    ));
                 }
                 if !f.not_back.is_empty() {
-                    write!(line, "; bytes {} do NOT", ranges(&f.not_back)).ok();
+                    parts.push(format!("bytes {} do NOT come back", ranges(&f.not_back)));
                 } else if f.blocks_not_back > 0 {
-                    write!(
-                        line,
-                        "; {} block{} do NOT",
+                    parts.push(format!(
+                        "{} block{} do NOT come back",
                         f.blocks_not_back,
                         plural(f.blocks_not_back)
-                    )
-                    .ok();
+                    ));
                 }
+                let line = format!("  [{}] {} {name}: {}", f.region, f.owner, parts.join("; "));
                 writeln!(out, "{}", line.trim_end()).ok();
             }
         }
