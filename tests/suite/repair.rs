@@ -406,3 +406,93 @@ fn a_repair_killed_midway_is_finished_by_running_it_again() {
     assert_eq!(c.status.code(), Some(0), "{}", text(&c));
     assert!(std::fs::read(&s.image).unwrap() == std::fs::read(&backup).unwrap());
 }
+
+/// `--files`: the plan names the file whose bytes come back, with the byte range within it, on
+/// an ext4 image whose file data lost a durable rewrite of 16 KiB in its middle.
+#[test]
+fn the_plan_names_the_byte_ranges_of_a_file_that_come_back() {
+    if !have("mkfs.ext4") || !have("debugfs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root/app");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("data.bin"), Rng(0x51).block(16 * BS)).unwrap();
+    let img = dir.path().join("disk.img");
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(dir.path().join("root"))
+        .arg(&img)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = lw(&["init", img.to_str().unwrap(), "--baseline"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = Command::new("debugfs")
+        .args(["-c", "-R", "blocks /app/data.bin"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let blocks: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|b| b.parse().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 16, "{out:?}");
+    let orig = dir.path().join("orig.img");
+    std::fs::copy(&img, &orig).unwrap();
+    {
+        let dev = lostwrite::device::FileDevice::open(&img, true).unwrap();
+        let l = lostwrite::ledger::LedgerWriter::open(
+            &dir.path().join("disk.img.ledger"),
+            Some((dev.identity(), dev.size())),
+            lostwrite::ledger::OpenOptions::new(lostwrite::ledger::Access::Write),
+        )
+        .unwrap()
+        .begin_session(false)
+        .unwrap();
+        let mut rng = Rng(0x52);
+        for &b in &blocks[4..8] {
+            write_through(&l, &dev, b, &rng.block(BS), false);
+        }
+        flush(&l, &dev);
+        l.close(|| dev.flush()).unwrap();
+    }
+    let backup = dir.path().join("backup.img");
+    std::fs::copy(&img, &backup).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    for &b in &blocks[4..8] {
+        f.write_all_at(&block_of(&orig, b), b * BS as u64).unwrap();
+    }
+    drop(f);
+    let o = lw(&[
+        "repair",
+        img.to_str().unwrap(),
+        "--from",
+        backup.to_str().unwrap(),
+        "--files",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v = json(&o);
+    let files = v["files"].as_array().unwrap();
+    let data = files
+        .iter()
+        .find(|f| f["path"] == "/app/data.bin")
+        .unwrap_or_else(|| panic!("no /app/data.bin in {v}"));
+    assert_eq!(data["owner"], "file");
+    assert_eq!(data["back"], serde_json::json!([[16384, 32768]]), "{v}");
+    assert_eq!(data["blocks_back"], 4);
+    let o = lw(&[
+        "repair",
+        img.to_str().unwrap(),
+        "--from",
+        backup.to_str().unwrap(),
+        "--files",
+    ]);
+    assert!(
+        text(&o).contains("file /app/data.bin: bytes 16384-32767 come back"),
+        "{}",
+        text(&o)
+    );
+}
