@@ -207,7 +207,8 @@ pub fn build(ledger: &Ledger, report: &Report, sources: &[&dyn Source]) -> Resul
         }
         // Asked after the reads: how they went.
         let read = src.media_read();
-        if let Some(note) = src.note(geo) {
+        let note = src.note(geo);
+        if let Some(note) = &note {
             notes.push(format!("source {n}: {note}"));
         }
         infos.push(SourceInfo {
@@ -215,7 +216,7 @@ pub fn build(ledger: &Ledger, report: &Report, sources: &[&dyn Source]) -> Resul
             name: src.label(),
             read: read.as_ref().map(|r| r.mode),
             read_note: read.and_then(|r| r.note),
-            note: src.note(geo),
+            note,
             blocks: given,
         });
     }
@@ -529,9 +530,13 @@ impl Plan {
                     parts.push(format!("bytes {} do NOT come back", ranges(&f.not_back)));
                 } else if f.blocks_not_back > 0 {
                     parts.push(format!(
-                        "{} block{} do NOT come back",
+                        "{} block{} NOT come back",
                         f.blocks_not_back,
-                        plural(f.blocks_not_back)
+                        if f.blocks_not_back == 1 {
+                            " does"
+                        } else {
+                            "s do"
+                        }
                     ));
                 }
                 let line = format!("  [{}] {} {name}: {}", f.region, f.owner, parts.join("; "));
