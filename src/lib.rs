@@ -23,6 +23,7 @@ pub mod locks;
 pub mod logsink;
 pub mod metrics;
 pub mod nbd;
+pub mod repair;
 pub mod scan;
 pub mod server;
 pub mod service;

@@ -156,6 +156,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if events.is_empty() {
             text.push_str("  (no recorded generations)\n");
         }
+        let repairs = hist.repairs.get(&b).cloned().unwrap_or_default();
+        for r in &repairs {
+            text.push_str(&format!(
+                "  repaired: gen {} (crc {:08x}) written back by `lostwrite repair` {} (LSN {})\n",
+                r.generation,
+                r.crc,
+                rfc3339(r.time),
+                r.lsn
+            ));
+        }
         match (holds, held_gen) {
             (None, _) => text.push_str("  device: not readable here\n"),
             (Some(_), Some(g)) if Some(g) == events.last().map(|e| e.generation) => {
@@ -180,6 +190,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 "change": e.change.name(),
                 "crc": e.crc(zero).map(|c| format!("{c:08x}")),
                 "durable": e.durable,
+            })).collect::<Vec<_>>(),
+            "repairs": repairs.iter().map(|r| json!({
+                "generation": r.generation,
+                "lsn": r.lsn,
+                "time": rfc3339(r.time),
+                "crc": format!("{:08x}", r.crc),
             })).collect::<Vec<_>>(),
             "device_crc": holds.map(|c| format!("{c:08x}")),
             "files": files,

@@ -152,7 +152,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 )?;
             }
             l.scan_journal(from, &mut |e| {
-                if block.is_some() && e.record.block().is_some() && e.record.block() != block {
+                let about = e.record.block().or(e.record.repaired());
+                if block.is_some() && about.is_some() && about != block {
                     return Ok(());
                 }
                 let line = if json {
@@ -319,5 +320,10 @@ fn describe(r: &Record) -> String {
         Record::FlushConfirm { session, intent } => {
             format!("flush confirmed (session {session}): intents through LSN {intent} hold")
         }
+        Record::Repair {
+            block,
+            generation,
+            crc,
+        } => format!("repair of block {block}: gen {generation} (crc {crc:08x}) written back"),
     }
 }

@@ -9,6 +9,7 @@ pub mod history;
 pub mod init;
 pub mod ledger;
 pub mod reload;
+pub mod repair;
 pub mod report;
 pub mod serve;
 pub mod status;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Forensics after an incident: the window of lost writes, the files that own the damaged
     /// blocks, a timeline picture.
     Report(report::Args),
+    /// Give lost writes back: find each failing block's expected generation in other copies
+    /// (--from), show the plan, and with --apply write it.
+    Repair(repair::Args),
     /// Show every recorded generation of some blocks.
     History(history::Args),
     /// Check, dump or compact the ledger itself.
@@ -109,6 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve(a) => serve::run(*a),
         Command::Verify(a) => verify::run(a),
         Command::Report(a) => report::run(a),
+        Command::Repair(a) => repair::run(a),
         Command::History(a) => history::run(a),
         Command::Ledger(a) => ledger::run(a),
         Command::Status(a) => status::run(a),

@@ -71,6 +71,17 @@ impl Claim {
     }
 }
 
+/// Who holds the claim on the device at `path` (as the refusal names them: "process PID
+/// (NAME)", a mount, a stacked device), best effort; empty when nobody can be named.
+pub fn holders(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => block_holders(m.rdev()),
+        Ok(m) => file_holders(m.dev(), m.ino()),
+        Err(_) => Vec::new(),
+    }
+}
+
 fn refused(path: &Path, holders: &[String]) -> Error {
     let who = if holders.is_empty() {
         "another process".to_string()

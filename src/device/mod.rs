@@ -8,7 +8,7 @@ mod direct;
 mod file;
 mod nbd;
 
-pub use claim::Claim;
+pub use claim::{holders, Claim};
 pub use file::FileDevice;
 pub use nbd::{NbdDevice, DEFAULT_CONNECTIONS};
 

@@ -107,7 +107,8 @@ impl Folder {
             | Record::Flush { .. }
             | Record::Durable { .. }
             | Record::FlushIntent { .. }
-            | Record::FlushConfirm { .. } => return,
+            | Record::FlushConfirm { .. }
+            | Record::Repair { .. } => return,
         };
         self.entries.push(FoldEntry {
             block,

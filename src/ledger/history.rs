@@ -78,6 +78,19 @@ impl Event {
     }
 }
 
+/// A repair of one block: its expected generation written back by `lostwrite repair --apply`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repaired {
+    /// LSN of the repair record.
+    pub lsn: Lsn,
+    /// When it was recorded.
+    pub time: Micros,
+    /// The generation written back.
+    pub generation: Generation,
+    /// Its checksum.
+    pub crc: u32,
+}
+
 /// Most candidate blocks remembered per checksum when looking for misdirected writes.
 const HITS_PER_CRC: usize = 4;
 
@@ -94,6 +107,9 @@ pub struct History {
     /// Retention folded every record up to this LSN and time: older history keeps only each
     /// block's latest change.
     pub compacted: Option<(Lsn, Micros)>,
+    /// Repairs of the asked-for blocks recorded in the retained journal, in LSN order (retention
+    /// keeps no repairs: they change no expected state).
+    pub repairs: HashMap<u64, Vec<Repaired>>,
     /// Where the journal ended.
     pub end: JournalEnd,
 }
@@ -127,6 +143,7 @@ struct Gather {
     hits: HashMap<u32, Vec<Event>>,
     baseline: Option<(Lsn, Micros)>,
     compacted: Option<(Lsn, Micros)>,
+    repairs: HashMap<u64, Vec<Repaired>>,
 }
 
 impl Gather {
@@ -243,6 +260,21 @@ impl Gather {
             Record::Zero { block, generation } => Some((block, generation, Change::Zero)),
             Record::Trim { block, generation } => Some((block, generation, Change::Trim)),
             Record::Failed { block, generation } => Some((block, generation, Change::Failed)),
+            Record::Repair {
+                block,
+                generation,
+                crc,
+            } => {
+                if blocks.contains(&block) {
+                    self.repairs.entry(block).or_default().push(Repaired {
+                        lsn: e.lsn,
+                        time: e.time,
+                        generation,
+                        crc,
+                    });
+                }
+                None
+            }
             Record::SessionOpen(_)
             | Record::SessionClose { .. }
             | Record::Flush { .. }
@@ -303,6 +335,7 @@ pub fn collect(ledger: &Ledger, blocks: &HashSet<u64>, crcs: &HashSet<u32>) -> R
         mut hits,
         baseline,
         compacted,
+        repairs,
     } = gather.into_inner();
     let (mut sessions, current) = (sessions.map, sessions.current);
     if let Some(last) = sessions.get_mut(&current) {
@@ -335,6 +368,7 @@ pub fn collect(ledger: &Ledger, blocks: &HashSet<u64>, crcs: &HashSet<u32>) -> R
         crc_hits: hits,
         baseline,
         compacted,
+        repairs,
         end,
     })
 }

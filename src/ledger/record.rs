@@ -106,10 +106,20 @@ pub enum Record {
         /// LSN of the intent confirmed (and of any earlier unconfirmed one of the session).
         intent: Lsn,
     },
+    /// `lostwrite repair --apply` wrote this block's expected generation back (the device write
+    /// synced first). Not a change: the block's expected state stays what it was.
+    Repair {
+        /// Block number.
+        block: u64,
+        /// The generation written back (the block's expected one).
+        generation: Generation,
+        /// CRC-32 of the contents written, which equals that generation's.
+        crc: u32,
+    },
 }
 
 impl Record {
-    /// The block a change record is about.
+    /// The block a change record is about (a repair is not a change: see [`Record::repaired`]).
     pub fn block(&self) -> Option<u64> {
         match *self {
             Record::Write { block, .. }
@@ -134,6 +144,15 @@ impl Record {
             Record::Durable { .. } => "durable",
             Record::FlushIntent { .. } => "flush-intent",
             Record::FlushConfirm { .. } => "flush-confirm",
+            Record::Repair { .. } => "repair",
+        }
+    }
+
+    /// The block a repair record wrote back.
+    pub fn repaired(&self) -> Option<u64> {
+        match *self {
+            Record::Repair { block, .. } => Some(block),
+            _ => None,
         }
     }
 }

@@ -127,6 +127,38 @@ impl LedgerWriter {
         })
     }
 
+    /// Records blocks written back by `repair --apply`, as (block, generation, crc): appended,
+    /// synced, and the table checkpointed past them. The caller has written and synced the
+    /// device first, so a crash leaves at worst a repaired block without its record, which
+    /// holds its expected generation and verifies. The expected state does not change.
+    pub fn record_repairs(&self, repairs: &[(u64, Generation, u32)]) -> Result<()> {
+        if repairs.is_empty() {
+            return Ok(());
+        }
+        let j = &self.journal;
+        let mut h = self.header();
+        // As at a session's start: the table stops claiming a clean end before anything is
+        // appended, so bytes a crash leaves past the checkpoint read as a torn tail of ours.
+        h.clean = false;
+        h.running = state::boot_id();
+        self.state.write_header(&h)?;
+        let records: Vec<Record> = repairs
+            .iter()
+            .map(|&(block, generation, crc)| Record::Repair {
+                block,
+                generation,
+                crc,
+            })
+            .collect();
+        let (_, last) = j.append(&records, clock::now())?;
+        j.sync_to(last)?;
+        h.checkpoint_lsn = last;
+        h.checkpoint_pos = j.position();
+        h.clean = true;
+        h.running = None;
+        self.checkpoint(h)
+    }
+
     /// Rewrites the state table from the journal and checkpoints it (`ledger check --repair`).
     pub fn rebuild_state(&mut self) -> Result<()> {
         let jdir = self.dir.join(JOURNAL_DIR);

@@ -232,6 +232,11 @@ impl Sessions {
             }
             _ => {}
         }
+        // A repair is written by no session: it must not stretch a crashed session's end past
+        // the writes its lost journal tail could explain.
+        if matches!(rec, Record::Repair { .. }) {
+            return;
+        }
         if let Some(s) = self.map.get_mut(&self.current) {
             s.last_lsn = lsn;
             s.last_time = time;

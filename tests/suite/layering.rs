@@ -179,6 +179,7 @@ const FLOORS: &[&[&str]] = &[
     &["findings"],
     &["service", "verify"],
     &["server", "metrics", "forensics"],
+    &["repair"],
     &["host"],
 ];
 

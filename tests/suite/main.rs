@@ -34,6 +34,7 @@ mod powercut;
 mod protocol;
 mod reload;
 mod reopen;
+mod repair;
 mod retention;
 mod service;
 mod tls;
