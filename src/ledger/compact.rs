@@ -7,13 +7,13 @@
 
 use super::fold::{self, Fold, FoldChange, FoldEntry, FoldHeader, FoldSession, FoldWriter};
 use super::history::{SessionEnd, Sessions};
-use super::meta::{self, Meta};
+use super::meta;
 use super::reader::{self, SegmentInfo};
 use super::record::{Lsn, Record};
 use super::replay::journal_start;
 use super::session::{merge_ranges, LedgerWriter};
 use super::summary;
-use super::{lock_mutex, segment, writer, JOURNAL_DIR, META_FILE};
+use super::{lock_mutex, segment, writer, JOURNAL_DIR};
 use crate::clock::Micros;
 use crate::error::{Error, IoContext, Result};
 use std::collections::BTreeMap;
@@ -329,7 +329,9 @@ impl LedgerWriter {
         // Install: mark the ledger format, swap the file in, then delete what it covers. A crash
         // before the rename leaves the old state; after it, the next writer deletes leftovers.
         let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        self.mark_format_version()?;
+        // Version 2 (it may hold a compacted history), so a build that reads only version 1
+        // refuses it by version instead of calling the journal damaged.
+        meta::ensure_version(&self.dir, 2)?;
         let path = self.dir.join(fold::FOLD_FILE);
         std::fs::rename(&tmp, &path).ctx(&path, "installing the compacted history")?;
         writer::sync_dir(&self.dir)?;
@@ -411,24 +413,5 @@ impl LedgerWriter {
             }
         }
         Ok(times)
-    }
-
-    /// Marks the ledger as format version 2 (it may hold a compacted history), so a build that
-    /// reads only version 1 refuses it by version instead of calling the journal damaged.
-    fn mark_format_version(&self) -> Result<()> {
-        let path = self.dir.join(META_FILE);
-        let on_disk = Meta::read(&path)?;
-        if on_disk.version >= 2 {
-            return Ok(());
-        }
-        let mut m = on_disk;
-        m.version = meta::FORMAT_VERSION;
-        let tmp = self.dir.join(format!("{META_FILE}.tmp"));
-        std::fs::write(&tmp, m.encode()).ctx(&tmp, "writing ledger metadata")?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .ctx(&tmp, "fsync")?;
-        std::fs::rename(&tmp, &path).ctx(&path, "updating ledger metadata")?;
-        writer::sync_dir(&self.dir)
     }
 }

@@ -12,10 +12,33 @@ use std::path::Path;
 pub const MAGIC: [u8; 8] = *b"LWLEDGER";
 /// Newest ledger format version this build reads and writes (docs/FORMAT.md keeps the
 /// history).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Version of a new ledger: version 2 adds only the compacted history, so a ledger is marked 2
 /// when it is first compacted and older builds keep reading the ones that never were.
 pub const NEW_LEDGER_VERSION: u32 = 1;
+/// `meta` version once the journal may hold records an older build cannot decode (flush
+/// intents and confirmations, repairs): marked before the first is appended, so such a build
+/// refuses the ledger by its version instead of calling the journal damaged.
+pub const NEW_RECORDS_VERSION: u32 = 3;
+
+/// Raises the `meta` file of the ledger in `dir` to at least `version` (temporary file, fsync,
+/// rename, directory fsync); a file already there is left alone. Only the version changes.
+pub fn ensure_version(dir: &Path, version: u32) -> Result<()> {
+    let path = dir.join(super::META_FILE);
+    let on_disk = Meta::read(&path)?;
+    if on_disk.version >= version {
+        return Ok(());
+    }
+    let mut m = on_disk;
+    m.version = version;
+    let tmp = dir.join(format!("{}.tmp", super::META_FILE));
+    std::fs::write(&tmp, m.encode()).ctx(&tmp, "writing ledger metadata")?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .ctx(&tmp, "fsync")?;
+    std::fs::rename(&tmp, &path).ctx(&path, "updating ledger metadata")?;
+    super::writer::sync_dir(dir)
+}
 
 /// What the metadata file holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

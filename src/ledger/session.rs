@@ -20,6 +20,7 @@
 
 use super::checkpoint::Checkpoints;
 use super::confirm::{ConfirmTimer, CONFIRM_DELAY};
+use super::meta;
 use super::record::{Generation, Lsn, Record, SessionOpen};
 use super::replay::{journal_start, Replay};
 use super::state::{self, BlockState};
@@ -72,6 +73,10 @@ impl LedgerWriter {
     /// Starts a service session: appends a session-open record (saying whether the previous
     /// session ended cleanly), syncs it, and marks the table as being changed.
     pub fn begin_session(mut self, strict: bool) -> Result<WriteSession> {
+        if !strict {
+            // Its FLUSHes will append intents and confirmations.
+            meta::ensure_version(&self.dir, meta::NEW_RECORDS_VERSION)?;
+        }
         let j = &self.journal;
         let mut h = self.header();
         // The table stops claiming a clean end before anything is appended: a clean header
@@ -135,6 +140,7 @@ impl LedgerWriter {
         if repairs.is_empty() {
             return Ok(());
         }
+        meta::ensure_version(&self.dir, meta::NEW_RECORDS_VERSION)?;
         let j = &self.journal;
         let mut h = self.header();
         // As at a session's start: the table stops claiming a clean end before anything is

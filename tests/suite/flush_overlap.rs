@@ -219,3 +219,34 @@ fn kill_9_under_fio_with_overlapped_flushes_verifies_clean() {
     );
     lw_ok(bin().args(["ledger", "check"]).arg(&s.image));
 }
+
+/// The `meta` version of the ledger beside `image` (bytes 8..12 of `meta`).
+fn meta_version(ledger: &std::path::Path) -> u32 {
+    let b = std::fs::read(ledger.join("meta")).unwrap();
+    u32::from_le_bytes(b[8..12].try_into().unwrap())
+}
+
+#[test]
+fn meta_says_version_3_before_the_first_flush_intent_so_older_builds_refuse_by_version() {
+    let s = Scratch::new(1 << 20);
+    s.init(BS as u32, true);
+    assert_eq!(meta_version(&s.ledger), 1);
+    // A strict session writes no intents: an older build can still read its ledger.
+    Service::start(&s.image, &["--journal-sync", "strict"]).stop();
+    assert_eq!(meta_version(&s.ledger), 1);
+    Service::start(&s.image, &[]).stop();
+    assert_eq!(meta_version(&s.ledger), 3);
+    verify_clean(&s.image);
+    // A version this build does not know is refused by version, naming the file.
+    let mut b = std::fs::read(s.ledger.join("meta")).unwrap();
+    b[8..12].copy_from_slice(&4u32.to_le_bytes());
+    let n = b.len();
+    let crc = crc32fast::hash(&b[..n - 4]);
+    b[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(s.ledger.join("meta"), &b).unwrap();
+    let out = bin().arg("verify").arg(&s.image).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("this build reads versions 1 to 3"), "{err}");
+    assert!(err.contains("meta"), "{err}");
+}
