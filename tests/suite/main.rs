@@ -31,6 +31,7 @@ mod protocol;
 mod reload;
 mod reopen;
 mod retention;
+mod serve_idle;
 mod service;
 mod tls;
 mod trust_cli;
