@@ -8,7 +8,8 @@ use super::buffers::{Buf, Buffers};
 use super::conn::Conn;
 use super::failure::{Failure, Refusal};
 use super::handshake::MAX_PAYLOAD;
-use super::{lock, Job, Shared, REPLY_TIMEOUT};
+use super::pool::Job;
+use super::{lock, Shared, REPLY_TIMEOUT};
 use crate::nbd::proto::{self, cflags, cmd, Request};
 use crate::nbd::stream::write_all_until;
 use crate::service::{Connection, Export};
@@ -357,8 +358,7 @@ pub(super) fn transmission(
                 }
             }) as Job
         };
-        let sent = lock(&shared.jobs).as_ref().map(|tx| tx.send(job));
-        if !matches!(sent, Some(Ok(()))) {
+        if shared.jobs.push(job).is_err() {
             // The job (and its slot) was dropped unrun.
             batch.reply(req.cookie, Failure::ShuttingDown.errno());
         }
