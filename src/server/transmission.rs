@@ -403,9 +403,11 @@ fn execute(
     } else {
         0
     };
-    // A READ's data goes right after the reply header, so the reply is one write. Only a
-    // successful read (which fills all of it) sends the buffer.
-    let mut buf = buffers.get(proto::SIMPLE_REPLY_LEN + data_len);
+    // A READ's data goes right after the reply header, so the reply is one write, and starts
+    // on a page, so a direct read lands in it without a copy. Only a successful read (which
+    // fills all of it) sends the buffer.
+    let mut buf =
+        buffers.get_aligned_at(proto::SIMPLE_REPLY_LEN + data_len, proto::SIMPLE_REPLY_LEN);
     let result = dispatch(export, &req, payload, &mut buf[proto::SIMPLE_REPLY_LEN..]);
     if result.is_ok() && req.kind == cmd::READ {
         proto::simple_reply(&mut buf, 0, req.cookie);
