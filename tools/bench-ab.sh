@@ -8,6 +8,9 @@
 #   tools/bench-ab.sh OLD_BINARY [NEW_BINARY=target/release/lostwrite] [WORKDIR=/var/tmp/lostwrite-ab]
 #   RUNTIME=6 ROUNDS=4 SIZE_MIB=1024 ONLY=randwrite-4k-qd16,read-1m-qd4 tools/bench-ab.sh old/lostwrite
 #
+# NBDKIT=1 adds nbdkit's file plugin (its own copy of the image) to the same rounds, as the
+# yardstick the writeback goals are set against.
+#
 # Build the old binary from another checkout, e.g.
 #   git worktree add /tmp/old REV && (cd /tmp/old && cargo build --release)
 set -euo pipefail
@@ -40,7 +43,14 @@ done
 for s in old new; do
   "${bin[$s]}" serve "$s.img" --socket "$s.sock" 2>"$s.log" & pids+=($!)
 done
-for s in old new; do
+servers=(old new)
+if [ -n "${NBDKIT:-}" ]; then
+  rm -f nbdkit.img nbdkit.sock
+  cp --sparse=never base.img nbdkit.img
+  nbdkit -U "$work/nbdkit.sock" -f file file=nbdkit.img & pids+=($!)
+  servers+=(nbdkit)
+fi
+for s in "${servers[@]}"; do
   for _ in $(seq 100); do [ -S "$s.sock" ] && break; sleep 0.1; done
 done
 
@@ -48,5 +58,5 @@ source "$top/tools/bench-lib.sh"
 machine_line
 echo "old: $old; new: $new"
 echo "image: ${size_mib} MiB random bytes per build; fio $(fio --version); ${runtime}s per run, ${rounds} rotating rounds"
-run_rounds results.tsv old new
-python3 "$top/tools/fio-table.py" table results.tsv old "old=old build" "new=new build"
+run_rounds results.tsv "${servers[@]}"
+python3 "$top/tools/fio-table.py" table results.tsv old "old=old build" "new=new build" "nbdkit=nbdkit file"

@@ -181,7 +181,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         Started::Serving(host) => host,
         Started::Interrupted(_) => return Ok(0),
     };
-    let asks = host.reload_asks().clone();
+    let mut asks = host.reload_asks().clone();
     let sig = match host.interrupted() {
         Some(s) => s,
         None => {
@@ -194,7 +194,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                         reload(&mut host, path.as_deref());
                     }
                     recv(asks) -> ask => {
-                        let Ok(ask) = ask else { continue };
+                        let Ok(ask) = ask else {
+                            // Without a metrics endpoint nothing can ask, and a disconnected
+                            // channel is always ready: selecting on it would spin this thread.
+                            asks = crossbeam_channel::never();
+                            continue;
+                        };
                         tracing::info!("reload asked for through the metrics endpoint");
                         let r = reload(&mut host, path.as_deref());
                         let body = serde_json::to_string(&r).unwrap_or_default();

@@ -29,6 +29,7 @@ pub mod conn;
 pub mod failure;
 pub mod handshake;
 pub mod listener;
+pub mod pool;
 pub mod tls;
 pub mod transmission;
 
@@ -36,9 +37,9 @@ use crate::nbd::stream::WRITE_SLICE;
 use crate::service::{Connection, Export};
 use buffers::Buffers;
 use conn::Conn;
-use crossbeam_channel::{Receiver, Sender};
 use handshake::{Exports, Greeting, Outcome};
 use listener::Listener;
+use pool::Queue;
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -80,8 +81,6 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// connections still open are cut.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-type Job = Box<dyn FnOnce() + Send>;
-
 struct Shared {
     exports: Exports,
     config: Config,
@@ -92,7 +91,7 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     active: AtomicUsize,
     next_id: AtomicU64,
-    jobs: Mutex<Option<Sender<Job>>>,
+    jobs: Arc<Queue>,
     buffers: Arc<Buffers>,
 }
 
@@ -107,14 +106,14 @@ pub struct Server {
 impl Server {
     /// Starts serving `exports` on `listeners`.
     pub fn start(exports: Vec<Arc<Export>>, listeners: Vec<Listener>, config: Config) -> Server {
-        let (tx, rx): (Sender<Job>, Receiver<Job>) = crossbeam_channel::unbounded();
+        let jobs = Arc::new(Queue::default());
         let workers = (0..config.workers.max(1))
             .map(|i| {
-                let rx = rx.clone();
+                let jobs = jobs.clone();
                 std::thread::Builder::new()
                     .name(format!("nbd-worker-{i}"))
                     .spawn(move || {
-                        for job in rx {
+                        while let Some(job) = jobs.take() {
                             job();
                         }
                     })
@@ -130,7 +129,7 @@ impl Server {
             threads: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-            jobs: Mutex::new(Some(tx)),
+            jobs,
             buffers: Arc::new(Buffers::default()),
         });
         let listeners: Vec<Arc<Listener>> = listeners.into_iter().map(Arc::new).collect();
@@ -199,7 +198,7 @@ impl Server {
         if let Ok(c) = cutter {
             let _ = c.join();
         }
-        drop(lock(&shared.jobs).take());
+        shared.jobs.close();
         for w in self.workers {
             let _ = w.join();
         }

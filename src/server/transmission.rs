@@ -8,7 +8,8 @@ use super::buffers::{Buf, Buffers};
 use super::conn::Conn;
 use super::failure::{Failure, Refusal};
 use super::handshake::MAX_PAYLOAD;
-use super::{lock, Job, Shared, REPLY_TIMEOUT};
+use super::pool::Job;
+use super::{lock, Shared, REPLY_TIMEOUT};
 use crate::nbd::proto::{self, cflags, cmd, Request};
 use crate::nbd::stream::write_all_until;
 use crate::service::{Connection, Export};
@@ -357,8 +358,7 @@ pub(super) fn transmission(
                 }
             }) as Job
         };
-        let sent = lock(&shared.jobs).as_ref().map(|tx| tx.send(job));
-        if !matches!(sent, Some(Ok(()))) {
+        if shared.jobs.push(job).is_err() {
             // The job (and its slot) was dropped unrun.
             batch.reply(req.cookie, Failure::ShuttingDown.errno());
         }
@@ -403,9 +403,11 @@ fn execute(
     } else {
         0
     };
-    // A READ's data goes right after the reply header, so the reply is one write. Only a
-    // successful read (which fills all of it) sends the buffer.
-    let mut buf = buffers.get(proto::SIMPLE_REPLY_LEN + data_len);
+    // A READ's data goes right after the reply header, so the reply is one write, and starts
+    // on a page, so a direct read lands in it without a copy. Only a successful read (which
+    // fills all of it) sends the buffer.
+    let mut buf =
+        buffers.get_aligned_at(proto::SIMPLE_REPLY_LEN + data_len, proto::SIMPLE_REPLY_LEN);
     let result = dispatch(export, &req, payload, &mut buf[proto::SIMPLE_REPLY_LEN..]);
     if result.is_ok() && req.kind == cmd::READ {
         proto::simple_reply(&mut buf, 0, req.cookie);

@@ -36,6 +36,7 @@ mod reload;
 mod reopen;
 mod repair;
 mod retention;
+mod serve_idle;
 mod service;
 mod tls;
 mod trust_cli;
