@@ -108,7 +108,7 @@ fn create_segment(dir: &Path, id: &[u8; 16], bs: u32, number: u64) -> Result<(Fi
     Ok((file, path))
 }
 
-fn mtime(path: &Path) -> Micros {
+pub(super) fn mtime(path: &Path) -> Micros {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()

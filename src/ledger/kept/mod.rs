@@ -270,7 +270,12 @@ impl KeptData {
             .filter(|l| l.head.generation == generation && l.head.crc == crc)
         {
             let path = format::segment_path(&self.dir, l.segment);
-            let f = std::fs::File::open(&path).ctx(&path, "opening data-log segment")?;
+            let f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                // Deleted by retention since it was indexed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&path, "opening data-log segment", e)),
+            };
             let mut buf = vec![0u8; l.head.size() as usize];
             if let Err(e) = f.read_exact_at(&mut buf, l.offset) {
                 tracing::warn!(
@@ -298,4 +303,48 @@ impl KeptData {
         }
         Ok(None)
     }
+}
+
+/// The data log at a glance, without reading its entries (for `status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Glance {
+    /// The data directory, links followed.
+    pub dir: PathBuf,
+    /// Segment files.
+    pub segments: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// When the oldest segment was begun (its header), and when the newest was last written
+    /// (its modification time): the window the kept data spans, at most.
+    pub window: Option<(Micros, Micros)>,
+}
+
+/// Looks at the ledger's data log: `Ok(None)` when it keeps none.
+pub fn glance(ledger_dir: &Path) -> Result<Option<Glance>> {
+    let link = data_dir(ledger_dir);
+    if std::fs::symlink_metadata(&link).is_err() {
+        return Ok(None);
+    }
+    let dir = std::fs::canonicalize(&link).ctx(&link, "resolving the data directory")?;
+    let numbers = log::segment_numbers(&dir)?;
+    let mut bytes = 0;
+    for &n in &numbers {
+        let p = format::segment_path(&dir, n);
+        bytes += std::fs::metadata(&p).ctx(&p, "reading")?.len();
+    }
+    let oldest = numbers.first().and_then(|&n| {
+        let mut h = [0u8; format::HEADER_LEN];
+        let f = std::fs::File::open(format::segment_path(&dir, n)).ok()?;
+        f.read_exact_at(&mut h, 0).ok()?;
+        Some(i64::from_le_bytes(h[44..52].try_into().ok()?))
+    });
+    let newest = numbers
+        .last()
+        .map(|&n| log::mtime(&format::segment_path(&dir, n)));
+    Ok(Some(Glance {
+        dir,
+        segments: numbers.len() as u64,
+        bytes,
+        window: oldest.zip(newest),
+    }))
 }
