@@ -19,7 +19,7 @@
 //! `&Ledger` is asked for.
 
 use super::checkpoint::Checkpoints;
-use super::kept::format::Prepared;
+use super::kept::log::Raw;
 use super::kept::{Keep, KeptLog};
 use super::record::{Generation, Lsn, Record, SessionOpen};
 use super::replay::{journal_start, Replay};
@@ -194,7 +194,9 @@ impl WriteSession {
     /// did (a torn tail cut) for the operator.
     pub fn keep_data(&mut self, dir: &Path, keep: Keep) -> Result<Vec<String>> {
         let (log, warnings) = KeptLog::open(dir, self.meta.ledger_id, self.meta.block_size, keep)?;
-        self.writer.journal.attach_kept(Arc::new(log));
+        let log = Arc::new(log);
+        log.start()?;
+        self.writer.journal.attach_kept(log);
         Ok(warnings)
     }
 
@@ -218,7 +220,7 @@ impl WriteSession {
             return;
         };
         let geo = self.geometry;
-        let mut prepared = Vec::new();
+        let mut raws = Vec::new();
         for &(t, new, data) in items {
             let base = geo.offset(t.first_block);
             for (i, nc) in new.iter().enumerate() {
@@ -231,10 +233,17 @@ impl WriteSession {
                 let Some(&g) = t.generations.get(i) else {
                     continue;
                 };
-                prepared.push(Prepared::new(b, g, crc, t.first + i as u64, bytes));
+                raws.push(Raw {
+                    block: b,
+                    generation: g,
+                    crc,
+                    lsn: t.first + i as u64,
+                    data: bytes.to_vec(),
+                });
             }
         }
-        k.append(&prepared);
+        // Compressed and hashed on the data log's own thread, off the write path.
+        k.hand_over(raws);
     }
 
     /// Refuses to record once the device failed to make data durable.

@@ -1,6 +1,7 @@
 //! Appending to the data log (`serve --keep-data`): [`KeptLog`], the one appender of a data
-//! directory. Entries are compressed by the caller's thread ([`Prepared::new`]) and appended in
-//! batches with one positioned write; [`KeptLog::sync`] runs inside the journal's group commit
+//! directory. The write path hands blocks over ([`KeptLog::hand_over`], a copy into a bounded
+//! queue); the appender thread compresses and hashes them ([`Prepared::new`]) and appends a
+//! batch with one positioned write; [`KeptLog::sync`] runs inside the journal's group commit
 //! (writer.rs), so at every FLUSH, FUA and clean close the data log is durable in the same round
 //! as the records. Segments roll at an eighth of a byte window (1 MiB ..= 64 MiB) or a quarter
 //! of an age window; [`KeptLog::prune`] deletes sealed segments the window no longer keeps.
@@ -13,11 +14,14 @@ use super::Keep;
 use crate::clock::{self, Micros};
 use crate::error::{Error, IoContext, Result};
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 struct Appender {
     file: Arc<File>,
@@ -80,7 +84,48 @@ pub struct KeptLog {
     stopped: Mutex<Option<String>>,
     appended: AtomicU64,
     raw_bytes: AtomicU64,
+    /// Blocks handed over by the write path, waiting for the appender thread.
+    queue: Mutex<Queue>,
+    /// The appender thread waits here for blocks.
+    more: Condvar,
+    /// Writers wait here while too many bytes wait.
+    room: Condvar,
+    /// A sync waits here for the appender to have appended what was handed over before it.
+    drained: Condvar,
+    worker: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// One block's contents handed over by the write path, not yet compressed.
+#[derive(Debug)]
+pub struct Raw {
+    /// The block.
+    pub block: u64,
+    /// Its new generation.
+    pub generation: u32,
+    /// The CRC-32 its Write record holds.
+    pub crc: u32,
+    /// The Write record's LSN.
+    pub lsn: u64,
+    /// Its contents.
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Raw>,
+    bytes: u64,
+    /// Blocks handed over, and appended (or dropped once keeping stopped), since the start.
+    sent: u64,
+    done: u64,
+    closed: bool,
+    running: bool,
+}
+
+/// Most bytes of block contents waiting for the appender: a writer faster than compression
+/// waits (bounded memory), it is not dropped.
+const MAX_QUEUED: u64 = 32 << 20;
+/// Most blocks the appender takes in one batch (one positioned write).
+const BATCH: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -258,6 +303,11 @@ impl KeptLog {
                 stopped: Mutex::new(None),
                 appended: AtomicU64::new(0),
                 raw_bytes: AtomicU64::new(0),
+                queue: Mutex::new(Queue::default()),
+                more: Condvar::new(),
+                room: Condvar::new(),
+                drained: Condvar::new(),
+                worker: Mutex::new(None),
             },
             warnings,
         ))
@@ -283,6 +333,77 @@ impl KeptLog {
         if s.is_none() {
             tracing::error!("data log stopped: no more written blocks are kept: {why}");
             *s = Some(why);
+        }
+    }
+
+    /// Starts the appender thread: from now on [`KeptLog::hand_over`] queues blocks for it, and
+    /// compression and hashing leave the write path. It holds the log only while it works, and
+    /// ends at [`KeptLog::close`] (or when the log is dropped).
+    pub fn start(self: &Arc<Self>) -> Result<()> {
+        let weak = Arc::downgrade(self);
+        let t = std::thread::Builder::new()
+            .name("lw-keep".into())
+            .spawn(move || appender(weak))
+            .map_err(|e| Error::io(&self.dir, "starting the data log's appender thread", e))?;
+        lock(&self.queue).running = true;
+        *lock(&self.worker) = Some(t);
+        Ok(())
+    }
+
+    /// Hands blocks to the appender thread (appends them here when there is none). Returns
+    /// once they are queued: a sync that begins after this returns waits for them.
+    pub fn hand_over(&self, raws: Vec<Raw>) {
+        if raws.is_empty() || !self.keeping() {
+            return;
+        }
+        let mut q = lock(&self.queue);
+        if !q.running || q.closed {
+            drop(q);
+            let prepared: Vec<Prepared> = raws.iter().map(Raw::prepare).collect();
+            return self.append(&prepared);
+        }
+        while q.bytes > MAX_QUEUED && !q.closed {
+            q = self.room.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        q.sent += raws.len() as u64;
+        q.bytes += raws.iter().map(|r| r.data.len() as u64).sum::<u64>();
+        q.items.extend(raws);
+        drop(q);
+        self.more.notify_one();
+    }
+
+    /// One turn of the appender: waits up to `wait` for blocks, appends a batch. False once
+    /// closed and empty.
+    fn work(&self, wait: Duration) -> bool {
+        let mut q = lock(&self.queue);
+        if q.items.is_empty() && !q.closed {
+            q = self
+                .more
+                .wait_timeout(q, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if q.items.is_empty() {
+            return !q.closed;
+        }
+        let n = q.items.len().min(BATCH);
+        let batch: Vec<Raw> = q.items.drain(..n).collect();
+        q.bytes -= batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+        drop(q);
+        self.room.notify_all();
+        let prepared: Vec<Prepared> = batch.iter().map(Raw::prepare).collect();
+        self.append(&prepared);
+        lock(&self.queue).done += n as u64;
+        self.drained.notify_all();
+        true
+    }
+
+    /// Waits until every block handed over before this call has been appended.
+    fn drain(&self) {
+        let mut q = lock(&self.queue);
+        let target = q.sent;
+        while q.done < target && q.running {
+            q = self.drained.wait(q).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -360,6 +481,7 @@ impl KeptLog {
     /// Makes every entry appended so far durable (one fdatasync; the journal's sync leader
     /// calls it in the same round as its own). A failure stops keeping.
     pub fn sync(&self) {
+        self.drain();
         if !self.keeping() {
             return;
         }
@@ -385,6 +507,14 @@ impl KeptLog {
     /// (so a reader calls later damage damage, not a crash's tail), synced too.
     pub fn close(&self) {
         self.sync();
+        lock(&self.queue).closed = true;
+        self.more.notify_all();
+        self.room.notify_all();
+        if let Some(t) = lock(&self.worker).take() {
+            let _ = t.join();
+        }
+        lock(&self.queue).running = false;
+        self.drained.notify_all();
         self.append(&[Prepared::mark()]);
         self.sync();
     }
@@ -456,6 +586,22 @@ impl KeptLog {
             raw_bytes: self.raw_bytes.load(Ordering::Relaxed),
             oldest: sealed.values().next().map(|s| s.last_time),
             stopped: lock(&self.stopped).clone(),
+        }
+    }
+}
+
+impl Raw {
+    fn prepare(&self) -> Prepared {
+        Prepared::new(self.block, self.generation, self.crc, self.lsn, &self.data)
+    }
+}
+
+/// The appender thread: a batch at a time while the log lives and is not closed.
+fn appender(log: Weak<KeptLog>) {
+    loop {
+        let Some(k) = log.upgrade() else { return };
+        if !k.work(Duration::from_millis(500)) {
+            return;
         }
     }
 }
