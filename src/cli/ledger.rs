@@ -1,10 +1,13 @@
-//! `lostwrite ledger check|dump|compact`: the ledger itself.
+//! `lostwrite ledger check|dump|compact|export-block`: the ledger itself, and the contents its
+//! data log keeps (`serve --keep-data`).
 
 use super::resolve_ledger;
 use lostwrite::clock::rfc3339;
 use lostwrite::ledger::check::check;
 use lostwrite::ledger::compact::Retention;
+use lostwrite::ledger::kept::KeptData;
 use lostwrite::ledger::record::Record;
+use lostwrite::ledger::state::BlockState;
 use lostwrite::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -57,6 +60,26 @@ enum Op {
         #[arg(long, value_name = "BLOCK")]
         block: Option<u64>,
     },
+    /// Write the kept contents of one block (`serve --keep-data`) to standard output or a
+    /// file: its latest generation, or --generation G. Only bytes whose data-log entry verifies
+    /// (BLAKE3) and whose CRC-32 is the one the ledger records for that generation are written.
+    /// Exit 1 when the data log does not hold them.
+    ExportBlock {
+        #[command(flatten)]
+        at: Where,
+        /// The block (numbered from 0).
+        #[arg(long, value_name = "BLOCK")]
+        block: u64,
+        /// Which generation [default: the latest, the one the device should hold].
+        #[arg(long, value_name = "GENERATION")]
+        generation: Option<u32>,
+        /// Write the bytes to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// List the block's kept generations instead of writing bytes.
+        #[arg(long)]
+        list: bool,
+    },
     /// Fold journal history older than --retain, or beyond --retain-bytes, into each block's
     /// latest change, and delete the folded segments (offline: not while `serve` holds the
     /// ledger; a running service compacts with its own --retain).
@@ -102,6 +125,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 }
                 for p in &rep.problems {
                     outln!("DAMAGED {} at offset {}: {}", p.file, p.offset, p.what);
+                }
+                if let Some(k) = &rep.kept {
+                    outln!(
+                        "data log {}: {} segments, {} bytes, {} entries verified{}",
+                        k.dir,
+                        k.segments,
+                        k.bytes,
+                        k.entries,
+                        k.window
+                            .as_ref()
+                            .map(|(a, b)| format!(", written {a} .. {b}"))
+                            .unwrap_or_default()
+                    );
                 }
                 if rep.problems.is_empty() {
                     outln!(
@@ -180,6 +216,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             out.flush()?;
             Ok(damaged(&l))
         }
+        Op::ExportBlock {
+            at,
+            block,
+            generation,
+            output,
+            list,
+        } => {
+            let dir = resolve_ledger(at.device.as_deref(), at.ledger.as_ref())?;
+            export_block(&dir, block, generation, output, list)
+        }
         Op::Compact {
             at,
             retain,
@@ -252,6 +298,105 @@ fn compact(dir: &std::path::Path, keep: Retention, json: bool) -> anyhow::Result
         );
     }
     Ok(0)
+}
+
+/// `ledger export-block`: the kept bytes of a block's generation, only when the ledger records
+/// a write of that generation with their CRC-32.
+fn export_block(
+    dir: &std::path::Path,
+    block: u64,
+    generation: Option<u32>,
+    output: Option<PathBuf>,
+    list: bool,
+) -> anyhow::Result<i32> {
+    let l = Ledger::open(dir, None, OpenOptions::new(Access::Live))?;
+    let geo = l.geometry();
+    if block >= geo.block_count() {
+        anyhow::bail!(
+            "--block {block}: beyond the device's {} blocks of {} bytes (blocks are numbered from 0)",
+            geo.block_count(),
+            geo.block_size
+        );
+    }
+    let Some(kept) = KeptData::open(dir)? else {
+        errln!(
+            "lostwrite: {} keeps no data (no data log: serve it with --keep-data)",
+            dir.display()
+        );
+        return Ok(1);
+    };
+    if list {
+        for (g, crc, lsn, t) in kept.kept_of(block) {
+            outln!(
+                "block {block} gen {g} crc {crc:08x} lsn {lsn} kept {}",
+                rfc3339(t)
+            );
+        }
+        return Ok(0);
+    }
+    // The generation and CRC-32 come from the ledger's own records, never from the data log.
+    let current = match l.state(block) {
+        BlockState::Tracked { generation: g, crc } => Some((g, crc)),
+        _ => None,
+    };
+    let wanted = match generation {
+        None => current,
+        Some(g) if current.is_some_and(|(cg, _)| cg == g) => current,
+        Some(g) => {
+            let mut found = None;
+            l.scan_journal(1, &mut |e| {
+                if let Record::Write {
+                    block: b,
+                    generation: wg,
+                    crc,
+                } = *e.record
+                {
+                    if b == block && wg == g {
+                        found = Some((g, crc));
+                    }
+                }
+                Ok(())
+            })?;
+            found
+        }
+    };
+    let Some((g, crc)) = wanted else {
+        errln!(
+            "lostwrite: the ledger holds no write of block {block}{}: nothing to look for (a zeroed, trimmed or untracked block, or history folded by retention)",
+            generation.map(|g| format!(" generation {g}")).unwrap_or_default()
+        );
+        return Ok(1);
+    };
+    match kept.find(block, g, crc)? {
+        Some(bytes) => {
+            match &output {
+                Some(p) => std::fs::write(p, &bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: writing: {e}", p.display()))?,
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&bytes)?;
+                    out.flush()?;
+                }
+            }
+            errln!(
+                "block {block} generation {g} (crc {crc:08x}): {} bytes from the data log",
+                bytes.len()
+            );
+            Ok(0)
+        }
+        None => {
+            let damaged = kept.damage().iter().any(|d| !d.torn);
+            errln!(
+                "lostwrite: the data log holds no verified copy of block {block} generation {g} (crc {crc:08x}): written before --keep-data or outside its window{}",
+                if damaged {
+                    ", or in a damaged entry (`lostwrite ledger check` names it)"
+                } else {
+                    ""
+                }
+            );
+            Ok(1)
+        }
+    }
 }
 
 /// Says on stderr that the ledger's state table is damaged (the output was made from a view

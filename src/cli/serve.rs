@@ -34,7 +34,7 @@ pub struct Args {
         "device", "ledger", "socket", "listen", "export", "read_only", "on_mismatch",
         "journal_sync", "cache", "block_size", "device_moved", "threads", "tls_cert", "metrics",
         "scrub_rate", "scrub_interval", "on_finding", "on_finding_interval", "no_record",
-        "retain", "retain_bytes",
+        "retain", "retain_bytes", "keep_data", "keep_data_dir",
     ])]
     config: Option<PathBuf>,
     /// Listen on this unix socket (mode 0600) [default: DEVICE.sock].
@@ -106,6 +106,15 @@ pub struct Args {
     /// Keep the journal within about this many bytes (e.g. 10G), folding the oldest history.
     #[arg(long, value_name = "BYTES", value_parser = super::parse_size)]
     retain_bytes: Option<u64>,
+    /// Keep the contents of written blocks, compressed, for this long (e.g. 7d) or within
+    /// this many bytes (an upper-case unit: 512M, 10G), so `repair` can give lost writes back
+    /// (docs/OPERATIONS.md, "Keeping data").
+    #[arg(long, value_name = "DURATION|BYTES", value_parser = lostwrite::host::config::parse_keep)]
+    keep_data: Option<lostwrite::ledger::kept::Keep>,
+    /// Keep the data log in this directory (another failure domain than the device, as for the
+    /// ledger) instead of data/ in the ledger; the ledger's `data` becomes a link to it.
+    #[arg(long, value_name = "DIR", requires = "keep_data")]
+    keep_data_dir: Option<PathBuf>,
     /// Serve without recording anything (to measure what the ledger costs; nothing is
     /// verifiable afterwards).
     #[arg(long, hide = true)]
@@ -157,6 +166,8 @@ impl Args {
                 scrub_interval: self.scrub_interval,
                 retain: self.retain,
                 retain_bytes: self.retain_bytes,
+                keep_data: self.keep_data,
+                keep_data_dir: self.keep_data_dir,
                 no_record: self.no_record,
             }],
         })

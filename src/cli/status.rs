@@ -220,6 +220,7 @@ fn one(dir: &Path, export: &str, live: Option<&ExportStatus>) -> anyhow::Result<
         .map(|f| json!({"block": f.block, "kind": f.kind, "detail": f.detail()}))
         .collect();
     let clients = live.map(|e| e.clients);
+    let kept = lostwrite::ledger::kept::glance(dir)?;
     Ok(json!({
         // What the running service says of it now (`/status.json`), when it answered.
         "live": live,
@@ -241,6 +242,13 @@ fn one(dir: &Path, export: &str, live: Option<&ExportStatus>) -> anyhow::Result<
         "journal_segments": hist.end.segments.len(),
         "journal_bytes": journal_bytes,
         "records": records,
+        "kept_data": kept.map(|k| json!({
+            "dir": k.dir.display().to_string(),
+            "segments": k.segments,
+            "bytes": k.bytes,
+            "from": k.window.map(|w| rfc3339(w.0)),
+            "to": k.window.map(|w| rfc3339(w.1)),
+        })),
         "compacted_through_lsn": hist.compacted.map(|c| c.0),
         "compacted_through": hist.compacted.map(|c| rfc3339(c.1)),
         "sessions": hist.sessions.len() - 1,
@@ -321,6 +329,19 @@ fn human(v: &Value) -> String {
             None => String::new(),
         }
     );
+    let k = &v["kept_data"];
+    if k.is_object() {
+        o += &format!(
+            "data     {} segment(s), {} bytes kept in {}{}\n",
+            k["segments"].as_u64().unwrap_or(0),
+            k["bytes"].as_u64().unwrap_or(0),
+            k["dir"].as_str().unwrap_or(""),
+            match (k["from"].as_str(), k["to"].as_str()) {
+                (Some(a), Some(b)) => format!(", written {a} .. {b}"),
+                _ => String::new(),
+            }
+        );
+    }
     o += &format!(
         "sessions {} ({} crashed){}\n",
         n("sessions"),

@@ -8,6 +8,7 @@ use crate::device::CacheMode;
 use crate::error::{Error, Result};
 use crate::ledger::compact::Retention;
 use crate::ledger::default_dir;
+use crate::ledger::kept::Keep;
 use crate::nbd::proto::MAX_NAME;
 use crate::service::OnMismatch;
 use serde::Deserialize;
@@ -106,6 +107,11 @@ pub struct ExportSpec {
     /// Journal bytes to keep, e.g. "10G" or 10737418240.
     #[serde(default, deserialize_with = "de_size")]
     pub retain_bytes: Option<u64>,
+    /// Keep the contents of written blocks for repair: a duration ("7d") or a size ("10G").
+    #[serde(default, deserialize_with = "de_keep")]
+    pub keep_data: Option<Keep>,
+    /// Where the data log lives [default: data/ in the ledger]; the ledger's `data` links to it.
+    pub keep_data_dir: Option<PathBuf>,
     /// Do not record (benchmarks only).
     #[serde(skip)]
     pub no_record: bool,
@@ -224,6 +230,44 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses `--keep-data`: a size when it is digits alone or ends in an upper-case unit (`4096`,
+/// `512K`, `10G`, `64MiB`), else a duration (`7d`, `24h`, `10m` is ten minutes).
+pub fn parse_keep(s: &str) -> std::result::Result<Keep, String> {
+    let t = s.trim();
+    let unit = t.trim_start_matches(|c: char| c.is_ascii_digit());
+    let size = unit.is_empty() || unit.starts_with(|c: char| "KMGTB".contains(c));
+    let k = if size {
+        Keep::Bytes(parse_size(t)?)
+    } else {
+        Keep::Age(
+            parse_duration(t)
+                .map_err(|e| format!("{e}; or give a size with an upper-case unit (512M, 10G)"))?,
+        )
+    };
+    match k {
+        Keep::Bytes(b) if b < 1 << 20 => Err(format!(
+            "{s:?}: keep at least 1M of data (the data log rolls in segments of at least 1 MiB)"
+        )),
+        Keep::Age(d) if d.is_zero() => Err(format!("{s:?}: keep data for longer than zero")),
+        k => Ok(k),
+    }
+}
+
+/// A `--keep-data` window as people read it: "the last 7d" or "the last 10737418240 bytes".
+pub fn show_keep(k: Keep) -> String {
+    match k {
+        Keep::Age(d) => format!("blocks written in the last {}", show_duration(d)),
+        Keep::Bytes(b) => format!("about the last {b} bytes of data log"),
+    }
+}
+
+/// `keep_data` in a config file, read as the command line reads `--keep-data`.
+fn de_keep<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Keep>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_keep(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// A duration as [`parse_duration`] reads it: `24h`, `30s`, `1h 30m`.

@@ -388,10 +388,12 @@ fn hosted(
         );
     }
     let keep = h.spec.retention();
-    if keep.is_none() || e.ledger().is_none() {
+    let keeping_data = e.ledger().is_some_and(|l| l.kept().is_some());
+    if (keep.is_none() && !keeping_data) || e.ledger().is_none() {
         return h;
     }
     match Retainer::start(&e, keep) {
+        Ok(r) if keep.is_none() => h.retainer = Some(r),
         Ok(r) => {
             tracing::info!(
                 "{}: retaining {}{}{} of journal history",

@@ -7,6 +7,7 @@ use super::config::{ExportSpec, JournalSync};
 use crate::block::{validate_block_size, DEFAULT_BLOCK_SIZE};
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
+use crate::ledger::kept;
 use crate::ledger::state::BlockState;
 use crate::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
 use crate::service::{Export, ExportOptions};
@@ -56,7 +57,19 @@ pub(super) fn open_export(spec: &ExportSpec) -> Result<Export> {
         for w in &l.recovery().warnings {
             tracing::warn!("{w}");
         }
-        let l = l.begin_session(spec.journal_sync == JournalSync::Strict)?;
+        let mut l = l.begin_session(spec.journal_sync == JournalSync::Strict)?;
+        if let Some(keep) = spec.keep_data {
+            let data = kept::place(&dir, spec.keep_data_dir.as_deref())?;
+            for w in l.keep_data(&data, keep)? {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(
+                "{}: keeping written data in {} ({})",
+                spec.device,
+                std::fs::canonicalize(&data).unwrap_or(data).display(),
+                super::config::show_keep(keep)
+            );
+        }
         let session = l.id();
         let geo = l.geometry();
         let untracked = (0..geo.block_count())

@@ -5,6 +5,7 @@
 
 use super::baseline::Baseline;
 use super::fold::Fold;
+use super::kept::KeptData;
 use super::meta::Meta;
 use super::open::{open_state, running_checkpoint};
 use super::replay::{apply, journal_start, Replay};
@@ -41,6 +42,23 @@ pub struct CheckReport {
     pub records: u64,
     /// Blocks compared with the replay.
     pub blocks: u64,
+    /// The data log (`serve --keep-data`), when the ledger has one.
+    pub kept: Option<KeptSummary>,
+}
+
+/// What the check found in the data log.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KeptSummary {
+    /// The data directory.
+    pub dir: String,
+    /// Its segments.
+    pub segments: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Valid entries (hash and contents checked).
+    pub entries: u64,
+    /// First and last entry's time.
+    pub window: Option<(String, String)>,
 }
 
 impl CheckReport {
@@ -91,6 +109,7 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
             return Ok(rep);
         }
     };
+    check_kept(dir, &mut rep);
     let geo = Geometry::new(meta.block_size, meta.device_size);
     let n = geo.block_count();
     let zero = block::zero_checksum(meta.block_size);
@@ -295,4 +314,43 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
         rep.blocks = n;
     }
     Ok(rep)
+}
+
+/// Reads every entry of the data log (hash, then contents against its CRC-32) and names every
+/// run of bytes that is not one: damage with its file and offset, a crash's torn tail as a
+/// warning.
+fn check_kept(dir: &Path, rep: &mut CheckReport) {
+    let k = match KeptData::open(dir) {
+        Ok(Some(k)) => k,
+        Ok(None) => return,
+        Err(e) => return rep.add(e),
+    };
+    for d in k.damage() {
+        if d.torn {
+            rep.warnings.push(format!(
+                "data log: torn tail in {} at offset {} ({} bytes, never synced: left by a crash; the next writer truncates it)",
+                d.path.display(),
+                d.offset,
+                d.len
+            ));
+        } else {
+            rep.problems.push(Problem {
+                file: d.path.display().to_string(),
+                offset: d.offset,
+                what: format!(
+                    "data log: {} bytes are not a valid entry ({}); no block is ever taken from them",
+                    d.len, d.what
+                ),
+            });
+        }
+    }
+    rep.kept = Some(KeptSummary {
+        dir: k.dir().display().to_string(),
+        segments: k.segments().len(),
+        bytes: k.bytes(),
+        entries: k.entries(),
+        window: k
+            .window()
+            .map(|(a, b)| (crate::clock::rfc3339(a), crate::clock::rfc3339(b))),
+    });
 }

@@ -10,6 +10,7 @@
 //! journal/    append-only chained segments of checksummed frames (segment.rs, frame.rs,
 //!             reader.rs, writer.rs)
 //! compacted   what retention kept of the segments it deleted    (compact.rs, fold.rs)
+//! data/       kept contents of written blocks (`--keep-data`)   (kept/)
 //! findings.jsonl, scrub.json   what `serve` saw online, where the scrubber stands
 //!             (findings/log.rs, service/scrub.rs)
 //! ```
@@ -46,6 +47,7 @@ pub mod fold;
 pub mod frame;
 pub mod history;
 pub mod identity;
+pub mod kept;
 mod lock;
 pub mod mapped;
 pub mod meta;

@@ -20,6 +20,8 @@
 
 use super::checkpoint::Checkpoints;
 use super::confirm::{ConfirmTimer, CONFIRM_DELAY};
+use super::kept::log::Raw;
+use super::kept::{Keep, KeptLog};
 use super::meta;
 use super::record::{Generation, Lsn, Record, SessionOpen};
 use super::replay::{journal_start, Replay};
@@ -31,7 +33,7 @@ use crate::clock;
 use crate::error::{Error, IoContext, Result};
 use std::collections::BTreeMap;
 use std::ops::Deref;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
@@ -242,6 +244,63 @@ impl WriteSession {
     /// The session's running checkpoints (checkpoint.rs).
     pub(super) fn checkpoints(&self) -> &Checkpoints {
         &self.checkpoints
+    }
+
+    /// Starts keeping the contents of written blocks in the data log at `dir` (`serve
+    /// --keep-data`), its syncs joined to the journal's group commit. Returns what opening it
+    /// did (a torn tail cut) for the operator.
+    pub fn keep_data(&mut self, dir: &Path, keep: Keep) -> Result<Vec<String>> {
+        let (log, warnings) = KeptLog::open(dir, self.meta.ledger_id, self.meta.block_size, keep)?;
+        let log = Arc::new(log);
+        log.start()?;
+        self.writer.journal.attach_kept(log);
+        Ok(warnings)
+    }
+
+    /// The data log, when the session keeps data.
+    pub fn kept(&self) -> Option<&Arc<KeptLog>> {
+        self.journal().kept()
+    }
+
+    /// Keeps the contents of a recorded change: `data` holds the blocks of `t` back to back
+    /// (each block's bytes on the device), `new` what was recorded for each. Call after the
+    /// records are appended and before the device write completes ([`WriteSession::complete`]),
+    /// so that the sync round that makes the write durable makes its entry durable too. Blocks
+    /// recorded as zeroes are not kept (their contents are known).
+    pub fn keep(&self, t: &Ticket, new: &[NewContents], data: &[u8]) {
+        self.keep_many(&[(t, new, data)]);
+    }
+
+    /// [`WriteSession::keep`] for several changes, with one append.
+    pub fn keep_many(&self, items: &[(&Ticket, &[NewContents], &[u8])]) {
+        let Some(k) = self.kept().filter(|k| k.keeping()) else {
+            return;
+        };
+        let geo = self.geometry;
+        let mut raws = Vec::new();
+        for &(t, new, data) in items {
+            let base = geo.offset(t.first_block);
+            for (i, nc) in new.iter().enumerate() {
+                let NewContents::Crc(crc) = *nc else { continue };
+                let b = t.first_block + i as u64;
+                let at = (geo.offset(b) - base) as usize;
+                let Some(bytes) = data.get(at..at + geo.bytes_in(b)) else {
+                    continue;
+                };
+                let Some(&g) = t.generations.get(i) else {
+                    continue;
+                };
+                raws.push(Raw {
+                    block: b,
+                    generation: g,
+                    crc,
+                    lsn: t.first + i as u64,
+                    data: bytes.to_vec(),
+                });
+            }
+        }
+        // Compressed and hashed on the data log's own thread, off the write path.
+        k.hand_over(raws);
     }
 
     /// Refuses to record once the device failed to make data durable.
@@ -634,6 +693,9 @@ impl WriteSession {
     /// device failure it is left unclosed, so it counts as crashed.
     pub fn close(self, device_flush: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
         let j = self.journal();
+        if let Some(k) = self.kept() {
+            k.close();
+        }
         let failed = lock_mutex(&self.device_failure).clone();
         let mut h = self.header();
         if failed.is_none() {

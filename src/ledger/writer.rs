@@ -9,6 +9,7 @@
 //! every later call fails until the ledger is reopened.
 
 use super::frame;
+use super::kept::KeptLog;
 use super::reader::JOURNAL_VERSION;
 use super::record::{Lsn, Record};
 use super::segment::{self, SegmentHeader};
@@ -19,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 /// Where the journal ends, as the writer resumes it.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +68,8 @@ pub struct JournalWriter {
     rolled: Condvar,
     /// Threads writing summaries of sealed segments (joined when the writer goes).
     summarisers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The data log (`--keep-data`), synced by every sync leader in the same round.
+    kept: OnceLock<Arc<KeptLog>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,6 +159,7 @@ impl JournalWriter {
             rolls: Mutex::new(0),
             rolled: Condvar::new(),
             summarisers: Mutex::new(Vec::new()),
+            kept: OnceLock::new(),
         })
     }
 
@@ -333,6 +337,11 @@ impl JournalWriter {
                     let a = lock(&self.app);
                     (a.file.clone(), a.path.clone(), a.next_lsn - 1)
                 };
+                // Entries are appended before their write completes, so any FLUSH or FUA record
+                // this round makes durable comes after their entries: one round, both durable.
+                if let Some(k) = self.kept.get() {
+                    k.sync();
+                }
                 let r = file.sync_data();
                 s = lock(&self.sync);
                 s.leader = false;
@@ -350,6 +359,16 @@ impl JournalWriter {
             }
             s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Joins the data log to the group commit: from now on every sync round syncs it too.
+    pub fn attach_kept(&self, k: Arc<KeptLog>) {
+        let _ = self.kept.set(k);
+    }
+
+    /// The data log, if one is attached.
+    pub fn kept(&self) -> Option<&Arc<KeptLog>> {
+        self.kept.get()
     }
 
     /// Makes everything appended so far durable.

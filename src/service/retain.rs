@@ -3,7 +3,8 @@
 //! a quarter of the retention). It wakes when
 //! the writer starts a new segment, and at least once a second; with `--retain` it also seals
 //! the segment being written once that is a quarter of the retention old, so history older than
-//! the retention does not wait for a quiet journal to fill a segment.
+//! the retention does not wait for a quiet journal to fill a segment. The same thread bounds the
+//! data log of `--keep-data` (`KeptLog::prune`), with or without a journal retention.
 
 use super::Export;
 use crate::clock;
@@ -74,6 +75,25 @@ fn run(export: Weak<Export>, keep: Retention, stopped: Receiver<()>) {
                 if l.segment_started().is_some_and(|t| now - t >= quarter) {
                     l.seal_segment()?;
                 }
+            }
+            if let Some(k) = l.kept() {
+                match k.prune(now) {
+                    Ok(Some(p)) => tracing::info!(
+                        "export {:?}: data log: deleted segments {}..={} ({} bytes) that --keep-data no longer keeps",
+                        e.name(),
+                        p.segments.0,
+                        p.segments.1,
+                        p.freed
+                    ),
+                    Ok(None) => {}
+                    Err(err) => tracing::error!(
+                        "export {:?}: data log: could not delete what --keep-data no longer keeps (it keeps growing): {err}",
+                        e.name()
+                    ),
+                }
+            }
+            if keep.is_none() {
+                return Ok(None);
             }
             l.compact(keep, now, false)
         })();

@@ -45,6 +45,7 @@ impl Export {
         len: u64,
         zero: bool,
         data: Option<&[u8]>,
+        mut merged: Option<&mut Vec<u8>>,
     ) -> Result<Vec<NewContents>, OpError> {
         let bs = self.geo.block_size as usize;
         let end = offset + len;
@@ -57,6 +58,9 @@ impl Export {
             let slice =
                 |lo: u64, hi: u64| data.map(|d| &d[(lo - offset) as usize..(hi - offset) as usize]);
             if lo == start && hi == start + on_dev {
+                if let (Some(m), Some(d)) = (merged.as_deref_mut(), slice(lo, hi)) {
+                    m.extend_from_slice(d);
+                }
                 out.push(match (zero, slice(lo, hi)) {
                     (true, _) => NewContents::Zero,
                     (false, Some(d)) => NewContents::Crc(block::checksum_padded(d, bs as u32)),
@@ -84,6 +88,9 @@ impl Export {
             match slice(lo, hi) {
                 Some(d) if !zero => part.copy_from_slice(d),
                 _ => part.fill(0),
+            }
+            if let Some(m) = merged.as_deref_mut() {
+                m.extend_from_slice(&tmp[..on_dev as usize]);
             }
             out.push(NewContents::Crc(block::checksum(&tmp)));
         }
@@ -176,11 +183,19 @@ impl Export {
         // An O_DSYNC write is durable when it returns; only its records need syncing for FUA.
         self.change(offset, len, fua, fua, "writing", |blocks, off, n| {
             let piece = &data[(off - offset) as usize..(off - offset + n) as usize];
-            let new = self.new_contents(blocks.clone(), off, n, false, Some(piece))?;
-            Ok((
-                self.record(blocks.start, &new)?,
-                self.device.write_at(piece, off, fua),
-            ))
+            let keeper = self.ledger.as_ref().filter(|l| l.kept().is_some());
+            // Partial blocks are kept whole: their contents merged with what the device held.
+            let whole = off == self.geo.offset(blocks.start)
+                && off + n
+                    == self.geo.offset(blocks.end - 1) + self.geo.bytes_in(blocks.end - 1) as u64;
+            let mut merged = (keeper.is_some() && !whole).then(Vec::new);
+            let new =
+                self.new_contents(blocks.clone(), off, n, false, Some(piece), merged.as_mut())?;
+            let ticket = self.record(blocks.start, &new)?;
+            if let (Some(l), Some(t)) = (keeper, &ticket) {
+                l.keep(t, &new, merged.as_deref().unwrap_or(piece));
+            }
+            Ok((ticket, self.device.write_at(piece, off, fua)))
         })?;
         self.counters
             .written_bytes
@@ -236,7 +251,7 @@ impl Export {
             .collect();
         let mut news = Vec::with_capacity(writes.len());
         for (&(off, data), r) in writes.iter().zip(&ranges) {
-            match self.new_contents(r.clone(), off, data.len() as u64, false, Some(data)) {
+            match self.new_contents(r.clone(), off, data.len() as u64, false, Some(data), None) {
                 Ok(n) => news.push(n),
                 Err(e) => return vec![self.fail(Err(e)); writes.len()],
             }
@@ -253,6 +268,15 @@ impl Export {
                 return writes.iter().map(|_| self.fail(Err(e.clone()))).collect();
             }
         };
+        if l.kept().is_some() {
+            let kept: Vec<(&Ticket, &[NewContents], &[u8])> = tickets
+                .iter()
+                .zip(&news)
+                .zip(writes)
+                .map(|((t, n), &(_, data))| (t, n.as_slice(), data))
+                .collect();
+            l.keep_many(&kept);
+        }
         writes
             .iter()
             .zip(tickets)
@@ -306,7 +330,7 @@ impl Export {
             return Err(OpError::FastZeroUnsupported);
         }
         self.change(offset, len, fua, false, "zeroing", |blocks, off, n| {
-            let new = self.new_contents(blocks.clone(), off, n, true, None)?;
+            let new = self.new_contents(blocks.clone(), off, n, true, None, None)?;
             let ticket = self.record(blocks.start, &new)?;
             let r = self.device.write_zeroes(off, n, may_trim, fast_only);
             if fast_only

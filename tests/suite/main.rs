@@ -27,6 +27,7 @@ mod host;
 mod hostile;
 mod interop;
 mod journal;
+mod keep_data;
 mod layering;
 mod nbd_client;
 mod operations;
