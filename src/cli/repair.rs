@@ -8,7 +8,7 @@ use super::Target;
 use lostwrite::device::{BlockDevice, CacheMode, Device, FileDevice};
 use lostwrite::findings::log::clear_verified;
 use lostwrite::ledger::{Access, Ledger, LedgerWriter, OpenOptions};
-use lostwrite::repair::{self, DeviceSource, Plan, Source};
+use lostwrite::repair::{self, DeviceSource, KeptSource, Plan, Source};
 use lostwrite::verify::{self, report::Outcome, report::Report};
 use std::path::Path;
 
@@ -32,6 +32,9 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Do not use the contents `serve --keep-data` kept (asked first otherwise).
+    #[arg(long)]
+    no_kept_data: bool,
     /// Repair `unflushed` and `uncertain` blocks too (they fail only with --strict).
     #[arg(long)]
     strict: bool,
@@ -56,7 +59,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .iter()
         .map(|s| DeviceSource::open(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let refs: Vec<&dyn Source> = sources.iter().map(|s| s as &dyn Source).collect();
+    // What serve kept is exactly what was written: asked before any other copy.
+    let kept = match a.no_kept_data {
+        true => None,
+        false => KeptSource::open(&dir)?,
+    };
+    let refs: Vec<&dyn Source> = kept
+        .iter()
+        .map(|k| k as &dyn Source)
+        .chain(sources.iter().map(|s| s as &dyn Source))
+        .collect();
     let vopts = verify::Options {
         jobs: a.jobs.unwrap_or_else(lostwrite::scan::default_jobs),
         strict: a.strict,

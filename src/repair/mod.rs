@@ -14,4 +14,4 @@ mod source;
 
 pub use apply::{apply, Applied, Skipped};
 pub use plan::{build, BlockPlan, FilePlan, Plan, Refusal, Run, SourceInfo};
-pub use source::{DeviceSource, Lookup, Source, Want};
+pub use source::{DeviceSource, KeptSource, Lookup, Source, Want};

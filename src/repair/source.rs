@@ -7,7 +7,9 @@
 
 use crate::block::Geometry;
 use crate::device::{AlignedBuf, BlockDevice, Device, MediaRead, DIRECT_ALIGN};
+use crate::ledger::kept::KeptData;
 use crate::ledger::record::Generation;
+use std::path::Path;
 
 /// A block whose expected generation is sought.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,5 +141,43 @@ impl Source for DeviceSource {
             i += n;
         }
         out
+    }
+}
+
+/// The contents `serve --keep-data` kept beside the ledger: asked first, since it holds exactly
+/// what the client wrote. An entry is returned only when its hash verifies and it holds the
+/// wanted generation with the wanted checksum; the planner still checks the checksum.
+pub struct KeptSource {
+    kept: KeptData,
+}
+
+impl KeptSource {
+    /// The data log of the ledger in `ledger_dir`, or `None` when it has none.
+    pub fn open(ledger_dir: &Path) -> crate::Result<Option<KeptSource>> {
+        Ok(KeptData::open(ledger_dir)?.map(|kept| KeptSource { kept }))
+    }
+}
+
+impl Source for KeptSource {
+    fn label(&self) -> String {
+        format!("kept data ({})", self.kept.dir().display())
+    }
+
+    fn lookup(&self, geo: Geometry, wants: &[Want]) -> Vec<Lookup> {
+        wants
+            .iter()
+            .map(|w| match self.kept.find(w.block, w.generation, w.crc) {
+                Ok(Some(mut data)) => {
+                    // A partial last block is kept padded to the block size.
+                    data.truncate(geo.bytes_in(w.block));
+                    Lookup::Bytes(data)
+                }
+                Ok(None) => Lookup::Missing(format!(
+                    "generation {} is not kept (written before the window, or never kept)",
+                    w.generation
+                )),
+                Err(e) => Lookup::Missing(format!("read failed: {e}")),
+            })
+            .collect()
     }
 }

@@ -496,3 +496,60 @@ fn the_plan_names_the_byte_ranges_of_a_file_that_come_back() {
         text(&o)
     );
 }
+
+#[test]
+fn repair_from_what_serve_kept_needs_no_other_copy() {
+    if !have("qemu-io") {
+        return;
+    }
+    let s = Scratch::new(8 << 20);
+    s.init(BS as u32, true);
+    let svc = Service::start(&s.image, &["--keep-data", "64M"]);
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 40960 16384",
+            "-c",
+            "flush",
+        ])
+        .arg(svc.uri())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    svc.stop();
+    let written = std::fs::read(&s.image).unwrap();
+    // The four blocks read their baseline (zeroes) again: lost durable writes.
+    for b in 10..14 {
+        s.poke(b, &[0u8; BS]);
+    }
+    let img = s.image.to_str().unwrap();
+    let o = lw(&["repair", img, "--no-kept-data", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(
+        json(&o)["repairable"],
+        0,
+        "without the kept data there is no source"
+    );
+    let o = lw(&["repair", img, "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the plan writes nothing: {}",
+        text(&o)
+    );
+    let plan = json(&o);
+    assert_eq!(plan["failing"], 4, "{plan}");
+    assert_eq!(plan["repairable"], 4, "{plan}");
+    let label = plan["sources"][0]["name"].as_str().unwrap_or_default();
+    assert!(label.starts_with("kept data"), "{plan}");
+    let o = lw(&["repair", img, "--apply"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(verify_code(&s.image), Some(0));
+    assert!(
+        std::fs::read(&s.image).unwrap() == written,
+        "the written bytes are back"
+    );
+    assert_eq!(repairs(&s.image).len(), 4);
+}
