@@ -476,16 +476,17 @@ fn repair_from_kept(image: &Path, ledger_dir: &Path) -> anyhow::Result<bool> {
         strict: false,
         progress: false,
     };
-    let report = verify::run(&writer, &dev, &vopts)?;
     let kept = KeptSource::open(ledger_dir)?
         .context("the demo's sidecar kept no data log: nothing to repair from")?;
     let sources: [&dyn Source; 1] = [&kept];
-    let plan = repair::build(&writer, &report, &sources)?;
+    let repair::Repaired {
+        plan,
+        applied,
+        after,
+    } = repair::repair_and_verify(&writer, &dev, None, &sources, &vopts)?;
     for line in plan.human(6).lines() {
         outln!("   {line}");
     }
-    let applied = repair::apply(&writer, &dev, &plan, &sources)?;
-    let after = verify::run(&writer, &dev, &vopts)?;
     outln!(
         "   {} blocks written back and recorded in the ledger; verify after the repair:",
         applied.written

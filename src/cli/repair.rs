@@ -109,26 +109,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     let (dev, direct_note) = open_for_writing(&a.target.device)?;
     let writer = LedgerWriter::open(&dir, Some((dev.identity(), dev.size())), opts)?;
-    let report = verify::run(&writer, &dev, &vopts)?;
-    if report.result == Outcome::LedgerDamaged {
-        anyhow::bail!(
-            "{}: the ledger's state table failed its checks: nothing is written from a rebuilt view; run `lostwrite ledger check --repair`, then the repair again",
-            dir.display()
-        );
-    }
-    let mut plan = repair::build(&writer, &report, &refs)?;
-    if a.files {
-        plan.map_files(&writer, &dev, &a.target.device)?;
-    }
-    let applied = repair::apply(&writer, &dev, &plan, &refs)?;
-    let after = verify::run(
-        &writer,
-        &dev,
-        &verify::Options {
-            progress: false,
-            ..vopts
-        },
-    )?;
+    let files = a.files.then_some(a.target.device.as_str());
+    let repair::Repaired {
+        plan,
+        applied,
+        after,
+    } = repair::repair_and_verify(&writer, &dev, files, &refs, &vopts)?;
     if applied.written > 0 && !a.device_moved {
         match clear_verified(&dir, &writer, &after.findings) {
             Ok(0) => {}
