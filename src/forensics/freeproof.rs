@@ -11,6 +11,7 @@
 //! holds of its metadata: free extents of a VG whose label and metadata areas were never
 //! written in the ledger's time were free throughout.
 
+use super::le::{le16, le32};
 use super::lvview::Layout;
 use crate::device::BlockDevice;
 use crate::ledger::state::BlockState;
@@ -97,14 +98,6 @@ impl Watched<'_> {
         }
         true
     }
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4"))
 }
 
 /// Why ext2/3/4 block `blk` (of the region `w`) was free at every generation the ledger saw, or

@@ -9,6 +9,7 @@
 //! through its layout ([`lvview`](super::lvview)); every other piece is named by LV and LV
 //! offset.
 
+use super::le::{le32, le64};
 use super::lvmtext::{items, tokens, Value};
 use super::partition::Region;
 use crate::device::BlockDevice;
@@ -202,14 +203,6 @@ fn lvm_crc(b: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new_with_initial(!LVM_CRC_INIT);
     h.update(b);
     !h.finalize()
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4"))
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8"))
 }
 
 /// Reads the LVM2 PV in region `r`: None when it holds no PV label, an error saying why when

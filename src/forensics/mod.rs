@@ -30,6 +30,7 @@ pub mod xfs;
 
 mod affected;
 mod freeproof;
+mod le;
 mod lvmtext;
 mod lvregions;
 mod owners;

@@ -3,6 +3,7 @@
 //! sectors, the backup header used when the primary is damaged). A table that is damaged or
 //! absent is said plainly; the whole device is then treated as one region.
 
+use super::le::{le32, le64};
 use crate::device::BlockDevice;
 use std::io;
 
@@ -28,14 +29,6 @@ pub struct Table {
     pub regions: Vec<Region>,
     /// Anything odd about the table (a damaged GPT header, entries beyond the device).
     pub warnings: Vec<String>,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4"))
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8"))
 }
 
 fn read(dev: &dyn BlockDevice, offset: u64, len: usize) -> io::Result<Vec<u8>> {
